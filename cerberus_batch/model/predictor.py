@@ -1,0 +1,26 @@
+"""The contract every model honours, so the pipeline never cares which one runs."""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+
+
+class Predictor(Protocol):
+    """Turns an RGB region (with context) into per-pixel and per-cell probabilities.
+
+    `predict(image)` takes uint8 (H + 2*CONTEXT, W + 2*CONTEXT, 3) RGB, with H and W
+    multiples of CELL, and returns float32 arrays keyed by head:
+
+    - ``"<Kind>-INST"``: (2, H, W) probabilities of [inner, contour]
+    - ``"<Kind>-TYPE"``: (C, H, W) class probabilities
+    - ``"Patch-Class"``: (C, H // CELL, W // CELL) tissue-type probabilities per cell
+    """
+
+    kind: str  # "cerberus" or "stain"
+    heads: tuple[str, ...]  # output keys `predict` returns
+    class_names: Mapping[str, Sequence[str]]  # per TYPE head and Patch-Class
+    identity: str  # stable hash of what determines the outputs (settings, weights, mode)
+
+    def predict(self, image: np.ndarray) -> dict[str, np.ndarray]: ...
