@@ -1,0 +1,65 @@
+"""What the probability maps of one slide are, independent of where they live.
+
+Every map is an array laid on the processing-resolution output grid (padded up to
+whole 144-px cells). Pixel maps are channel-first (c, y, x), as OME-NGFF expects.
+
+Probabilities are stored as uint8 q = round(p * 255) (round half to even) unless
+float16 is asked for; they read back as q / 255. A stored 128 reads 0.502, so
+"p > 0.5" becomes "q >= 128": quantisation moves the decision only for
+p in (0.498, 0.502), i.e. by less than half a step (1/510) around the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cerberus_batch.grid import CELL
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One stored map: its name, channels, and how coarse it is relative to processing pixels."""
+
+    name: str
+    channels: int | None  # None for a single 2-D map (class indices)
+    downsample: int  # processing px per map px
+    probability: bool  # quantised probability (True) or class index (False)
+
+
+def map_specs(nuclei_classes: int, tissue_classes: int, heads: set[str]) -> list[MapSpec]:
+    """The maps a slide group holds for the model heads that ran.
+
+    Glands and lumens are kept at half resolution, as the reference's WSI mode
+    post-processes them there; tissue type is one value per output cell.
+    """
+    specs: list[MapSpec] = []
+    if "Nuclei-INST" in heads:
+        specs.append(MapSpec("nuclei_prob", 2, 1, True))
+    if "Nuclei-TYPE" in heads:
+        specs.append(MapSpec("nuclei_class", None, 1, False))
+    if "Gland-INST" in heads:
+        specs.append(MapSpec("gland_prob", 2, 2, True))
+    if "Gland-TYPE" in heads:
+        specs.append(MapSpec("gland_class", None, 2, False))
+    if "Lumen-INST" in heads:
+        specs.append(MapSpec("lumen_prob", 2, 2, True))
+    if "Patch-Class" in heads:
+        specs.append(MapSpec("tissue_class", None, CELL, False))
+        specs.append(MapSpec("tissue_prob", tissue_classes, CELL, True))
+    return specs
+
+
+def quantise(prob: np.ndarray, dtype: str = "uint8") -> np.ndarray:
+    """Probabilities in [0, 1] to their stored form."""
+    if dtype == "float16":
+        return prob.astype(np.float16)
+    return np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def dequantise(stored: np.ndarray) -> np.ndarray:
+    """Stored probabilities back to float32 in [0, 1]."""
+    if stored.dtype == np.uint8:
+        return stored.astype(np.float32) / np.float32(255.0)
+    return stored.astype(np.float32)
