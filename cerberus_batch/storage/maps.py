@@ -28,7 +28,7 @@ class MapSpec:
     probability: bool  # quantised probability (True) or class index (False)
 
 
-def map_specs(nuclei_classes: int, tissue_classes: int, heads: set[str]) -> list[MapSpec]:
+def map_specs(heads: set[str], tissue_classes: int) -> list[MapSpec]:
     """The maps a slide group holds for the model heads that ran.
 
     Glands and lumens are kept at half resolution, as the reference's WSI mode
