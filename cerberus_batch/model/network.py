@@ -1,0 +1,75 @@
+"""The Cerberus network: shared ResNet-34 encoder, one pixel decoder per task, tissue-type classifier."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from cerberus_batch.model.decoder import PixelDecoder
+from cerberus_batch.model.encoder import ResNet34Encoder
+from cerberus_batch.model.heads import PatchClassifier, PixelHead, pool_cells, pool_patch
+from cerberus_batch.model.naming import PATCH_CLASS, RELEASED_TASKS, output_key, resolve_decoders
+
+
+class CerberusNet(nn.Module):
+    """Built from `decoder_kwargs` ({decoder: {head: classes}}), keeping only `considered_tasks`.
+
+    Module names match the released checkpoint (`backbone`, `conv_map`, `decoder_head`, `output_head`).
+    """
+
+    def __init__(
+        self, decoder_kwargs: Mapping[str, Mapping[str, int]], considered_tasks: Sequence[str] = RELEASED_TASKS
+    ) -> None:
+        super().__init__()
+        self.decoder_kwargs = {d: dict(h) for d, h in decoder_kwargs.items() if d in considered_tasks}
+        self.backbone = ResNet34Encoder()
+        self.conv_map = nn.Conv2d(512, 256, 1, bias=False)
+        self.decoder_head = nn.ModuleDict()
+        for decoder, heads in self.decoder_kwargs.items():
+            if decoder == PATCH_CLASS:
+                self.decoder_head[decoder] = PatchClassifier(next(iter(heads.values())))
+            else:
+                self.decoder_head[decoder] = PixelDecoder()
+        self.output_head = nn.ModuleDict(
+            {
+                decoder: nn.ModuleDict({head: PixelHead(classes) for head, classes in heads.items()})
+                for decoder, heads in self.decoder_kwargs.items()
+                if decoder != PATCH_CLASS
+            }
+        )
+        self.running = tuple(self.decoder_kwargs)
+
+    @classmethod
+    def from_settings(cls, model_kwargs: Mapping[str, Any]) -> CerberusNet:
+        """From `settings.yml`'s `model_kwargs`; a missing `considered_tasks` means the released six."""
+        return cls(model_kwargs["decoder_kwargs"], model_kwargs.get("considered_tasks") or RELEASED_TASKS)
+
+    def run_only(self, heads: Iterable[str] | None) -> CerberusNet:
+        """Restrict forward to the decoders behind `heads` (see `resolve_decoders`); None runs all."""
+        self.running = resolve_decoders(heads, self.decoder_kwargs)
+        return self
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        return tuple(output_key(d, h) for d in self.running for h in self.decoder_kwargs[d])
+
+    def forward(self, images: torch.Tensor, per_cell: bool = False) -> dict[str, torch.Tensor]:
+        """Raw logits of the running heads for float NCHW RGB in 0..255 (H, W divisible by 16).
+
+        Pixel heads are N x C x H x W. Patch-Class is N x 9 x 1 x 1 (the reference crop), or with
+        `per_cell` one column per 144-px output cell of a tile with 152 px context.
+        """
+        x0, x1, x2, x3, x4 = self.backbone(images / 255.0)
+        logits: dict[str, torch.Tensor] = {}
+        start = self.conv_map(x4) if any(d != PATCH_CLASS for d in self.running) else None
+        for decoder in self.running:
+            if decoder == PATCH_CLASS:
+                pooled = pool_cells(x4) if per_cell else pool_patch(x4)
+                logits[PATCH_CLASS] = self.decoder_head[decoder](pooled)
+                continue
+            features = self.decoder_head[decoder](start, (x3, x2, x1, x0))
+            for head, module in self.output_head[decoder].items():
+                logits[output_key(decoder, head)] = module(features)
+        return logits
