@@ -1,0 +1,80 @@
+"""The resume ledger: which chunks of which slides are durably written.
+
+One marker file per finished chunk, created by atomic rename after its Zarr
+write returned, so concurrent workers never contend for a shared file and a
+crash mid-write leaves no marker (that chunk is simply recomputed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+class RunMismatch(ValueError):
+    """The output folder holds a run made with other settings."""
+
+
+class Ledger:
+    def __init__(self, output: Path):
+        self.root = Path(output) / "ledger"
+
+    def _slide(self, slide_id: str) -> Path:
+        return self.root / slide_id
+
+    def mark_done(self, slide_id: str, chunk_index: int) -> None:
+        folder = self._slide(slide_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / f"chunk-{chunk_index}.done", b"")
+
+    def done_chunks(self, slide_id: str) -> set[int]:
+        folder = self._slide(slide_id)
+        if not folder.is_dir():
+            return set()
+        return {int(p.stem.split("-")[1]) for p in folder.glob("chunk-*.done")}
+
+    def mark_slide(self, slide_id: str, stage: str, info: dict[str, Any]) -> None:
+        """Record a finished stage of a slide (e.g. 'maps', 'instances') with what it produced."""
+        folder = self._slide(slide_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / f"{stage}.json", json.dumps(info).encode())
+
+    def slide_stage(self, slide_id: str, stage: str) -> dict[str, Any] | None:
+        path = self._slide(slide_id) / f"{stage}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def slides(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+
+def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool) -> None:
+    """Refuse to mix runs: the settings that determine the maps must match the folder's.
+
+    With `fresh`, the old ledger is dropped so everything is recomputed.
+    """
+    path = Path(output) / "run.json"
+    if path.is_file() and not fresh:
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        if changed:
+            raise RunMismatch(
+                f"{output}: holds a run with different {', '.join(changed)}; "
+                "use another output folder or pass --fresh to recompute it"
+            )
+    if fresh:
+        for stale in ("ledger", "maps", "tables"):
+            shutil.rmtree(Path(output) / stale, ignore_errors=True)
+    Path(output).mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    with open(partial, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)

@@ -1,0 +1,27 @@
+"""Cohort → per-slide chunk plans (tissue mask first), shared by `validate` and the run."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from cerberus_batch.pipeline.config import Cohort, ProcessingSpec, SlideEntry
+from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, open_slide, plan_chunks, tissue_mask
+
+
+def plan_slide_chunks(view: SlideView, slide: SlideEntry, processing: ProcessingSpec) -> tuple[TissueMask, ChunkPlan]:
+    """The tissue mask a slide gets (its own file wins over the cohort default) and its chunks."""
+    source = slide.mask or ("none" if processing.tissue_mask == "none" else "auto")
+    mask = tissue_mask(view, source, slide_path=slide.path)
+    return mask, plan_chunks(view, mask, chunk=processing.chunk, slide_id=slide.id)
+
+
+def plan_cohort(cohort: Cohort) -> Iterator[tuple[SlideEntry, ChunkPlan | None, str | None]]:
+    """Plan every slide in turn; a slide that cannot be planned yields its one-line error."""
+    for slide in cohort.slides:
+        try:
+            view = open_slide(slide.path, mpp=slide.mpp).at_mpp(cohort.processing.mpp)
+            _, plan = plan_slide_chunks(view, slide, cohort.processing)
+        except (SlideError, OSError, ValueError) as err:
+            yield slide, None, str(err).splitlines()[0]
+            continue
+        yield slide, plan, None

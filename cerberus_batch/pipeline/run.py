@@ -1,0 +1,175 @@
+"""`cerberus-batch run`: a cohort becomes Dask tasks, and their outcomes a report.
+
+Each slide moves through stages: plan (tissue mask, chunks, map group) → one
+inference task per kept chunk not yet in the ledger. A failure anywhere marks
+only that slide as failed; every other slide goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from distributed import Client, Future, as_completed
+
+from cerberus_batch.pipeline.config import Cohort, SlideEntry
+from cerberus_batch.pipeline.ledger import Ledger, check_run
+from cerberus_batch.pipeline.progress import RunProgress
+from cerberus_batch.pipeline.work import build_predictor, fingerprint, infer_chunk, plan_slide
+
+
+@dataclass
+class SlideOutcome:
+    status: str = "pending"  # pending | done | failed
+    error: str | None = None
+    chunks: int = 0
+    chunks_computed: int = 0
+    chunks_skipped: int = 0
+    tissue_mm2: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    cohort: str
+    output: str
+    status: str = "running"  # running | ok | failed | interrupted
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    dashboard: str | None = None
+    slides: dict[str, SlideOutcome] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> dict[str, SlideOutcome]:
+        return {k: v for k, v in self.slides.items() if v.status == "failed"}
+
+    def write(self, output: Path) -> None:
+        path = Path(output) / "run_report.json"
+        partial = path.with_suffix(".json.part")
+        partial.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(partial, path)
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
+class CohortRun:
+    """Drives one cohort on a Dask client, reacting to each finished task."""
+
+    def __init__(self, cohort: Cohort, client: Client, report: RunReport, progress: RunProgress, gpu: bool):
+        self.cohort = cohort
+        self.client = client
+        self.report = report
+        self.progress = progress
+        self.ledger = Ledger(cohort.output)
+        self.infer_resources = {"GPU": 1} if gpu else None
+        self.pending: dict[str, set[Future]] = {}
+        self.started: dict[str, float] = {}
+        self.handlers: dict[str, tuple[SlideEntry, Callable[[SlideEntry, Future], None]]] = {}
+        self.futures = as_completed()
+
+    def submit(self, slide: SlideEntry, on_done: Callable[[SlideEntry, Future], None], fn, *args, key: str, **kwargs) -> None:
+        future = self.client.submit(fn, *args, key=key, pure=False, **kwargs)
+        self.pending.setdefault(slide.id, set()).add(future)
+        self.handlers[future.key] = (slide, on_done)
+        self.futures.add(future)
+
+    def start(self) -> None:
+        c = self.cohort
+        for slide in c.slides:
+            self.report.slides[slide.id] = SlideOutcome()
+            self.started[slide.id] = time.time()
+            self.submit(slide, self.on_plan, plan_slide, slide, c.model, c.processing, c.output, key=f"plan-{slide.id}")
+
+    def loop(self) -> None:
+        for future in self.futures:
+            slide, on_done = self.handlers.pop(future.key)
+            self.pending[slide.id].discard(future)
+            outcome = self.report.slides[slide.id]
+            if outcome.status == "failed":
+                continue
+            if future.status == "error":
+                self.fail(slide, one_line(future.exception()))
+            elif future.status == "finished":
+                on_done(slide, future)
+            future.release()
+
+    def fail(self, slide: SlideEntry, reason: str) -> None:
+        outcome = self.report.slides[slide.id]
+        outcome.status, outcome.error = "failed", reason
+        outcome.seconds = time.time() - self.started[slide.id]
+        self.client.cancel(list(self.pending.get(slide.id, ())))
+        self.progress.slide_finished(slide.id, ok=False, reason=reason)
+
+    def on_plan(self, slide: SlideEntry, future: Future) -> None:
+        plan = future.result()
+        outcome = self.report.slides[slide.id]
+        done = self.ledger.done_chunks(slide.id)
+        todo = [chunk for chunk in plan.chunks if chunk.index not in done]
+        outcome.chunks, outcome.tissue_mm2 = len(plan.chunks), plan.tissue_mm2
+        outcome.chunks_skipped = len(plan.chunks) - len(todo)
+        self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
+        c = self.cohort
+        for chunk in todo:
+            box = (chunk.x, chunk.y, chunk.w, chunk.h)
+            self.submit(
+                slide, self.on_chunk, infer_chunk, slide, chunk.index, box, chunk.empty_cells,
+                c.model, c.processing, c.output,
+                key=f"infer-{slide.id}-{chunk.index}", resources=self.infer_resources, retries=2,
+            )
+        if not todo:
+            self.maps_done(slide)
+
+    def on_chunk(self, slide: SlideEntry, future: Future) -> None:
+        outcome = self.report.slides[slide.id]
+        outcome.chunks_computed += 1
+        self.progress.chunk_done()
+        if outcome.chunks_computed + outcome.chunks_skipped == outcome.chunks:
+            self.maps_done(slide)
+
+    def maps_done(self, slide: SlideEntry) -> None:
+        outcome = self.report.slides[slide.id]
+        outcome.status = "done"
+        outcome.seconds = time.time() - self.started[slide.id]
+        self.ledger.mark_slide(slide.id, "maps", {"chunks": outcome.chunks})
+        self.progress.slide_finished(slide.id, ok=True)
+
+
+def run_cohort(cohort: Cohort, *, fresh: bool = False, show_progress: bool = True, cluster=None) -> RunReport:
+    """Run a validated cohort to the end; returns the report (also written to the output folder)."""
+    from cerberus_batch.cluster import start_cluster
+
+    # Load the model here first: a broken checkpoint fails the run before any slide starts.
+    predictor = build_predictor(cohort.model, cohort.processing, device="cpu")
+    check_run(cohort.output, fingerprint(cohort.model, cohort.processing, predictor), fresh=fresh)
+    del predictor
+    report = RunReport(cohort=cohort.name, output=str(cohort.output))
+    with ExitStack() as stack:
+        if cluster is None:
+            cluster, gpu = start_cluster(cohort.cluster)
+            stack.enter_context(cluster)
+        else:
+            gpu = False
+        client = stack.enter_context(Client(cluster))
+        report.dashboard = client.dashboard_link
+        progress = stack.enter_context(RunProgress(len(cohort.slides), enabled=show_progress))
+        progress.note(f"Dashboard: {report.dashboard}")
+        run = CohortRun(cohort, client, report, progress, gpu)
+        try:
+            run.start()
+            run.loop()
+            report.status = "failed" if report.failed else "ok"
+        except KeyboardInterrupt:
+            report.status = "interrupted"
+            client.cancel([f for futures in run.pending.values() for f in futures])
+        finally:
+            report.finished = time.time()
+            report.write(cohort.output)
+    return report

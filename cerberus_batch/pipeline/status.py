@@ -1,0 +1,30 @@
+"""`cerberus-batch status OUTPUT`: where a run stands, from its ledger and last report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cerberus_batch.pipeline.ledger import Ledger
+
+
+def print_status(output: str | Path) -> None:
+    output = Path(output)
+    report_path = output / "run_report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {"slides": {}}
+    ledger = Ledger(output)
+    table = Table(title=f"{output} (last run: {report.get('status', 'unknown')})")
+    for column in ("slide", "status", "chunks done", "maps", "error"):
+        table.add_column(column)
+    for slide_id in sorted(set(report["slides"]) | set(ledger.slides())):
+        outcome = report["slides"].get(slide_id, {})
+        total = outcome.get("chunks") or "?"
+        maps = "complete" if ledger.slide_stage(slide_id, "maps") else ""
+        table.add_row(
+            slide_id, outcome.get("status", "unknown"), f"{len(ledger.done_chunks(slide_id))}/{total}",
+            maps, outcome.get("error") or "",
+        )
+    Console().print(table)

@@ -1,0 +1,118 @@
+"""What each Dask task does on a worker: plan a slide, infer a chunk.
+
+Models and open slides are cached per worker process, so a worker loads the
+model once and opens each slide once however many chunks it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cerberus_batch import __version__
+from cerberus_batch.grid import CELL
+from cerberus_batch.model.predictor import Predictor
+from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
+from cerberus_batch.pipeline.ledger import Ledger
+from cerberus_batch.pipeline.plan import plan_slide_chunks
+from cerberus_batch.slides import ChunkPlan, open_slide
+from cerberus_batch.storage.maps import map_specs
+from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_path, open_slide_maps, write_chunk
+from cerberus_batch.tasks.infer import predict_chunk, stored_maps
+
+HEAD_NAMES = {
+    "nuclei": ("Nuclei", "Nuclei#TYPE"),
+    "gland": ("Gland", "Gland#TYPE"),
+    "lumen": ("Lumen",),
+    "tissue": ("Patch-Class",),
+}
+
+
+def build_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | None = None) -> Predictor:
+    """The model a cohort asks for."""
+    if model.kind == "stain":
+        from cerberus_batch.model.stain import StainPredictor
+
+        return StainPredictor()
+    from cerberus_batch.model import CerberusPredictor
+
+    return CerberusPredictor(
+        model.weights,
+        heads=[name for head in model.heads for name in HEAD_NAMES[head]],
+        mode=processing.mode,
+        tile=processing.tile,
+        batch_size=processing.batch_size,
+        device=device or model.device,
+        amp=model.amp,
+    )
+
+
+@lru_cache(maxsize=2)
+def _cached_predictor(model_json: str, processing_json: str) -> Predictor:
+    return build_predictor(ModelSpec.model_validate_json(model_json), ProcessingSpec.model_validate_json(processing_json))
+
+
+@lru_cache(maxsize=8)
+def _cached_view(path: str, mpp_override: float | None, target_mpp: float):
+    return open_slide(path, mpp=mpp_override).at_mpp(target_mpp)
+
+
+def slide_attrs(slide: SlideEntry, plan: ChunkPlan, predictor: Predictor, processing: ProcessingSpec) -> dict[str, Any]:
+    return {
+        "slide_id": slide.id,
+        "slide_path": str(slide.path),
+        "mpp": processing.mpp,
+        "transform": plan.transform.to_dict(),
+        "model_kind": predictor.kind,
+        "model_identity": predictor.identity,
+        "heads": list(predictor.heads),
+        "class_names": {k: list(v) for k, v in predictor.class_names.items()},
+        "processing": processing.model_dump(),
+        "software": f"cerberus-batch {__version__}",
+    }
+
+
+def plan_slide(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> ChunkPlan:
+    """Open a slide, find its tissue, cut it into chunks and create its (empty) map group."""
+    view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
+    mask, plan = plan_slide_chunks(view, slide, processing)
+    masks = Path(output) / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    mask.save_png(masks / f"{slide.id}.png")
+    predictor = _cached_predictor(model.model_dump_json(), processing.model_dump_json())
+    h, w = view.shape
+    grid = (-(-h // CELL) * CELL, -(-w // CELL) * CELL)
+    create_slide_maps(
+        maps_path(output, slide.id),
+        shape=grid,
+        chunk=processing.chunk,
+        specs=map_specs(set(predictor.heads), len(predictor.class_names.get("Patch-Class", ()))),
+        dtype=processing.dtype,
+        attrs=slide_attrs(slide, plan, predictor, processing),
+    )
+    return plan
+
+
+def infer_chunk(
+    slide: SlideEntry, chunk_index: int, box: tuple[int, int, int, int], empty_cells: list[tuple[int, int]],
+    model: ModelSpec, processing: ProcessingSpec, output: Path,
+) -> tuple[int, float]:
+    """Infer one chunk, write its maps, then record it in the ledger. Returns (index, seconds)."""
+    started = time.perf_counter()
+    view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
+    predictor = _cached_predictor(model.model_dump_json(), processing.model_dump_json())
+    outputs = predict_chunk(view.read, predictor, box)
+    group = open_slide_maps(maps_path(output, slide.id), writable=True)
+    specs = map_specs(set(predictor.heads), len(predictor.class_names.get("Patch-Class", ())))
+    write_chunk(group, box[0], box[1], stored_maps(outputs, specs, empty_cells, processing.dtype), specs)
+    Ledger(output).mark_done(slide.id, chunk_index)
+    return chunk_index, time.perf_counter() - started
+
+
+def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predictor) -> dict[str, Any]:
+    """What determines the maps; a rerun into the same output must match it."""
+    settings = processing.model_dump(exclude={"batch_size"})
+    return {"model_identity": predictor.identity, "heads": sorted(predictor.heads), "processing": json.loads(json.dumps(settings))}

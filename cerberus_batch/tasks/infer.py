@@ -1,0 +1,71 @@
+"""Chunk inference: a region of a slide in, the stored forms of its maps out."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.model.predictor import Predictor
+from cerberus_batch.storage.maps import MapSpec, quantise
+
+# Which map each model head becomes, and whether it is kept as probabilities or a class index.
+HEAD_MAPS: dict[str, list[tuple[str, str]]] = {
+    "Nuclei-INST": [("nuclei_prob", "prob")],
+    "Nuclei-TYPE": [("nuclei_class", "class")],
+    "Gland-INST": [("gland_prob", "prob")],
+    "Gland-TYPE": [("gland_class", "class")],
+    "Lumen-INST": [("lumen_prob", "prob")],
+    "Patch-Class": [("tissue_class", "class"), ("tissue_prob", "prob")],
+}
+
+
+def read_chunk(read, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The RGB input a model needs for the output box (x, y, w, h): the box plus its context."""
+    return read(x - CONTEXT, y - CONTEXT, w + 2 * CONTEXT, h + 2 * CONTEXT)
+
+
+def pool2(prob: np.ndarray) -> np.ndarray:
+    """2x2 mean of (C, H, W) probabilities; H and W are even because chunks start on the 144 grid."""
+    c, h, w = prob.shape
+    return prob.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4), dtype=np.float32)
+
+
+def stored_maps(
+    outputs: Mapping[str, np.ndarray],
+    specs: list[MapSpec],
+    empty_cells: Iterable[tuple[int, int]],
+    dtype: str = "uint8",
+) -> dict[str, np.ndarray]:
+    """Model probabilities of one chunk → the arrays written to Zarr.
+
+    Glands and lumens are pooled to half resolution before anything else, and the
+    gland class is the argmax of the pooled class probabilities (the reference
+    averaged class labels instead, spec §11.7). Cells without tissue are zeroed,
+    as the reference never infers them.
+    """
+    wanted = {spec.name: spec for spec in specs}
+    stored: dict[str, np.ndarray] = {}
+    for head, maps in HEAD_MAPS.items():
+        if head not in outputs:
+            continue
+        for name, form in maps:
+            spec = wanted.get(name)
+            if spec is None:
+                continue
+            prob = outputs[head]
+            if spec.downsample == 2:
+                prob = pool2(prob)
+            stored[name] = quantise(prob, dtype) if form == "prob" else np.argmax(prob, axis=0).astype(np.uint8)
+    for row, col in empty_cells:
+        for spec in specs:
+            side = CELL // spec.downsample
+            stored[spec.name][..., row * side : (row + 1) * side, col * side : (col + 1) * side] = 0
+    return stored
+
+
+def predict_chunk(read, predictor: Predictor, box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """Run the model on one chunk's output box (x, y, w, h) in processing pixels."""
+    x, y, w, h = box
+    return predictor.predict(read_chunk(read, x, y, w, h))
