@@ -28,11 +28,11 @@ def _cohort(path: str):
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def run(cohort_file: str, fresh: bool, no_progress: bool) -> None:
     """Run a cohort: slides → chunk tasks → maps (and tables) under the cohort's output folder."""
+    cohort = _cohort(cohort_file)
     from cerberus_batch.model.checkpoint import CheckpointError
     from cerberus_batch.pipeline.ledger import RunMismatch
     from cerberus_batch.pipeline.run import run_cohort
 
-    cohort = _cohort(cohort_file)
     try:
         report = run_cohort(cohort, fresh=fresh, show_progress=not no_progress)
     except (CheckpointError, RunMismatch) as err:
