@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cerberus_batch.pipeline.config import ClusterSpec
+from cerberus_batch.cluster.spec import ClusterSpec
 
 
 def start_cluster(spec: ClusterSpec):

@@ -6,7 +6,7 @@ import os
 
 from distributed import LocalCluster
 
-from cerberus_batch.pipeline.config import ClusterSpec
+from cerberus_batch.cluster.spec import ClusterSpec
 
 
 def gpu_count() -> int:

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
+from cerberus_batch.cluster.spec import ClusterSpec
 from cerberus_batch.grid import CELL
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -64,14 +65,6 @@ class ProcessingSpec(Strict):
         if value % CELL:
             raise ValueError(f"must be a multiple of {CELL} (output cell size), got {value}")
         return value
-
-
-class ClusterSpec(Strict):
-    kind: Literal["local", "slurm", "kubernetes", "address"] = "local"
-    workers: Optional[PositiveInt] = None  # default: one per 2 cores (CPU) / one per GPU
-    threads_per_worker: PositiveInt = 1
-    memory_limit: str = "auto"
-    dashboard_address: str = "127.0.0.1:8787"
 
 
 class CohortFile(Strict):
