@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
-from cerberus_batch.cluster.spec import ClusterSpec
+from cerberus_batch.cluster.spec import ClusterSpec, Strict
 from cerberus_batch.grid import CELL
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -19,10 +19,6 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class CohortError(ValueError):
     """A cohort file we refuse to run; the message names the file and the field or path."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class SlideSpec(Strict):
