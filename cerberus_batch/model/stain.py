@@ -1,0 +1,126 @@
+"""A weight-free stain baseline: nuclei and tissue from colour deconvolution, not Cerberus.
+
+Nuclei are where the hematoxylin optical density (`skimage.color.rgb2hed`) is high;
+tissue is where a cell absorbs light at all. Every output pixel depends only on the
+input within `StainSettings.radius` pixels and all constants are fixed (no per-image
+normalisation), so a region predicts the same wherever the chunk around it is cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.color import rgb2hed
+
+from cerberus_batch.grid import CELL, CONTEXT
+
+ALGORITHM = "stain-baseline-v1"
+
+
+@dataclass(frozen=True)
+class StainSettings:
+    """Fixed constants, tuned on H&E at 0.5 µm/px (CMU-1-Small-Region)."""
+
+    smoothing_sigma: float = 1.0  # px; evens out chromatin texture inside a nucleus
+    hematoxylin_threshold: float = 0.08  # H optical density halfway between cytoplasm and nucleus
+    hematoxylin_softness: float = 0.012  # logistic scale of the nucleus probability
+    depth_levels: int = 4  # hematoxylin levels whose depths are averaged, from the threshold up
+    depth_step: float = 0.02  # H optical density between depth levels
+    depth_cap: int = 12  # px; distance into a nucleus is capped here, which bounds its reach
+    core_window: int = 4  # px; radius searched for the deepest point around a pixel
+    core_margin: float = 2.5  # px of depth below that deepest point at which inner falls to 0
+    tissue_density: float = 0.25  # summed RGB optical density above which a pixel is not glass
+    tissue_fraction: float = 0.1  # share of such pixels that makes a cell tissue
+    tissue_softness: float = 0.02  # logistic scale of the tissue probability
+
+    @property
+    def radius(self) -> int:
+        """How far (px) an output pixel looks into its input: smoothing, depth and core search."""
+        return int(4 * self.smoothing_sigma + 0.5) + self.depth_cap + self.core_window + 1
+
+
+def _logistic(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+class StainPredictor:
+    """Stain-based baseline predictor (not Cerberus): nuclei from hematoxylin, tissue from density.
+
+    Heads: ``Nuclei-INST`` [inner, contour], ``Nuclei-TYPE`` [background, nucleus] and
+    ``Patch-Class`` [background, tissue]; no gland or lumen heads.
+    """
+
+    kind = "stain"
+    heads = ("Nuclei-INST", "Nuclei-TYPE", "Patch-Class")
+    class_names: Mapping[str, Sequence[str]] = {
+        "Nuclei-TYPE": ("background", "nucleus"),
+        "Patch-Class": ("background", "tissue"),
+    }
+
+    def __init__(self, settings: StainSettings = StainSettings()) -> None:
+        if settings.radius >= CONTEXT:
+            raise ValueError(f"StainSettings.radius {settings.radius} px must stay below the {CONTEXT}-px context")
+        self.settings = settings
+        digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()
+        self.identity = f"{ALGORITHM}-{digest[:16]}"
+
+    def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        height, width = _output_shape(image)
+        s = self.settings
+        hematoxylin = ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0)
+        nucleus = _logistic((hematoxylin - s.hematoxylin_threshold) / s.hematoxylin_softness)
+        inner = nucleus * self._core_weight(hematoxylin)
+        inside = (slice(CONTEXT, CONTEXT + height), slice(CONTEXT, CONTEXT + width))
+        nucleus, inner = nucleus[inside], inner[inside]
+        tissue = self._tissue_probability(image[inside])
+        return {
+            "Nuclei-INST": np.stack([inner, nucleus - inner]),
+            "Nuclei-TYPE": np.stack([1.0 - nucleus, nucleus]),
+            "Patch-Class": np.stack([1.0 - tissue, tissue]),
+        }
+
+    def _core_weight(self, hematoxylin: np.ndarray) -> np.ndarray:
+        """1 at the deepest point nearby, falling to 0 core_margin px of depth below it.
+
+        Depth is the distance to pixels below each of several hematoxylin levels, averaged,
+        so it grows both away from the nucleus edge and with stain. Taking it relative to the
+        deepest point nearby gives thin and round nuclei alike a core (the depth maximum),
+        while the neck between two touching nuclei (narrower and paler than both centres)
+        lies well below the maxima and separates their cores.
+        """
+        s = self.settings
+        levels = s.hematoxylin_threshold + s.depth_step * np.arange(s.depth_levels)
+        depth = np.mean([self._depth(hematoxylin > level) for level in levels], axis=0)
+        disk = np.hypot(*np.mgrid[-s.core_window : s.core_window + 1, -s.core_window : s.core_window + 1])
+        deepest = ndi.maximum_filter(depth, footprint=disk <= s.core_window)
+        return np.clip(1.0 - (deepest - depth) / s.core_margin, 0.0, 1.0).astype(np.float32)
+
+    def _depth(self, mask: np.ndarray) -> np.ndarray:
+        """Distance (px) to the nearest pixel outside `mask`, capped at depth_cap."""
+        # The zero border gives the transform a background pixel even on an all-nucleus image;
+        # it only touches pixels within depth_cap of the edge, which lie in the context.
+        padded = np.pad(mask, 1, constant_values=False)
+        return np.minimum(ndi.distance_transform_edt(padded)[1:-1, 1:-1], self.settings.depth_cap)
+
+    def _tissue_probability(self, region: np.ndarray) -> np.ndarray:
+        """Per output cell: share of pixels denser than glass, through a logistic."""
+        s = self.settings
+        density = -np.log((region.astype(np.float32) + 1.0) / 256.0).sum(axis=-1)
+        rows, cols = region.shape[0] // CELL, region.shape[1] // CELL
+        cells = (density > s.tissue_density).reshape(rows, CELL, cols, CELL)
+        return _logistic((cells.mean(axis=(1, 3)) - s.tissue_fraction) / s.tissue_softness)
+
+
+def _output_shape(image: np.ndarray) -> tuple[int, int]:
+    """(H, W) of the output for an input with context, or ValueError naming what is wrong."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    height, width = image.shape[0] - 2 * CONTEXT, image.shape[1] - 2 * CONTEXT
+    if height <= 0 or width <= 0 or height % CELL or width % CELL:
+        raise ValueError(f"image shape {image.shape[:2]} minus 2*{CONTEXT} context must be positive multiples of {CELL}")
+    return height, width
