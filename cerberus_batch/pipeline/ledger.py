@@ -65,7 +65,7 @@ def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool) -> None
                 "use another output folder or pass --fresh to recompute it"
             )
     if fresh:
-        for stale in ("ledger", "maps", "tables"):
+        for stale in ("ledger", "maps", "tables", "plans", "masks"):
             shutil.rmtree(Path(output) / stale, ignore_errors=True)
     Path(output).mkdir(parents=True, exist_ok=True)
     _atomic_write(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())

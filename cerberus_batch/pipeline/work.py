@@ -82,6 +82,9 @@ def plan_slide(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, 
     masks = Path(output) / "masks"
     masks.mkdir(parents=True, exist_ok=True)
     mask.save_png(masks / f"{slide.id}.png")
+    plans = Path(output) / "plans"
+    plans.mkdir(parents=True, exist_ok=True)
+    (plans / f"{slide.id}.json").write_text(plan.to_json())
     predictor = _cached_predictor(model.model_dump_json(), processing.model_dump_json())
     h, w = view.shape
     grid = (-(-h // CELL) * CELL, -(-w // CELL) * CELL)

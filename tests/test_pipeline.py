@@ -1,0 +1,172 @@
+"""End to end on a real distributed.LocalCluster: cohort file → Zarr maps, resume, isolation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from distributed import LocalCluster
+from PIL import Image
+
+from cerberus_batch.grid import CELL
+from cerberus_batch.pipeline.config import load_cohort
+from cerberus_batch.pipeline.run import run_cohort
+from cerberus_batch.slides import ChunkPlan, open_slide
+from cerberus_batch.storage.maps import dequantise
+from cerberus_batch.tasks.infer import pool2, read_chunk
+
+STEP = 1 / 255 + 1e-6  # one uint8 quantisation step
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local:
+        yield local
+
+
+def write_cohort(folder: Path, slides: list[dict], **sections) -> Path:
+    body = {"name": "pipeline-test", "output": "out", "slides": slides, "model": {"kind": "stain"}}
+    body.update(sections)
+    path = folder / "cohort.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def chunk_with_tissue(output: Path, slide_id: str):
+    """A kept chunk of the slide's saved plan with the fewest empty cells, and its inferred-pixel mask."""
+    plan = ChunkPlan.from_json((output / "plans" / f"{slide_id}.json").read_text())
+    chunk = min(plan.chunks, key=lambda c: (len(c.empty_cells), c.index))
+    inferred = np.ones((chunk.h, chunk.w), bool)
+    for row, col in chunk.empty_cells:
+        inferred[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = False
+    return (chunk.x, chunk.y, chunk.w, chunk.h), inferred
+
+
+def test_stain_model_on_real_slide_matches_direct_model_call(tmp_path, cluster, cmu_slide):
+    cohort = load_cohort(write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "cmu"}], processing={"chunk": 1008}))
+    report = run_cohort(cohort, show_progress=False, cluster=cluster)
+    assert report.status == "ok", report.slides
+    out = cohort.output
+    group = zarr.open_group(out / "maps" / "cmu", mode="r")
+    assert group.attrs["mpp"] == 0.5 and group.attrs["model_kind"] == "stain"
+    assert "multiscales" in group.attrs["ome"]
+    view = open_slide(cmu_slide).at_mpp(0.5)
+    h, w = view.shape
+    assert group["nuclei_prob"].shape == (2, -(-h // CELL) * CELL, -(-w // CELL) * CELL)
+
+    from cerberus_batch.model.stain import StainPredictor
+
+    (x, y, cw, ch), inferred = chunk_with_tissue(out, "cmu")
+    direct = StainPredictor().predict(read_chunk(view.read, x, y, cw, ch))
+    stored = dequantise(group["nuclei_prob"][:, y : y + ch, x : x + cw])
+    assert np.abs(stored - direct["Nuclei-INST"])[:, inferred].max() <= STEP
+    assert (stored[:, ~inferred] == 0).all()
+    classes = group["nuclei_class"][y : y + ch, x : x + cw]
+    assert (classes == direct["Nuclei-TYPE"].argmax(0))[inferred].mean() > 0.999
+    assert (out / "masks" / "cmu.png").is_file()
+
+
+def test_cerberus_parity_weights_on_a_small_region(tmp_path, cluster, cmu_slide, parity_model_dir):
+    # A given tissue mask keeps only a small box, so the CPU run stays short.
+    mask = np.zeros((222, 297), np.uint8)  # the slide at 1/10 scale
+    mask[100:120, 130:150] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    cohort = load_cohort(
+        write_cohort(
+            tmp_path,
+            [{"path": str(cmu_slide), "id": "cmu", "mask": "mask.png"}],
+            model={"kind": "cerberus", "weights": str(parity_model_dir)},
+            processing={"chunk": 432, "tile": 432, "tissue_mask": "given"},
+        )
+    )
+    report = run_cohort(cohort, show_progress=False, cluster=cluster)
+    assert report.status == "ok", report.slides
+    assert 1 <= report.slides["cmu"].chunks <= 4
+    group = zarr.open_group(cohort.output / "maps" / "cmu", mode="r")
+    assert set(group.array_keys()) >= {"nuclei_prob", "nuclei_class", "gland_prob", "gland_class", "lumen_prob", "tissue_class", "tissue_prob"}
+
+    from cerberus_batch.model import CerberusPredictor
+
+    (x, y, w, h), inferred = chunk_with_tissue(cohort.output, "cmu")
+    view = open_slide(cmu_slide).at_mpp(0.5)
+    direct = CerberusPredictor(parity_model_dir, tile=432).predict(read_chunk(view.read, x, y, w, h))
+    nuclei = dequantise(group["nuclei_prob"][:, y : y + h, x : x + w])
+    gland = dequantise(group["gland_prob"][:, y // 2 : (y + h) // 2, x // 2 : (x + w) // 2])
+    assert inferred.any()
+    assert np.abs(nuclei - direct["Nuclei-INST"])[:, inferred].max() <= STEP
+    assert np.abs(gland - pool2(direct["Gland-INST"]))[:, inferred[::2, ::2]].max() <= STEP
+    cells = dequantise(group["tissue_prob"][:, y // CELL : (y + h) // CELL, x // CELL : (x + w) // CELL])
+    assert np.abs(cells - direct["Patch-Class"])[:, inferred[::CELL, ::CELL]].max() <= STEP
+
+
+def cli_run(cohort: Path, *extra: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cerberus_batch.cli", "run", str(cohort), "--no-progress", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs,
+    )
+
+
+def map_files(output: Path) -> dict[str, bytes]:
+    root = output / "maps"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_kill_and_resume_computes_only_the_rest_and_gives_identical_maps(tmp_path, cmu_slide):
+    slides = [{"path": str(cmu_slide), "id": "cmu"}]
+    settings = {"processing": {"chunk": 432}, "cluster": {"workers": 2, "dashboard_address": ":0"}}
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "whole").mkdir()
+    killed = write_cohort(tmp_path / "killed", slides, **settings)
+    whole = write_cohort(tmp_path / "whole", slides, **settings)
+
+    first = cli_run(killed)
+    ledger = tmp_path / "killed" / "out" / "ledger" / "cmu"
+    deadline = time.time() + 240
+    while len(list(ledger.glob("chunk-*.done"))) < 3:
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0][-2000:]
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the whole process group: client, scheduler and workers
+    first.wait()
+    done_before = len(list(ledger.glob("chunk-*.done")))
+
+    second = cli_run(killed)
+    assert second.wait(timeout=600) == 0, second.communicate()[0][-2000:]
+    report = json.loads((tmp_path / "killed" / "out" / "run_report.json").read_text())["slides"]["cmu"]
+    assert report["chunks_skipped"] == done_before >= 3
+    assert report["chunks_computed"] == report["chunks"] - done_before > 0
+
+    reference = cli_run(whole)
+    assert reference.wait(timeout=600) == 0, reference.communicate()[0][-2000:]
+    resumed, uninterrupted = map_files(tmp_path / "killed" / "out"), map_files(tmp_path / "whole" / "out")
+    assert resumed.keys() == uninterrupted.keys()
+    different = [name for name in resumed if name.endswith("zarr.json") is False and resumed[name] != uninterrupted[name]]
+    assert different == []
+
+
+def test_bad_slide_is_reported_and_the_rest_finish(tmp_path, cmu_slide):
+    truncated = tmp_path / "truncated.svs"
+    truncated.write_bytes(cmu_slide.read_bytes()[:200_000])
+    cohort = write_cohort(
+        tmp_path,
+        [{"path": str(truncated)}, {"path": str(cmu_slide), "id": "good"}],
+        processing={"chunk": 1008},
+        cluster={"workers": 2, "dashboard_address": ":0"},
+    )
+    run = cli_run(cohort)
+    output = run.communicate(timeout=600)[0]
+    assert run.returncode == 1, output
+    assert "truncated" in output
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    assert report["status"] == "failed"
+    assert report["slides"]["good"]["status"] == "done"
+    bad = report["slides"]["truncated"]
+    assert bad["status"] == "failed" and "truncated.svs" in bad["error"]
