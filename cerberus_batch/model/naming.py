@@ -40,3 +40,20 @@ def resolve_decoders(requested: Iterable[str] | None, decoder_heads: Mapping[str
             raise ValueError(f"unknown head {name!r}; expected one of {', '.join(known)}")
         wanted.update(found)
     return tuple(d for d in decoder_heads if d in wanted)
+
+# Spec §10 (dataset.yml), index = class value.
+CLASS_NAMES = {
+    "Nuclei-TYPE": ("nolabel", "neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective"),
+    "Gland-TYPE": ("nolabel", "gland", "surface-epi"),
+    PATCH_CLASS: (
+        "background",
+        "abnormal_epi",
+        "normal_epi",
+        "inflammatory",
+        "muscle",
+        "stroma",
+        "debris",
+        "mucous",
+        "adipose",
+    ),
+}

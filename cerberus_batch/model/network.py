@@ -52,8 +52,9 @@ class CerberusNet(nn.Module):
         return self
 
     @property
-    def output_keys(self) -> tuple[str, ...]:
-        return tuple(output_key(d, h) for d in self.running for h in self.decoder_kwargs[d])
+    def output_classes(self) -> dict[str, int]:
+        """Logit channels of each running output key, in forward order."""
+        return {output_key(d, h): classes for d in self.running for h, classes in self.decoder_kwargs[d].items()}
 
     def forward(self, images: torch.Tensor, per_cell: bool = False) -> dict[str, torch.Tensor]:
         """Raw logits of the running heads for float NCHW RGB in 0..255 (H, W divisible by 16).
