@@ -1,0 +1,101 @@
+"""Opening a slide: metadata, levels and white-padded level reads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cerberus_batch.slides.errors import SlideError
+from cerberus_batch.slides.sources import PixelSource, open_source
+from cerberus_batch.slides.transform import Transform
+from cerberus_batch.slides.view import SlideView, best_level, render, view_at_mpp
+
+DEFAULT_MPP = 0.5
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    path: str
+    dimensions: tuple[int, int]  # level-0 (w, h)
+    level_count: int
+    level_dimensions: tuple[tuple[int, int], ...]  # (w, h) per level
+    level_downsamples: tuple[float, ...]
+    mpp: tuple[float, float] | None  # level-0 µm/px (x, y)
+    vendor: str
+    objective_power: float | None
+    mpp_source: str  # "metadata", "override" or "none"
+
+
+class Slide:
+    """A whole-slide image (or plain image) of any supported format."""
+
+    def __init__(self, path: Path, source: PixelSource, mpp: float | None = None) -> None:
+        self._source = source
+        meta = source.metadata
+        self._scales = tuple(_level_scale(meta.level_dimensions[0], dims) for dims in meta.level_dimensions)
+        if mpp is not None and not mpp > 0:
+            raise SlideError(path, f"mpp override must be positive, got {mpp}")
+        self.info = SlideInfo(
+            path=str(path),
+            dimensions=meta.level_dimensions[0],
+            level_count=len(meta.level_dimensions),
+            level_dimensions=meta.level_dimensions,
+            level_downsamples=tuple((sx + sy) / 2 for sx, sy in self._scales),
+            mpp=(mpp, mpp) if mpp is not None else meta.mpp,
+            vendor=meta.vendor,
+            objective_power=meta.objective_power,
+            mpp_source="override" if mpp is not None else ("metadata" if meta.mpp else "none"),
+        )
+
+    def level_scale(self, level: int) -> tuple[float, float]:
+        """Level-0 px per level px (x, y); exact integers when the level is a floor/ceil division."""
+        return self._scales[level]
+
+    def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of a level region in level px; outside the slide is white."""
+        width, height = self.info.level_dimensions[level]
+        out = np.full((h, w, 3), 255, np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+        if x0 < x1 and y0 < y1:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._source.read(level, x0, y0, x1, y1)
+        return out
+
+    def at_mpp(self, mpp: float = DEFAULT_MPP) -> SlideView:
+        """The slide at the processing resolution (µm/px)."""
+        return view_at_mpp(self, mpp)
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """The whole slide as RGB uint8 whose longer side is at most `max_size` px."""
+        width, height = self.info.dimensions
+        factor = max(width, height) / max_size
+        transform = Transform(factor, factor)
+        w, h = math.ceil(width / factor), math.ceil(height / factor)
+        return render(self, best_level(self, transform), transform, 0, 0, w, h)
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a slide; `mpp` overrides the level-0 µm/px of its metadata. Raises SlideError."""
+    path = Path(path)
+    return Slide(path, open_source(path), mpp)
+
+
+def _level_scale(base: tuple[int, int], dims: tuple[int, int]) -> tuple[float, float]:
+    return tuple(_axis_scale(full, size) for full, size in zip(base, dims))  # type: ignore[return-value]
+
+
+def _axis_scale(full: int, size: int) -> float:
+    # Pyramids store floor or ceil of full / k; the true pixel pitch is still exactly k.
+    k = round(full / size)
+    return float(k) if k >= 1 and size in (full // k, -(-full // k)) else full / size

@@ -1,0 +1,169 @@
+"""Where slide pixels come from: tiffslide for TIFF-based files, Pillow for plain images.
+
+Both sources answer the same two questions — what levels exist and what the
+RGB pixels of an in-bounds level region are — so `Slide` never cares which
+file format it holds.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import tiffslide
+from PIL import Image
+
+from cerberus_batch.slides.errors import SlideError
+
+PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# Resolution tags outside this range are scanner-less defaults (72 dpi = 353 µm/px), not microscopy.
+PLAUSIBLE_MPP = (0.05, 20.0)
+# µm per unit for OME PhysicalSize*Unit.
+OME_UNITS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+@dataclass(frozen=True)
+class SourceMetadata:
+    level_dimensions: tuple[tuple[int, int], ...]  # (w, h) per level
+    mpp: tuple[float, float] | None
+    vendor: str
+    objective_power: float | None
+
+
+class PixelSource(Protocol):
+    metadata: SourceMetadata
+
+    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """RGB uint8 (y1 - y0, x1 - x0, 3) of a region that lies inside the level."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_source(path: Path) -> PixelSource:
+    if not path.is_file():
+        raise SlideError(path, "file not found")
+    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+        return PlainImageSource(path)
+    return TiffSource(path)
+
+
+def to_rgb(pixels: np.ndarray, path: Path) -> np.ndarray:
+    """Grey, grey+alpha, RGB or RGBA uint8 pixels as RGB, transparency composited on white."""
+    if pixels.dtype != np.uint8:
+        raise SlideError(path, f"{pixels.dtype} pixels are not supported; convert the image to 8-bit RGB")
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    channels = pixels.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise SlideError(path, f"{channels} channels per pixel are not supported; expected grey, RGB or RGBA")
+    colour = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    if channels in (2, 4):
+        alpha = pixels[..., -1:].astype(np.uint32)
+        blended = (colour.astype(np.uint32) * alpha + 255 * (255 - alpha) + 127) // 255
+        return blended.astype(np.uint8)
+    return np.ascontiguousarray(colour)
+
+
+class TiffSource:
+    """SVS, pyramidal TIFF (pages or SubIFDs), OME-TIFF and plain TIFF through tiffslide."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._slide = tiffslide.TiffSlide(path)
+            properties = self._slide.properties
+            self._levels = [self._slide.zarr_group[str(level)] for level in range(self._slide.level_count)]
+        except SlideError:
+            raise
+        except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
+            raise SlideError(path, f"not a readable slide ({type(err).__name__}: {_first_line(err)})") from None
+        self._axes = properties["tiffslide.series-axes"]
+        if self._axes not in ("YX", "YXS"):
+            raise SlideError(path, f"pixel layout {self._axes} is not supported; expected interleaved RGB or grey")
+        if self._levels[0].dtype != np.uint8:
+            raise SlideError(path, f"{self._levels[0].dtype} pixels are not supported; convert the slide to 8-bit RGB")
+        self._check_complete(int(properties.get("tiffslide.series-index") or 0))
+        tiff = self._slide.ts_tifffile
+        vendor = properties.get("tiffslide.vendor") or ("ome" if tiff.is_ome else "generic-tiff")
+        power = properties.get("tiffslide.objective-power")
+        self.metadata = SourceMetadata(
+            level_dimensions=tuple((int(w), int(h)) for w, h in self._slide.level_dimensions),
+            mpp=_plausible(_tiff_mpp(properties, tiff.ome_metadata if tiff.is_ome else None)),
+            vendor=str(vendor),
+            objective_power=float(power) if power else None,
+        )
+
+    def _check_complete(self, series: int) -> None:
+        """Refuse files whose tile data runs past the end of the file (interrupted copies)."""
+        size = self.path.stat().st_size
+        for level in self._slide.ts_tifffile.series[series].levels:
+            for page in level.pages:
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+                if ends and max(ends) > size:
+                    raise SlideError(self.path, f"file is truncated (image data ends at byte {max(ends)}, file has {size})")
+
+    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        try:
+            pixels = np.asarray(self._levels[level][y0:y1, x0:x1])
+        except Exception as err:  # a damaged tile surfaces as a codec error
+            raise SlideError(self.path, f"cannot decode level {level} region ({type(err).__name__}: {_first_line(err)})") from None
+        return to_rgb(pixels, self.path)
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class PlainImageSource:
+    """A PNG or JPEG held in memory as a single-level slide (tile mode's inputs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+                if mode.startswith("I") or mode == "F":
+                    raise SlideError(path, f"{mode} (16/32-bit) images are not supported; convert the image to 8-bit RGB")
+                self._rgb = to_rgb(np.asarray(image.convert("RGBA")), path)
+        except SlideError:
+            raise
+        except Exception as err:  # Pillow raises several types for damaged images
+            raise SlideError(path, f"not a readable image ({type(err).__name__}: {_first_line(err)})") from None
+        h, w = self._rgb.shape[:2]
+        self.metadata = SourceMetadata(level_dimensions=((w, h),), mpp=None, vendor="image", objective_power=None)
+
+    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        return self._rgb[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        self._rgb = np.empty((0, 0, 3), np.uint8)
+
+
+def _tiff_mpp(properties: dict, ome_xml: str | None) -> tuple[float, float] | None:
+    mpp_x, mpp_y = properties.get("tiffslide.mpp-x"), properties.get("tiffslide.mpp-y")
+    if mpp_x and mpp_y:
+        return float(mpp_x), float(mpp_y)
+    return _ome_mpp(ome_xml) if ome_xml else None
+
+
+def _ome_mpp(ome_xml: str) -> tuple[float, float] | None:
+    pixels = next((e for e in ElementTree.fromstring(ome_xml).iter() if e.tag.endswith("Pixels")), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
+        return None
+    return tuple(  # type: ignore[return-value]
+        float(pixels.attrib[f"PhysicalSize{axis}"]) * OME_UNITS.get(pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm"), float("nan"))
+        for axis in "XY"
+    )
+
+
+def _plausible(mpp: tuple[float, float] | None) -> tuple[float, float] | None:
+    low, high = PLAUSIBLE_MPP
+    return mpp if mpp and all(low <= v <= high for v in mpp) else None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no details"
