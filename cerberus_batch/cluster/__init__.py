@@ -1,14 +1,57 @@
-"""Where the workers come from: this machine, SLURM, Kubernetes, or an existing scheduler."""
+"""Where the workers come from: this machine, SLURM, Kubernetes, or an existing scheduler.
+
+`start_cluster(spec)` is a context manager yielding `(target, has_gpu_workers)`: `target` is
+what `distributed.Client(target)` takes (a cluster object or a scheduler address), and the
+cluster we started is closed when the block ends. `placement(has_gpu_workers)` gives each
+kind of task its `resources=`.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from cerberus_batch.cluster.placement import Placement, placement
 from cerberus_batch.cluster.spec import ClusterSpec
 
+__all__ = ["ClusterSpec", "Placement", "placement", "start_cluster", "submission_preview"]
 
-def start_cluster(spec: ClusterSpec):
-    """Start the cluster a cohort asks for; returns (cluster, has_gpu_workers)."""
+
+@contextmanager
+def start_cluster(spec: ClusterSpec) -> Iterator[tuple[Any, bool]]:
+    if spec.kind == "address":
+        from cerberus_batch.cluster.address import connected
+
+        with connected(spec.address) as started:
+            yield started
+        return
     if spec.kind == "local":
         from cerberus_batch.cluster.local import gpu_count, local_cluster
 
-        return local_cluster(spec), gpu_count() > 0
-    raise NotImplementedError(f"cluster kind {spec.kind!r} is not available yet")
+        gpus = gpu_count()
+        cluster, gpu = local_cluster(spec, gpus), gpus > 0
+    elif spec.kind == "slurm":
+        from cerberus_batch.cluster.slurm import slurm_cluster
+
+        cluster, gpu = slurm_cluster(spec), spec.slurm.gpus_per_job > 0
+    else:
+        from cerberus_batch.cluster.kubernetes import kubernetes_cluster
+
+        cluster, gpu = kubernetes_cluster(spec), spec.kubernetes.gpus_per_worker > 0
+    with cluster:
+        yield cluster, gpu
+
+
+def submission_preview(spec: ClusterSpec) -> str:
+    """What would be submitted for review: the SLURM job script or the Kubernetes manifests."""
+    if spec.kind == "slurm":
+        from cerberus_batch.cluster.slurm import job_script
+
+        return job_script(spec)
+    if spec.kind == "kubernetes":
+        import yaml
+
+        from cerberus_batch.cluster.kubernetes import manifests
+
+        return yaml.safe_dump_all(manifests(spec), sort_keys=False)
+    raise ValueError(f"cluster kind {spec.kind!r} submits nothing to review (only slurm and kubernetes do)")

@@ -6,6 +6,7 @@ import os
 
 from distributed import LocalCluster
 
+from cerberus_batch.cluster.placement import worker_resources
 from cerberus_batch.cluster.spec import ClusterSpec
 
 
@@ -18,15 +19,34 @@ def gpu_count() -> int:
         return 0
 
 
-def local_cluster(spec: ClusterSpec) -> LocalCluster:
-    """One worker per GPU (carrying the `GPU` resource) when there are GPUs, else CPU workers."""
-    gpus = gpu_count()
-    workers = spec.workers or gpus or max(1, (os.cpu_count() or 1) // spec.threads_per_worker)
-    return LocalCluster(
-        n_workers=workers,
+def cpu_worker_count(spec: ClusterSpec, gpus: int) -> int:
+    """As asked, else one per free core: each GPU worker keeps a core busy feeding its GPU."""
+    if spec.workers:
+        return spec.workers
+    free = (os.cpu_count() or 1) - gpus
+    return max(1, free // spec.threads_per_worker)
+
+
+def local_cluster(spec: ClusterSpec, gpus: int) -> LocalCluster:
+    """CPU workers, plus one worker per GPU that carries the `GPU` resource and sees only its GPU."""
+    cluster = LocalCluster(
+        n_workers=cpu_worker_count(spec, gpus),
         threads_per_worker=spec.threads_per_worker,
         processes=True,
+        host="127.0.0.1",
         memory_limit=spec.memory_limit,
         dashboard_address=spec.dashboard_address,
-        resources={"GPU": 1} if gpus else None,
+        resources=worker_resources(0, spec.threads_per_worker, cpu_only_workers=bool(gpus)),
     )
+    template = cluster.new_spec["options"]
+    for device in range(gpus):
+        options = {
+            **template,
+            "nthreads": 1,
+            "resources": worker_resources(1, 1, cpu_only_workers=True),
+            "env": {"CUDA_VISIBLE_DEVICES": str(device)},
+        }
+        cluster.worker_spec[f"gpu-{device}"] = {"cls": cluster.new_spec["cls"], "options": options}
+    if gpus:
+        cluster.scale(len(cluster.worker_spec))  # starts the GPU workers just added
+    return cluster

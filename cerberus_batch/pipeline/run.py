@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from distributed import Client, Future, as_completed
 
+from cerberus_batch.cluster.placement import placement
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger, check_run
 from cerberus_batch.pipeline.progress import RunProgress
@@ -69,7 +70,8 @@ class CohortRun:
         self.report = report
         self.progress = progress
         self.ledger = Ledger(cohort.output)
-        self.infer_resources = {"GPU": 1} if gpu else None
+        where = placement(gpu)
+        self.infer_resources, self.cpu_resources = where.inference, where.cpu
         self.pending: dict[str, set[Future]] = {}
         self.started: dict[str, float] = {}
         self.handlers: dict[str, tuple[SlideEntry, Callable[[SlideEntry, Future], None]]] = {}
@@ -86,7 +88,7 @@ class CohortRun:
         for slide in c.slides:
             self.report.slides[slide.id] = SlideOutcome()
             self.started[slide.id] = time.time()
-            self.submit(slide, self.on_plan, plan_slide, slide, c.model, c.processing, c.output, key=f"plan-{slide.id}")
+            self.submit(slide, self.on_plan, plan_slide, slide, c.model, c.processing, c.output, key=f"plan-{slide.id}", resources=self.cpu_resources)
 
     def loop(self) -> None:
         for future in self.futures:
@@ -153,8 +155,7 @@ def run_cohort(cohort: Cohort, *, fresh: bool = False, show_progress: bool = Tru
     report = RunReport(cohort=cohort.name, output=str(cohort.output))
     with ExitStack() as stack:
         if cluster is None:
-            cluster, gpu = start_cluster(cohort.cluster)
-            stack.enter_context(cluster)
+            cluster, gpu = stack.enter_context(start_cluster(cohort.cluster))
         else:
             gpu = False
         client = stack.enter_context(Client(cluster))
