@@ -87,5 +87,18 @@ def status(output: str) -> None:
     print_status(output)
 
 
+@main.command("cluster-spec")
+@click.argument("cohort_file", type=click.Path(dir_okay=False))
+def cluster_spec(cohort_file: str) -> None:
+    """Print what the cohort's cluster would submit: the SLURM job script or the Kubernetes manifests."""
+    from cerberus_batch.cluster import submission_preview
+
+    cohort = _cohort(cohort_file)
+    try:
+        click.echo(submission_preview(cohort.cluster), nl=False)
+    except (ValueError, RuntimeError) as err:
+        raise click.ClickException(f"{cohort_file}: cluster: {err}") from None
+
+
 if __name__ == "__main__":
     main()
