@@ -17,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
-from skimage.morphology import remove_small_holes, remove_small_objects
+from skimage.morphology import remove_small_objects
 
 from cerberus_batch.slides.errors import SlideError
 from cerberus_batch.slides.view import SlideView
@@ -30,7 +30,7 @@ DARK_VALUE = 0.2  # HSV value below this is black pen, dark glass edge or scanne
 PEN_HUES = (70 / 360, 230 / 360)  # green to blue: marker ink, not H&E (pink to purple)
 PEN_SATURATION = 0.25
 MIN_TISSUE_UM2 = 5_000  # smaller specks are dust or debris
-MAX_HOLE_UM2 = 1_000_000  # lumens and tears up to 1 mm² stay inside the mask
+MAX_HOLE_UM2 = 250_000  # lumens and tears up to 0.25 mm² stay inside the mask
 STRIP_PIXELS = 32_000_000  # level px read at once while rendering the automatic mask
 
 
@@ -75,7 +75,7 @@ def detect_tissue(rgb: np.ndarray, mpp: float) -> np.ndarray:
     Glass is bright and unsaturated, H&E is saturated pink to purple, so tissue is
     saturation above an Otsu threshold (clamped to a sane range for all-tissue or
     all-glass images), minus near-black pixels and green/blue marker ink. Specks
-    are removed and holes up to 1 mm² filled; a one-pixel dilation keeps tissue
+    are removed and holes up to 0.25 mm² filled; a one-pixel dilation keeps tissue
     edges, whose low-resolution pixels are part glass, inside the mask.
     """
     hsv = rgb2hsv(rgb)
@@ -87,8 +87,17 @@ def detect_tissue(rgb: np.ndarray, mpp: float) -> np.ndarray:
     otsu = threshold_otsu(candidates) if varied else SATURATION_RANGE[1]
     tissue = usable & ~pen & (saturation > np.clip(otsu, *SATURATION_RANGE))
     tissue = remove_small_objects(tissue, max_size=math.ceil(MIN_TISSUE_UM2 / mpp**2))
-    tissue = remove_small_holes(tissue, max_size=math.ceil(MAX_HOLE_UM2 / mpp**2))
+    tissue = _fill_holes(tissue, max_size=math.ceil(MAX_HOLE_UM2 / mpp**2))
     return ndimage.binary_dilation(tissue, structure=np.ones((3, 3), bool))
+
+
+def _fill_holes(tissue: np.ndarray, max_size: int) -> np.ndarray:
+    """Fill enclosed glass up to `max_size` px; glass reaching the image border is never a hole."""
+    background, _ = ndimage.label(~tissue)
+    small = np.bincount(background.ravel()) <= max_size
+    small[0] = False
+    small[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
+    return tissue | small[background]
 
 
 def _render_low(low: SlideView) -> np.ndarray:

@@ -83,8 +83,8 @@ class ChunkPlan:
             "cells": self.cells,
             "cells_total": cell_rows * cell_cols,
             "output_megapixels": self.cells * self.cell**2 / 1e6,
-            # What the model actually reads: every kept chunk with its context border.
-            "input_megapixels": sum((c.w + 2 * CONTEXT) * (c.h + 2 * CONTEXT) for c in self.chunks) / 1e6,
+            # Estimated work: what the model reads, every kept chunk with its context border.
+            "work_megapixels": sum((c.w + 2 * CONTEXT) * (c.h + 2 * CONTEXT) for c in self.chunks) / 1e6,
         }
 
 

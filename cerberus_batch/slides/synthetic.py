@@ -101,7 +101,9 @@ def _tissue_region(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 def _place_glands(rng: np.random.Generator, w: int, h: int) -> list[_Ellipse]:
     """One gland wider than 2,000 level-0 px, then smaller ones where they fit."""
-    wanted = [rng.uniform(1100, 1250)] + list(rng.uniform(250, 550, size=max(1, w * h // 5_000_000)))
+    largest = 0.4 * min(w, h)  # small test slides get proportionally smaller glands
+    sizes = [rng.uniform(1100, 1250)] + list(rng.uniform(250, 550, size=max(1, w * h // 5_000_000)))
+    wanted = [min(size, largest) for size in sizes]
     placed: list[_Ellipse] = []
     for radius in wanted:
         for _ in range(200):
