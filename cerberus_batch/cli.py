@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cerberus_batch import __version__
@@ -98,6 +100,63 @@ def cluster_spec(cohort_file: str) -> None:
         click.echo(submission_preview(cohort.cluster), nl=False)
     except (ValueError, RuntimeError) as err:
         raise click.ClickException(f"{cohort_file}: cluster: {err}") from None
+
+
+@main.command()
+@click.argument("slide", type=click.Path(dir_okay=False))
+@click.option("--mpp-override", type=float, help="Level-0 µm/px, for slides without (or with wrong) metadata.")
+@click.option("--target-mpp", type=float, default=0.5, show_default=True, help="Processing resolution, µm/px.")
+@click.option("--chunk", type=int, default=2016, show_default=True, help="Chunk side in processing px (multiple of 144).")
+@click.option("--mask", "mask_source", default="auto", show_default=True, help='"auto", "none" or a mask image.')
+def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: int, mask_source: str) -> None:
+    """Print a slide's metadata, levels, processing resolution, tissue and chunk plan."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cerberus_batch.slides import SlideError, open_slide, plan_chunks, tissue_mask
+
+    try:
+        with open_slide(slide, mpp=mpp_override) as opened:
+            view = opened.at_mpp(target_mpp)
+            mask = tissue_mask(view, mask_source)
+            plan = plan_chunks(view, mask, chunk=chunk, slide_id=Path(slide).stem)
+    except (SlideError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    info = opened.info
+    table = Table(title=slide, show_header=False)
+    rows = {
+        "vendor": info.vendor,
+        "objective power": str(info.objective_power or "-"),
+        "level-0 size (w×h)": "×".join(map(str, info.dimensions)),
+        "level-0 mpp": f"{info.mpp[0]:.4f} × {info.mpp[1]:.4f} ({info.mpp_source})" if info.mpp else "none",
+        "levels": ", ".join(f"{w}×{h} (÷{d:g})" for (w, h), d in zip(info.level_dimensions, info.level_downsamples)),
+        "processing": f"{view.shape[1]}×{view.shape[0]} px at {view.mpp:.4f} µm/px, level {view.level}"
+        + (" read natively" if view.native else " resampled"),
+        "tissue": f"{mask.tissue_fraction:.1%} of the slide ({mask.source} mask)",
+    }
+    summary = {key: value for key, value in plan.summary().items() if key not in ("slide_id", "shape", "mpp")}
+    rows.update({f"plan: {key}": f"{value:.2f}" if isinstance(value, float) else str(value) for key, value in summary.items()})
+    for key, value in rows.items():
+        table.add_row(key, value)
+    Console().print(table)
+
+
+@main.command()
+@click.argument("slide", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="PNG to write (white = tissue).")
+@click.option("--mpp-override", type=float, help="Level-0 µm/px, for slides without (or with wrong) metadata.")
+def mask(slide: str, output: str, mpp_override: float | None) -> None:
+    """Detect tissue automatically and save the mask as a PNG for QC or editing."""
+    from cerberus_batch.slides import SlideError, open_slide, tissue_mask
+
+    try:
+        with open_slide(slide, mpp=mpp_override) as opened:
+            found = tissue_mask(opened.at_mpp())
+        found.save_png(output)
+    except (SlideError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    h, w = found.array.shape
+    click.echo(f"{output}: {w}×{h} mask, {found.downsample:g} processing px per pixel, {found.tissue_fraction:.1%} tissue")
 
 
 if __name__ == "__main__":
