@@ -1,0 +1,148 @@
+"""Instance records (spec §6.4) from a labelled map window: ids, classes, areas, outlines.
+
+Coordinates go map px → processing px (× downsample) → level-0 px (`transform.to_level0`).
+Outlines trace pixel edges exactly and keep the outer boundary of the instance's
+first 4-connected part (the reference keeps one contour); an instance whose part
+is a single row or column is dropped, as the reference drops contours of < 3 points.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from scipy import ndimage
+
+from cerberus_batch.grid import CELL
+from cerberus_batch.tasks.outline import first_part, hole_rings, outer_ring
+from cerberus_batch.tasks.postprocess import ObjectKind
+
+TISSUE_CLASSES = (
+    "background", "abnormal_epi", "normal_epi", "inflammatory", "muscle", "stroma", "debris", "mucous", "adipose",
+)
+COLUMNS = {
+    "slide_id": "object", "instance_id": "int64", "class_id": "int32", "class_name": "object",
+    "class_prob": "float64", "area_px": "int64", "area_um2": "float64", "centroid_x": "float64", "centroid_y": "float64",
+}
+
+
+def vote(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference class rule per row of class counts: the most frequent class (smallest on ties),
+    or the runner-up when that is 0 and another class occurs. Returns (class, its count)."""
+    best = np.argmax(counts, axis=1)
+    runner_up = np.argmax(counts[:, 1:], axis=1) + 1
+    rows = np.arange(counts.shape[0])
+    use_runner_up = (best == 0) & (counts[rows, runner_up] > 0)
+    chosen = np.where(use_runner_up, runner_up, best)
+    return chosen, counts[rows, chosen]
+
+
+def instance_table(
+    labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, *, kind: ObjectKind, origin: tuple[int, int],
+    map_width: int, slide_id: str, transform: Any, mpp: float,
+) -> gpd.GeoDataFrame:
+    """One row per label in `ids` of the window `labels`, whose top-left map px is `origin` (y, x).
+
+    `instance_id` is the map-px raster position (y * map_width + x) of the instance's first pixel.
+    """
+    ys, xs = np.nonzero(np.isin(labels, ids))
+    if ys.size == 0:
+        return empty_table()
+    found, first, inverse, area = np.unique(labels[ys, xs], return_index=True, return_inverse=True, return_counts=True)
+    if classes is None:
+        class_id, class_count = np.ones(found.size, np.int64), area
+    else:
+        width = max(len(kind.class_names), int(classes.max()) + 1)
+        counts = np.bincount(inverse * width + classes[ys, xs], minlength=found.size * width)
+        class_id, class_count = vote(counts.reshape(found.size, width))
+    y0, x0 = origin
+    slices = ndimage.find_objects(labels)
+    rings, kept = [], []
+    for row, label in enumerate(found):
+        box = slices[label - 1]
+        part = first_part(labels[box] == label)
+        if part.any(axis=0).sum() > 1 and part.any(axis=1).sum() > 1:
+            rings.append(outer_ring(part) + (x0 + box[1].start, y0 + box[0].start))
+            kept.append(row)
+    keep = np.asarray(kept, dtype=np.int64)
+    down = kind.downsample
+    # Sums of slide coordinates are exact integers, so any window gives the same centroid.
+    centre_x = (np.bincount(inverse, xs + x0) / area + 0.5) * down
+    centre_y = (np.bincount(inverse, ys + y0) / area + 0.5) * down
+    cx, cy = transform.to_level0(centre_x[keep], centre_y[keep])
+    columns = {
+        "slide_id": slide_id,
+        "instance_id": ((y0 + ys[first]) * map_width + x0 + xs[first])[keep],
+        "class_id": class_id[keep],
+        "class_name": class_names(kind.class_names, class_id[keep]),
+        "class_prob": (class_count / area)[keep],
+        "area_px": area[keep] * down * down,
+        "area_um2": area[keep] * (down * mpp) ** 2,
+        "centroid_x": cx,
+        "centroid_y": cy,
+    }
+    return frame(columns, polygons([[ring] for ring in rings], down, transform))
+
+
+def tissue_table(
+    tissue_class: np.ndarray, *, slide_id: str, transform: Any, mpp: float, names: Sequence[str] = TISSUE_CLASSES,
+) -> gpd.GeoDataFrame:
+    """One polygon (with holes) per 4-connected region of each tissue class; background 0 excluded."""
+    rows, shapes = [], []
+    width = tissue_class.shape[1]
+    for value in np.unique(tissue_class[tissue_class > 0]):
+        regions, _ = ndimage.label(tissue_class == value)
+        for index, box in enumerate(ndimage.find_objects(regions), start=1):
+            region = regions[box] == index
+            offset = (box[1].start, box[0].start)
+            ys, xs = np.nonzero(region)
+            shapes.append([outer_ring(ndimage.binary_fill_holes(region)) + offset]
+                          + [hole + offset for hole in hole_rings(region)])
+            rows.append((int(value), (box[0].start + ys[0]) * width + box[1].start + xs[0], ys.size,
+                         (xs + offset[0]).mean() + 0.5, (ys + offset[1]).mean() + 0.5))
+    table = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    cx, cy = transform.to_level0(table[:, 3] * CELL, table[:, 4] * CELL)
+    class_id = table[:, 0].astype(np.int32)
+    columns = {
+        "slide_id": slide_id,
+        "instance_id": table[:, 1].astype(np.int64),
+        "class_id": class_id,
+        "class_name": class_names(names, class_id),
+        "class_prob": np.ones(len(rows)),
+        "area_px": table[:, 2].astype(np.int64) * CELL * CELL,
+        "area_um2": table[:, 2] * (CELL * mpp) ** 2,
+        "centroid_x": cx,
+        "centroid_y": cy,
+    }
+    return frame(columns, polygons(shapes, CELL, transform))
+
+
+def class_names(names: Sequence[str], class_id: np.ndarray) -> np.ndarray:
+    lookup = np.array(list(names) + [str(i) for i in range(len(names), int(class_id.max(initial=0)) + 1)], dtype=object)
+    return lookup[class_id]
+
+
+def polygons(shapes: list[list[np.ndarray]], downsample: int, transform: Any) -> np.ndarray:
+    """Polygons from rings in map px ([shell, *holes] per shape), placed in level-0 px."""
+    if not shapes:
+        return np.array([], dtype=object)
+    rings = [ring for shape in shapes for ring in shape]
+    coords = np.concatenate(rings) * downsample
+    x, y = transform.to_level0(coords[:, 0], coords[:, 1])
+    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
+    linear = shapely.linearrings(np.column_stack([x, y]), indices=ring_index)
+    starts = np.cumsum([0] + [len(shape) for shape in shapes])
+    return np.array([shapely.Polygon(linear[a], linear[a + 1 : b]) for a, b in zip(starts[:-1], starts[1:])], dtype=object)
+
+
+def frame(columns: dict[str, Any], geometry: np.ndarray) -> gpd.GeoDataFrame:
+    """A table with the shared columns in their fixed dtypes; scalars broadcast to every row."""
+    data = pd.DataFrame({name: columns.get(name) for name in COLUMNS}, index=pd.RangeIndex(len(geometry)))
+    return gpd.GeoDataFrame(data.astype(COLUMNS), geometry=gpd.GeoSeries(list(geometry)), crs=None)
+
+
+def empty_table() -> gpd.GeoDataFrame:
+    return frame({}, np.array([], dtype=object))

@@ -1,0 +1,386 @@
+"""Instances of a whole slide from chunk tasks, identical to post-processing the whole slide at once.
+
+Every result depends only on one connected foreground component of its kind (see
+`postprocess`), so:
+
+- a chunk task finishes the nuclei whose support (8-connected mask component) does
+  not touch its core's edges, and reports the others as border fragments;
+- the slide reduction joins fragments across chunk faces (union-find on edge
+  pixels) and segments each joined support once, from a window holding it whole;
+- glands and lumens are few: chunks report their thresholded components as
+  fragments, and the reduction paints each kept component from its own crop, in
+  the global raster order of first pixels (the whole-slide labelling order), so
+  later ones overwrite earlier ones exactly as on the whole map.
+
+Windows are read by slicing the maps; memory is bounded by window size, not slide size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from cerberus_batch.storage.maps import dequantise
+from cerberus_batch.tasks.instances import TISSUE_CLASSES, empty_table, instance_table, tissue_table
+from cerberus_batch.tasks.postprocess import (
+    EIGHT, ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_nuclei, segment_regions,
+)
+
+Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in map px, exclusive ends
+MERGE_TILE = 256  # map px; joined nuclei starting in one such tile are segmented from one window
+EIGHT_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+FOUR_NEIGHBOURS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+
+
+@dataclass
+class Fragments:
+    """Foreground components of one kind inside a chunk core, in slide map px."""
+
+    first: np.ndarray  # (n,) int64 raster position y * W + x of each component's first pixel
+    boxes: np.ndarray  # (n, 4) int64 y0, x0, y1, x1
+    area: np.ndarray  # (n,) int64 px inside the core
+    edge_pixels: np.ndarray  # (m, 3) int64 y, x, component row: its pixels on the core's edges
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk task sends to the slide reduction."""
+
+    box: tuple[int, int, int, int]  # the chunk, processing px (x, y, w, h)
+    tables: dict[str, gpd.GeoDataFrame]  # finished instances per kind
+    fragments: dict[str, Fragments]  # components cut by (or, for glands and lumens, all within) the core
+
+
+def chunk_instances(
+    maps: Mapping[str, Any], chunk_box: tuple[int, int, int, int], *, slide_id: str, transform: Any, mpp: float,
+    kinds: Sequence[ObjectKind] = cerberus_kinds(),
+) -> ChunkResult:
+    """Finish the nuclei of one chunk and report everything else as fragments."""
+    tables, fragments = {}, {}
+    for kind in kinds:
+        if kind.prob_map not in maps:
+            continue
+        prob = maps[kind.prob_map]
+        core = _core(chunk_box, kind.downsample, prob.shape[1:])
+        inner, contour = _read(prob, core)
+        if kind.method == "watershed":
+            labels, support = segment_nuclei(inner, contour, kind, _image_edges(core, prob.shape[1:]))
+            cut = np.unique(np.concatenate([support[0], support[-1], support[:, 0], support[:, -1]]))
+            cut = cut[cut > 0]
+            done = np.unique(labels[(labels > 0) & ~_among(support, cut)])
+            classes = _read_classes(maps, kind, core)
+            tables[kind.name] = instance_table(labels, classes, done, kind=kind, origin=core[:2],
+                                               map_width=prob.shape[2], slide_id=slide_id, transform=transform, mpp=mpp)
+            fragments[kind.name] = _fragments(support, cut, core[:2], prob.shape[2])
+        else:
+            components, n = ndimage.label(foreground(inner, contour, kind))
+            fragments[kind.name] = _fragments(components, np.arange(1, n + 1), core[:2], prob.shape[2])
+    return ChunkResult(tuple(chunk_box), tables, fragments)
+
+
+def merge_slide(
+    maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], *, slide_id: str, transform: Any, mpp: float,
+    kinds: Sequence[ObjectKind] = cerberus_kinds(), tissue_classes: Sequence[str] = TISSUE_CLASSES,
+) -> dict[str, gpd.GeoDataFrame]:
+    """All instance tables of a slide from its chunk results (any order), plus tissue regions."""
+    place = dict(slide_id=slide_id, transform=transform, mpp=mpp)
+    tables: dict[str, gpd.GeoDataFrame] = {}
+    regions: dict[str, Regions] = {}
+    for kind in kinds:
+        if kind.prob_map not in maps:
+            tables[kind.name] = empty_table()
+            continue
+        shape = maps[kind.prob_map].shape[1:]
+        found = [result.fragments[kind.name] for result in chunk_results]
+        joined = _join(found, shape, EIGHT_NEIGHBOURS if kind.method == "watershed" else FOUR_NEIGHBOURS)
+        if kind.method == "watershed":
+            finished = [result.tables[kind.name] for result in chunk_results]
+            tables[kind.name] = _sorted(finished + _finish_nuclei(maps, kind, joined, shape, place))
+        else:
+            regions[kind.name] = Regions(maps, kind, joined.keep(joined.area >= kind.min_area))
+    tables.update(_region_tables(maps, kinds, regions, place))
+    tables["tissue"] = _tissue(maps, tissue_classes, place)
+    return tables
+
+
+def slide_instances(
+    maps: Mapping[str, Any], *, slide_id: str, transform: Any, mpp: float,
+    kinds: Sequence[ObjectKind] = cerberus_kinds(), tissue_classes: Sequence[str] = TISSUE_CLASSES,
+) -> dict[str, gpd.GeoDataFrame]:
+    """The whole-slide reference: post-processing straight on the full maps, in memory."""
+    place = dict(slide_id=slide_id, transform=transform, mpp=mpp)
+    labelled: dict[str, np.ndarray] = {}
+    contained: dict[str, np.ndarray] = {}  # container kind -> its instance_id once per contained object
+    tables: dict[str, gpd.GeoDataFrame] = {}
+    for kind in kinds:
+        if kind.prob_map not in maps:
+            tables[kind.name] = empty_table()
+            continue
+        inner, contour = dequantise(np.asarray(maps[kind.prob_map]))
+        if kind.method == "watershed":
+            labels, _ = segment_nuclei(inner, contour, kind)
+        else:
+            labels = segment_regions(inner, contour, kind)
+        if kind.inside is not None:
+            if kind.inside not in labelled:
+                tables[kind.name] = empty_table()
+                continue
+            labels = labels * (labelled[kind.inside] > 0)
+            container = labelled[kind.inside]
+            found, first = np.unique(container.ravel(), return_index=True)
+            outer_id = np.zeros(int(found.max()) + 1, np.int64)
+            outer_id[found] = first  # first-pixel raster position = the container's instance_id
+            contained[kind.inside] = outer_id[_overlaps(container, labels)]
+        labelled[kind.name] = labels
+        classes = _read_classes(maps, kind, (0, 0) + labels.shape)
+        tables[kind.name] = _sorted([instance_table(labels, classes, np.unique(labels[labels > 0]), kind=kind,
+                                                    origin=(0, 0), map_width=labels.shape[1], **place)])
+    tables.update(_with_counts(tables, kinds, contained))
+    tables["tissue"] = _tissue(maps, tissue_classes, place)
+    return tables
+
+
+@dataclass
+class Joined:
+    """Components of one kind across the slide: fragments joined over chunk faces, by first pixel."""
+
+    first: np.ndarray
+    boxes: np.ndarray
+    area: np.ndarray
+
+    def keep(self, which: np.ndarray) -> Joined:
+        return Joined(self.first[which], self.boxes[which], self.area[which])
+
+
+def _join(found: Sequence[Fragments], shape: tuple[int, int], neighbours: list[tuple[int, int]]) -> Joined:
+    """Union-find of fragments whose edge pixels are neighbours across a chunk face or corner."""
+    sizes = [len(f.first) for f in found]
+    offsets = np.cumsum([0] + sizes)
+    n = int(offsets[-1])
+    if n == 0:
+        return Joined(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64))
+    edge = np.concatenate([f.edge_pixels + (0, 0, offset) for f, offset in zip(found, offsets)])
+    links = _touching(edge, shape, neighbours)
+    graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    first = np.concatenate([f.first for f in found])
+    boxes = np.concatenate([f.boxes for f in found])
+    area = np.concatenate([f.area for f in found])
+    groups = group.max() + 1
+    joined_first = np.full(groups, np.iinfo(np.int64).max)
+    np.minimum.at(joined_first, group, first)
+    low = np.full((groups, 2), np.iinfo(np.int64).max)
+    high = np.zeros((groups, 2), np.int64)
+    np.minimum.at(low, group, boxes[:, :2])
+    np.maximum.at(high, group, boxes[:, 2:])
+    order = np.argsort(joined_first)
+    return Joined(joined_first[order], np.hstack([low, high])[order], np.bincount(group, area)[order].astype(np.int64))
+
+
+def _touching(edge: np.ndarray, shape: tuple[int, int], neighbours: list[tuple[int, int]]) -> np.ndarray:
+    """(k, 2) fragment rows of edge pixels (y, x, row) that are neighbours of each other."""
+    h, w = shape
+    keys = edge[:, 0] * w + edge[:, 1]
+    order = np.argsort(keys)
+    pairs = [np.zeros((0, 2), np.int64)]
+    for dy, dx in neighbours if len(edge) else []:
+        y, x = edge[:, 0] + dy, edge[:, 1] + dx
+        wanted = y * w + x
+        at = np.minimum(np.searchsorted(keys, wanted, sorter=order), len(keys) - 1)
+        hit = (y >= 0) & (y < h) & (x >= 0) & (x < w) & (keys[order[at]] == wanted)
+        pairs.append(np.column_stack([edge[hit, 2], edge[order[at[hit]], 2]]))
+    return np.concatenate(pairs)
+
+
+def _finish_nuclei(
+    maps: Mapping[str, Any], kind: ObjectKind, joined: Joined, shape: tuple[int, int], place: dict[str, Any],
+) -> list[gpd.GeoDataFrame]:
+    """Segment each joined nucleus support once; supports starting in one tile share a window."""
+    tile = (joined.boxes[:, 0] // MERGE_TILE) * (shape[1] // MERGE_TILE + 1) + joined.boxes[:, 1] // MERGE_TILE
+    tables = []
+    for key in np.unique(tile):
+        members = tile == key
+        boxes = joined.boxes[members]
+        window = _clip((boxes[:, 0].min() - 1, boxes[:, 1].min() - 1, boxes[:, 2].max() + 1, boxes[:, 3].max() + 1), shape)
+        inner, contour = _read(maps[kind.prob_map], window)
+        labels, support = segment_nuclei(inner, contour, kind, _image_edges(window, shape))
+        seeds = support.ravel()[_local(joined.first[members], window, shape[1])]
+        ids = np.unique(labels[(labels > 0) & _among(support, seeds)])
+        tables.append(instance_table(labels, _read_classes(maps, kind, window), ids, kind=kind, origin=window[:2],
+                                     map_width=shape[1], **place))
+    return tables
+
+
+class Regions:
+    """The kept glands (or lumens) of a slide, each painted from its own crop of the maps."""
+
+    def __init__(self, maps: Mapping[str, Any], kind: ObjectKind, joined: Joined) -> None:
+        self.maps, self.kind, self.joined = maps, kind, joined
+        self.shape = maps[kind.prob_map].shape[1:]
+        self.crops = np.array([crop_box(tuple(b), kind.pad, self.shape) for b in joined.boxes], np.int64).reshape(-1, 4)
+        self.painted: Callable[[int], np.ndarray] = lru_cache(maxsize=256)(self._paint)
+
+    def __len__(self) -> int:
+        return len(self.joined.first)
+
+    def _paint(self, index: int) -> np.ndarray:
+        crop = tuple(int(v) for v in self.crops[index])
+        inner, contour = _read(self.maps[self.kind.prob_map], crop)
+        components, _ = ndimage.label(foreground(inner, contour, self.kind))
+        own = components == components.ravel()[_local(self.joined.first[index : index + 1], crop, self.shape[1])[0]]
+        return paint_region(own, self.kind)
+
+    def paint(self, window: Box) -> np.ndarray:
+        """Label map of the window: index + 1 of the last (in raster order) region covering each px."""
+        out = np.zeros((window[2] - window[0], window[3] - window[1]), np.int32)
+        c = self.crops
+        near = (c[:, 0] < window[2]) & (c[:, 2] > window[0]) & (c[:, 1] < window[3]) & (c[:, 3] > window[1])
+        for index in np.flatnonzero(near):
+            y0, x0, y1, x1 = (int(v) for v in c[index])
+            ty0, tx0, ty1, tx1 = max(y0, window[0]), max(x0, window[1]), min(y1, window[2]), min(x1, window[3])
+            part = self.painted(int(index))[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0]
+            out[ty0 - window[0] : ty1 - window[0], tx0 - window[1] : tx1 - window[1]][part] = index + 1
+        return out
+
+
+def _region_tables(
+    maps: Mapping[str, Any], kinds: Sequence[ObjectKind], regions: dict[str, Regions], place: dict[str, Any],
+) -> dict[str, gpd.GeoDataFrame]:
+    """Tables of glands and lumens; a kind's container (glands) comes before it in `kinds`."""
+    tables: dict[str, gpd.GeoDataFrame] = {}
+    ids: dict[str, np.ndarray] = {}  # kind -> instance_id per region index (-1: no row)
+    contained: dict[str, np.ndarray] = {}
+    for kind in kinds:
+        if kind.name not in regions:
+            continue
+        own = regions[kind.name]
+        container = regions.get(kind.inside) if kind.inside is not None else None
+        if kind.inside is not None and container is None:
+            tables[kind.name] = empty_table()
+            continue
+        parts, under_each = [], []
+        ids[kind.name] = np.full(len(own), -1, np.int64)
+        for index in range(len(own)):
+            window = tuple(int(v) for v in own.crops[index])
+            labels = (own.paint(window) == index + 1).astype(np.int32)
+            if container is not None:
+                under = container.paint(window)
+                labels[under == 0] = 0
+                under_each.append(np.unique(under[labels > 0]) - 1)
+            part = instance_table(labels, _read_classes(maps, kind, window), np.array([1]), kind=kind,
+                                  origin=window[:2], map_width=own.shape[1], **place)
+            if len(part):
+                ids[kind.name][index] = part["instance_id"].iloc[0]
+            parts.append(part)
+        tables[kind.name] = _sorted(parts)
+        if container is not None:
+            contained[kind.inside] = ids[kind.inside][np.concatenate(under_each or [np.zeros(0, np.int64)])]
+    tables.update(_with_counts(tables, kinds, contained))
+    return tables
+
+
+def _overlaps(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Outer label of every distinct (outer, inner) overlapping pair."""
+    both = (outer > 0) & (inner > 0)
+    pairs = np.unique(np.column_stack([outer[both], inner[both]]), axis=0)
+    return pairs[:, 0]
+
+
+def _with_counts(
+    tables: dict[str, gpd.GeoDataFrame], kinds: Sequence[ObjectKind], contained: dict[str, np.ndarray],
+) -> dict[str, gpd.GeoDataFrame]:
+    """Container tables (glands) with the number of contained objects each holds (`lumen_count`)."""
+    counted = {}
+    for kind in kinds:
+        if kind.inside is None or kind.inside not in tables:
+            continue
+        counts = pd.Series(contained.get(kind.inside, np.zeros(0, np.int64))).value_counts()
+        table = tables[kind.inside].copy()
+        table[f"{kind.name.removesuffix('s')}_count"] = table["instance_id"].map(counts).fillna(0).astype(np.int32)
+        counted[kind.inside] = table
+    return counted
+
+
+def _tissue(maps: Mapping[str, Any], names: Sequence[str], place: dict[str, Any]) -> gpd.GeoDataFrame:
+    if "tissue_class" not in maps:
+        return empty_table()
+    return tissue_table(np.asarray(maps["tissue_class"][:]), names=names, **place)
+
+
+def _fragments(components: np.ndarray, report: np.ndarray, origin: tuple[int, int], map_width: int) -> Fragments:
+    """The listed components of a core-sized label map, in slide map px."""
+    y0, x0 = origin
+    row_of = np.zeros(int(components.max(initial=0)) + 1, np.int64)
+    row_of[report] = np.arange(report.size)
+    slices = ndimage.find_objects(components)
+    boxes = np.zeros((report.size, 4), np.int64)
+    first = np.zeros(report.size, np.int64)
+    for row, label in enumerate(report):
+        ys, xs = slices[label - 1]
+        start = xs.start + int(np.argmax(components[ys.start, xs] == label))
+        boxes[row] = (ys.start + y0, xs.start + x0, ys.stop + y0, xs.stop + x0)
+        first[row] = (ys.start + y0) * map_width + start + x0
+    h, w = components.shape
+    rim = np.zeros((h, w), bool)
+    rim[[0, -1]] = rim[:, [0, -1]] = True
+    ys, xs = np.nonzero(rim & _among(components, report))
+    edge = np.column_stack([ys + y0, xs + x0, row_of[components[ys, xs]]])
+    area = np.bincount(components.ravel(), minlength=row_of.size)[report]
+    return Fragments(first, boxes, area.astype(np.int64), edge.astype(np.int64))
+
+
+def _among(labels: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """labels ∈ chosen, by lookup table (np.isin sorts the whole image)."""
+    table = np.zeros(int(labels.max(initial=0)) + 1, bool)
+    table[chosen] = True
+    table[0] = False
+    return table[labels]
+
+
+def _core(chunk_box: tuple[int, int, int, int], downsample: int, shape: tuple[int, int]) -> Box:
+    x, y, w, h = chunk_box
+    return _clip((y // downsample, x // downsample, (y + h) // downsample, (x + w) // downsample), shape)
+
+
+def _clip(box: Sequence[int], shape: tuple[int, int]) -> Box:
+    y0, x0, y1, x1 = box
+    return max(int(y0), 0), max(int(x0), 0), min(int(y1), shape[0]), min(int(x1), shape[1])
+
+
+def _image_edges(window: Box, shape: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
+    return window[0] == 0, window[2] == shape[0], window[1] == 0, window[3] == shape[1]
+
+
+def _local(first: np.ndarray, window: Box, map_width: int) -> np.ndarray:
+    """Slide raster positions to flat positions inside the window."""
+    y, x = np.divmod(first, map_width)
+    return (y - window[0]) * (window[3] - window[1]) + x - window[1]
+
+
+def _read(prob: Any, window: Box) -> tuple[np.ndarray, np.ndarray]:
+    y0, x0, y1, x1 = window
+    inner_contour = dequantise(np.asarray(prob[:, y0:y1, x0:x1]))
+    return inner_contour[0], inner_contour[1]
+
+
+def _read_classes(maps: Mapping[str, Any], kind: ObjectKind, window: Box) -> np.ndarray | None:
+    if kind.class_map is None or kind.class_map not in maps:
+        return None
+    y0, x0, y1, x1 = window
+    return np.asarray(maps[kind.class_map][y0:y1, x0:x1])
+
+
+def _sorted(tables: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
+    present = [t for t in tables if len(t)]
+    if not present:
+        return empty_table()
+    merged = pd.concat(present, ignore_index=True)
+    return gpd.GeoDataFrame(merged, geometry="geometry").sort_values("instance_id", ignore_index=True)

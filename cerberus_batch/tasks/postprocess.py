@@ -1,0 +1,213 @@
+"""Cerberus instance post-processing (spec §6) on in-memory probability maps.
+
+Two deliberate deviations from the reference keep every result a function of
+its own 8-connected foreground component, so chunked and whole-slide runs agree:
+
+- A hole in the nucleus markers is filled only when every foreground pixel in
+  it and every marker around it belong to one 8-connected component of the
+  nucleus mask ("support"). The reference also fills holes that enclose a
+  separate support, which glues that nucleus to its neighbour's label.
+- Marker pixels with equal probability enter the watershed flood in raster
+  order within their support (skimage breaks such ties by heap layout, which
+  depends on everything else in the image).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+FOUR = ndimage.generate_binary_structure(2, 1)
+EIGHT = np.ones((3, 3), bool)
+TIE_STEP = 2.0**-40  # far below the 1/255 (or float16) spacing of stored probabilities
+
+
+@dataclass(frozen=True)
+class ObjectKind:
+    """What to segment and how: the reference parameters of one instance type."""
+
+    name: str  # table name: nuclei, glands, lumens
+    method: Literal["watershed", "regions"]
+    prob_map: str  # (inner, contour) probabilities
+    class_map: str | None  # per-pixel class index, None when the model has no TYPE head
+    downsample: int  # processing px per map px
+    threshold: float  # foreground: inner+contour (nuclei) or inner-(contour>0.5) (regions)
+    min_area: int  # objects with fewer map px are removed
+    kernel: int = 3  # erosion (nuclei) or dilation (regions) ellipse size
+    marker_min_area: int = 4  # nuclei markers with fewer px are removed
+    inside: str | None = None  # lumens: kept only inside this kind's objects
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def pad(self) -> int:
+        return 2 * self.kernel
+
+
+NUCLEUS_CLASSES = ("nolabel", "neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective")
+GLAND_CLASSES = ("nolabel", "gland", "surface-epi")
+LUMEN_CLASSES = ("nolabel", "lumen")
+
+
+def region_kind(
+    name: str, prob_map: str, class_map: str | None, downsample: int, *, base_kernel: int, base_area: int,
+    threshold: float, ds: float, class_names: tuple[str, ...], inside: str | None = None,
+) -> ObjectKind:
+    """A gland-like kind scaled the reference's way for post-processing at `ds` of full resolution."""
+    return ObjectKind(
+        name, "regions", prob_map, class_map, downsample, threshold, int(base_area * ds * ds),
+        kernel=int((base_kernel - 1) * ds), inside=inside, class_names=class_names,
+    )
+
+
+def cerberus_kinds(mode: Literal["wsi", "tile"] = "wsi") -> tuple[ObjectKind, ObjectKind, ObjectKind]:
+    """Nuclei, glands, lumens. WSI mode post-processes glands on half-resolution maps (ds 0.5)."""
+    ds, down = (0.5, 2) if mode == "wsi" else (1.0, 1)
+    nuclei = ObjectKind("nuclei", "watershed", "nuclei_prob", "nuclei_class", 1, 0.5, 8, class_names=NUCLEUS_CLASSES)
+    glands = region_kind("glands", "gland_prob", "gland_class", down, base_kernel=11, base_area=1000,
+                         threshold=0.55, ds=ds, class_names=GLAND_CLASSES)
+    lumens = region_kind("lumens", "lumen_prob", None, down, base_kernel=3, base_area=150,
+                         threshold=0.5, ds=ds, class_names=LUMEN_CLASSES, inside="glands")
+    return nuclei, glands, lumens
+
+
+def ellipse_kernel(k: int) -> np.ndarray:
+    """OpenCV's getStructuringElement(MORPH_ELLIPSE, (k, k)), anchor at (k // 2, k // 2)."""
+    if k == 1:
+        return np.ones((1, 1), bool)
+    r = c = k // 2
+    out = np.zeros((k, k), bool)
+    for i in range(k):
+        dy = i - r
+        if abs(dy) <= r:
+            dx = int(np.rint(c * np.sqrt((r * r - dy * dy) / (r * r))))
+            out[i, max(c - dx, 0) : min(c + dx + 1, k)] = True
+    return out
+
+
+def dilate(mask: np.ndarray, k: int) -> np.ndarray:
+    """cv2.dilate with the k×k ellipse and default anchor; nothing enters from outside the array."""
+    kernel = ellipse_kernel(k)
+    a = k // 2
+    h, w = mask.shape
+    padded = np.pad(mask, ((a, k - 1 - a), (a, k - 1 - a)))
+    out = np.zeros_like(mask, dtype=bool)
+    for i, j in np.argwhere(kernel):
+        out |= padded[i : i + h, j : j + w]
+    return out
+
+
+def erode_cross(mask: np.ndarray, image_edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """cv2.erode with the 3×3 cross: beyond the image edge counts as foreground (OpenCV's border).
+
+    `image_edges` says which sides (top, bottom, left, right) of `mask` are the map's edge;
+    other sides see background, which only matters for pixels the caller discards.
+    """
+    padded = np.pad(mask, 1)
+    top, bottom, left, right = image_edges
+    padded[0] |= top
+    padded[-1] |= bottom
+    padded[:, 0] |= left
+    padded[:, -1] |= right
+    return ndimage.binary_erosion(padded, FOUR)[1:-1, 1:-1]
+
+
+def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop 4-connected objects with fewer than `min_area` px (skimage < 0.26 `remove_small_objects`)."""
+    labels, _ = ndimage.label(mask)
+    area = np.bincount(labels.ravel())
+    keep = area >= min_area
+    keep[0] = False
+    return keep[labels]
+
+
+def foreground(inner: np.ndarray, contour: np.ndarray, kind: ObjectKind) -> np.ndarray:
+    """Strict thresholds, as the reference: exactly the threshold is background."""
+    if kind.method == "watershed":
+        return (inner + contour) > kind.threshold
+    return (inner - (contour > 0.5).astype(inner.dtype)) > kind.threshold
+
+
+def segment_nuclei(
+    inner: np.ndarray, contour: np.ndarray, kind: ObjectKind,
+    image_edges: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marker watershed (spec §6.3). Returns (instance labels, support labels).
+
+    Supports are the 8-connected components of the un-eroded mask; each instance
+    lies in one support and depends on nothing outside it (plus one pixel).
+    """
+    mask = foreground(inner, contour, kind)
+    support, _ = ndimage.label(mask, EIGHT)
+    body = remove_small(erode_cross(mask, image_edges), kind.min_area)
+    seeds = remove_small(inner > 0.5, kind.marker_min_area)
+    markers, _ = ndimage.label(fill_own_holes(seeds, support))
+    markers[~body] = 0
+    flood = -inner.astype(np.float64)
+    seeded = np.flatnonzero(markers)
+    flood.ravel()[seeded] -= _tie_order(support.ravel()[seeded]) * TIE_STEP
+    return watershed(flood, markers, mask=body).astype(np.int32), support
+
+
+def fill_own_holes(seeds: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """binary_fill_holes, except holes that touch more than one support stay open."""
+    holes, n = ndimage.label(ndimage.binary_fill_holes(seeds) & ~seeds)
+    if n == 0:
+        return seeds
+    h, w = holes.shape
+    padded = np.pad(support, 1)
+    pairs = []
+    for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+        around = padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+        both = (holes > 0) & (around > 0)
+        pairs.append(holes[both].astype(np.int64) * (support.max() + 1) + around[both])
+    hole_of_pair = np.unique(np.concatenate(pairs)) // (support.max() + 1)
+    clean = np.bincount(hole_of_pair, minlength=n + 1) == 1
+    return seeds | clean[holes]
+
+
+def _tie_order(support_of_seed: np.ndarray) -> np.ndarray:
+    """Per seed pixel (given in raster order): how many later seed pixels share its support."""
+    order = np.argsort(support_of_seed, kind="stable")
+    grouped = support_of_seed[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    sizes = np.diff(np.r_[starts, grouped.size])
+    rank = np.arange(grouped.size) - np.repeat(starts, sizes)
+    later = np.empty_like(rank)
+    later[order] = np.repeat(sizes, sizes) - 1 - rank
+    return later.astype(np.float64)
+
+
+def crop_box(box: tuple[int, int, int, int], pad: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pad (y0, x0, y1, x1) by `pad`, skipping any side where the reference would leave the image.
+
+    The reference keeps a side unpadded unless the padded low edge is >= 0 or the
+    padded (exclusive) high edge is <= size - 1, so it never reaches the last row/column.
+    """
+    y0, x0, y1, x1 = box
+    h, w = shape
+    return (
+        y0 - pad if y0 - pad >= 0 else y0,
+        x0 - pad if x0 - pad >= 0 else x0,
+        y1 + pad if y1 + pad <= h - 1 else y1,
+        x1 + pad if x1 + pad <= w - 1 else x1,
+    )
+
+
+def paint_region(instance: np.ndarray, kind: ObjectKind) -> np.ndarray:
+    """What one gland/lumen covers inside its crop: dilated once, holes filled."""
+    return ndimage.binary_fill_holes(dilate(instance, kind.kernel))
+
+
+def segment_regions(inner: np.ndarray, contour: np.ndarray, kind: ObjectKind) -> np.ndarray:
+    """Glands and lumens (spec §6.1, §6.2) on a whole map; later ids overwrite earlier ones."""
+    labels, _ = ndimage.label(remove_small(foreground(inner, contour, kind), kind.min_area))
+    out = np.zeros(labels.shape, np.int32)
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        y0, x0, y1, x1 = crop_box((found[0].start, found[1].start, found[0].stop, found[1].stop), kind.pad, labels.shape)
+        painted = paint_region(labels[y0:y1, x0:x1] == index, kind)
+        out[y0:y1, x0:x1][painted] = index
+    return out
