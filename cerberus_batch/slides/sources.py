@@ -7,6 +7,7 @@ file format it holds.
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +75,16 @@ class TiffSource:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._slide = tiffslide.TiffSlide(path)
-            properties = self._slide.properties
-            self._levels = [self._slide.zarr_group[str(level)] for level in range(self._slide.level_count)]
-        except SlideError:
-            raise
+            with _TiffProblems() as problems:
+                self._slide = tiffslide.TiffSlide(path)
+                len(self._slide.ts_tifffile.pages)  # walk every page now, so broken page links surface here
+                properties = self._slide.properties
+                self._levels = [self._slide.zarr_group[str(level)] for level in range(self._slide.level_count)]
         except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
             raise SlideError(path, f"not a readable slide ({type(err).__name__}: {_first_line(err)})") from None
+        if problems.messages:
+            # tifffile only logs a damaged page chain and carries on with the pages before it.
+            raise SlideError(path, f"file is damaged or truncated ({problems.messages[0]})")
         self._axes = properties["tiffslide.series-axes"]
         if self._axes not in ("YX", "YXS"):
             raise SlideError(path, f"pixel layout {self._axes} is not supported; expected interleaved RGB or grey")
@@ -140,6 +144,24 @@ class PlainImageSource:
 
     def close(self) -> None:
         self._rgb = np.empty((0, 0, 3), np.uint8)
+
+
+class _TiffProblems(logging.Handler):
+    """Collects the errors tifffile logs (instead of raising) while a file is opened."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(_first_line(Exception(record.getMessage())))
+
+    def __enter__(self) -> _TiffProblems:
+        logging.getLogger("tifffile").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("tifffile").removeHandler(self)
 
 
 def _tiff_mpp(properties: dict, ome_xml: str | None) -> tuple[float, float] | None:
