@@ -42,7 +42,7 @@ def synthetic_maps(height: int, width: int, *, seed: int = 0, corners_every: int
     count = height * width // 500
     centres = np.column_stack([rng.integers(0, height, count), rng.integers(0, width, count)])
     corners = np.array([(y, x) for y in range(corners_every, height, corners_every)
-                        for x in range(corners_every, width, corners_every)]).reshape(-1, 2)
+                        for x in range(corners_every, width, corners_every)], np.int64).reshape(-1, 2)
     centres = np.unique(np.concatenate([centres, corners, corners - 1]), axis=0)
     radii = rng.uniform(2.5, 7.0, len(centres))
     field, nearest = blob_field((height, width), centres, radii)

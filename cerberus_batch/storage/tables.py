@@ -1,0 +1,63 @@
+"""Instance tables of a cohort: GeoParquet 1.1 with a bbox covering, one hive-partitioned dataset per kind.
+
+Layout: ``<output>/tables/<kind>/slide_id=<id>/part-0.parquet``. Geometries are in
+level-0 pixel coordinates (x right, y down), so no CRS is set. The slide id lives in
+the partition path, which readers (geopandas, DuckDB with hive partitioning) turn
+back into the `slide_id` column.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import geopandas as gpd
+import pyarrow.dataset as ds
+
+TABLE_KINDS = ("nuclei", "glands", "lumens", "tissue")
+PART = "part-0.parquet"
+
+
+def table_dir(output_dir: str | Path, kind: str) -> Path:
+    return Path(output_dir) / "tables" / kind
+
+
+def table_path(output_dir: str | Path, kind: str, slide_id: str) -> Path:
+    return table_dir(output_dir, kind) / f"slide_id={slide_id}" / PART
+
+
+def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[str, gpd.GeoDataFrame]) -> list[Path]:
+    """Write (or replace) one slide's part of each kind's dataset; each file appears whole or not at all."""
+    written = []
+    for kind, table in tables.items():
+        if "/" in slide_id or slide_id.startswith((".", "_")):
+            raise ValueError(f"slide_id {slide_id!r}: not usable as a partition folder name")
+        path = table_path(output_dir, kind, slide_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Readers skip names starting with "." while the file is being written.
+        partial = path.with_name(f".{PART}.{uuid.uuid4().hex}")
+        try:
+            table.drop(columns="slide_id", errors="ignore").to_parquet(
+                partial, index=False, schema_version="1.1.0", write_covering_bbox=True
+            )
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        written.append(path)
+    return written
+
+
+def read_table(
+    output_dir: str | Path, kind: str, slide_ids: Sequence[str] | None = None,
+    bbox: tuple[float, float, float, float] | None = None,
+) -> gpd.GeoDataFrame:
+    """One kind's table across slides; `bbox` (xmin, ymin, xmax, ymax, level-0 px) uses the covering column."""
+    folder = table_dir(output_dir, kind)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no {kind} table written")
+    filters = ds.field("slide_id").isin(list(slide_ids)) if slide_ids is not None else None
+    table = gpd.read_parquet(folder, filters=filters, bbox=bbox, partitioning="hive")
+    table["slide_id"] = table["slide_id"].astype(str)
+    return table[["slide_id"] + [c for c in table.columns if c not in ("slide_id", "bbox")]]
