@@ -22,7 +22,7 @@ TILE = 256
 JPEG_QUALITY = 90
 DOWNSAMPLES = (1, 4, 16)
 THUMBNAIL_SIZE = 768  # longer side of the Aperio thumbnail page
-GLASS_FRACTION = 0.3
+GLASS_FRACTION = 0.42  # before glands claim stroma around them; about 0.3 remains
 
 # Classes of the rendered image, and their base RGB colours.
 GLASS, STROMA, EPITHELIUM, LUMEN, NUCLEUS = range(5)
@@ -32,7 +32,7 @@ PALETTE = np.array(
 )
 NUCLEUS_RADII = (12, 24)  # level-0 px: 6-12 µm diameters at 0.25 µm/px
 STROMA_NUCLEUS_SPACING = 110  # level-0 px between stroma nuclei on average
-TOUCHING_FRACTION = 0.03  # nuclei allowed to touch a neighbour
+TOUCHING_FRACTION = 0.015  # of placements: a nucleus set against an existing one
 
 
 @dataclass
@@ -77,6 +77,8 @@ def make_synthetic_slide(path: str | Path, size: tuple[int, int] = (6000, 5000),
     centres = []
     for label, shape in enumerate(shapes, start=1):
         rows, cols = ellipse(shape.cy, shape.cx, shape.ry, shape.rx, shape=(h, w), rotation=shape.angle)
+        free = nuclei[rows, cols] == 0  # a touching neighbour keeps its pixels
+        rows, cols = rows[free], cols[free]
         nuclei[rows, cols] = label
         classes[rows, cols] = NUCLEUS
         centres.append((shape.cx + 0.5, shape.cy + 0.5))
@@ -164,21 +166,37 @@ def _stroma_nuclei(
     for cx, cy in candidates:
         if len(out) == wanted:
             break
-        if classes[int(cy), int(cx)] != STROMA or glands[int(cy), int(cx)]:
+        partner = out[rng.integers(len(out))] if out and rng.random() < TOUCHING_FRACTION else None
+        if partner:
+            shape = _beside(rng, partner)
+        else:
+            long = rng.uniform(*NUCLEUS_RADII)
+            shape = _Ellipse(cx, cy, rng.uniform(NUCLEUS_RADII[0], long), long, rng.uniform(0, math.pi))
+        row, col = int(shape.cy), int(shape.cx)
+        if not (40 <= col < w - 40 and 40 <= row < h - 40) or classes[row, col] != STROMA or glands[row, col]:
             continue
-        long = rng.uniform(*NUCLEUS_RADII)
-        shape = _Ellipse(cx, cy, rng.uniform(NUCLEUS_RADII[0], long), long, rng.uniform(0, math.pi))
-        gap = 0.0 if rng.random() < TOUCHING_FRACTION else 6.0
         near = [
             other
-            for dy in (-1, 0, 1, 2, -2)
-            for dx in (-1, 0, 1, 2, -2)
-            for other in grid.get((int(cy) // bucket + dy, int(cx) // bucket + dx), [])
+            for dy in (-2, -1, 0, 1, 2)
+            for dx in (-2, -1, 0, 1, 2)
+            for other in grid.get((row // bucket + dy, col // bucket + dx), [])
+            if other is not partner
         ]
-        if all(math.hypot(cx - o.cx, cy - o.cy) > max(shape.rx, shape.ry) + max(o.rx, o.ry) + gap for o in near):
+        if all(math.hypot(shape.cx - o.cx, shape.cy - o.cy) > max(shape.rx, shape.ry) + max(o.rx, o.ry) + 6 for o in near):
             out.append(shape)
-            grid.setdefault((int(cy) // bucket, int(cx) // bucket), []).append(shape)
+            grid.setdefault((row // bucket, col // bucket), []).append(shape)
     return out
+
+
+def _beside(rng: np.random.Generator, partner: _Ellipse) -> _Ellipse:
+    """A round nucleus just touching `partner` on a random side."""
+    radius = rng.uniform(*NUCLEUS_RADII)
+    theta = rng.uniform(0, 2 * math.pi)
+    # Partner's radius towards theta; its row (ry) axis points along (sin angle, cos angle) in (x, y).
+    phi = theta - math.atan2(math.cos(partner.angle), math.sin(partner.angle))
+    reach = partner.rx * partner.ry / math.hypot(partner.rx * math.cos(phi), partner.ry * math.sin(phi))
+    distance = reach + radius + 0.5
+    return _Ellipse(partner.cx + distance * math.cos(theta), partner.cy + distance * math.sin(theta), radius, radius, 0.0)
 
 
 def _render(rng: np.random.Generator, classes: np.ndarray) -> np.ndarray:
@@ -210,7 +228,8 @@ def _write_svs(path: Path, image: np.ndarray) -> None:
         tiff.write(image, description=header + fields, **tiled)
         thumbnail = image[::thumbnail_factor, ::thumbnail_factor]
         tiff.write(thumbnail, description=f"{header} -> thumbnail{fields}", photometric="rgb", compression="jpeg", metadata=None)
-        for factor in DOWNSAMPLES[1:]:
-            level = _box_downsample(image, factor)
+        level = image
+        for finer, factor in zip(DOWNSAMPLES, DOWNSAMPLES[1:]):
+            level = _box_downsample(level, factor // finer)
             description = f"{header} -> {level.shape[1]}x{level.shape[0]} - {fields}"
             tiff.write(level, description=description, **tiled)
