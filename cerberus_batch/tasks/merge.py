@@ -106,7 +106,9 @@ def merge_slide(
             tables[kind.name] = _sorted(finished + _finish_nuclei(maps, kind, joined, shape, place))
         else:
             regions[kind.name] = Regions(maps, kind, joined.keep(joined.area >= kind.min_area))
-    tables.update(_region_tables(maps, kinds, regions, place))
+    region_tables, contained = _region_tables(maps, kinds, regions, place)
+    tables.update(region_tables)
+    tables.update(_with_counts(tables, kinds, contained))
     tables["tissue"] = _tissue(maps, tissue_classes, place)
     return tables
 
@@ -253,8 +255,9 @@ class Regions:
 
 def _region_tables(
     maps: Mapping[str, Any], kinds: Sequence[ObjectKind], regions: dict[str, Regions], place: dict[str, Any],
-) -> dict[str, gpd.GeoDataFrame]:
-    """Tables of glands and lumens; a kind's container (glands) comes before it in `kinds`."""
+) -> tuple[dict[str, gpd.GeoDataFrame], dict[str, np.ndarray]]:
+    """Tables of glands and lumens, and for each container kind the instance_id of the container
+    once per contained object overlapping it. A kind's container comes before it in `kinds`."""
     tables: dict[str, gpd.GeoDataFrame] = {}
     ids: dict[str, np.ndarray] = {}  # kind -> instance_id per region index (-1: no row)
     contained: dict[str, np.ndarray] = {}
@@ -283,8 +286,7 @@ def _region_tables(
         tables[kind.name] = _sorted(parts)
         if container is not None:
             contained[kind.inside] = ids[kind.inside][np.concatenate(under_each or [np.zeros(0, np.int64)])]
-    tables.update(_with_counts(tables, kinds, contained))
-    return tables
+    return tables, contained
 
 
 def _overlaps(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:

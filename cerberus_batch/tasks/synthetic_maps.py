@@ -53,6 +53,7 @@ def synthetic_maps(height: int, width: int, *, seed: int = 0, corners_every: int
     glands = max(3, half[0] * half[1] // 40000)
     gland_centres = np.column_stack([rng.integers(0, half[0], glands), rng.integers(0, half[1], glands)])
     gland_radii = rng.uniform(20, 70, glands)
+    gland_centres[0] = (half[0] // 2, half[1] // 2)
     gland_radii[0] = max(gland_radii[0], 0.3 * min(half))  # bigger than a chunk
     gland_field, nearest = blob_field(half, gland_centres, gland_radii)
     gland_noise = smooth_noise(rng, half, 4.0)
