@@ -30,10 +30,10 @@ def table_path(output_dir: str | Path, kind: str, slide_id: str) -> Path:
 
 def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[str, gpd.GeoDataFrame]) -> list[Path]:
     """Write (or replace) one slide's part of each kind's dataset; each file appears whole or not at all."""
+    if not slide_id or "/" in slide_id or slide_id.startswith((".", "_")):
+        raise ValueError(f"slide_id {slide_id!r}: not usable as a partition folder name")
     written = []
     for kind, table in tables.items():
-        if "/" in slide_id or slide_id.startswith((".", "_")):
-            raise ValueError(f"slide_id {slide_id!r}: not usable as a partition folder name")
         path = table_path(output_dir, kind, slide_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Readers skip names starting with "." while the file is being written.
