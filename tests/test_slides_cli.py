@@ -24,7 +24,7 @@ def test_inspect_options(cmu_slide):
     args = ["inspect", str(cmu_slide), "--mpp-override", "0.25", "--target-mpp", "1.0", "--chunk", "288", "--mask", "none"]
     result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})  # no wrapping in the table
     assert result.exit_code == 0, result.output
-    assert "(override)" in result.output and "1110×1484" in result.output  # 2220×2967 halved
+    assert "(override)" in result.output and "555×742 px at 1.0000" in result.output  # 2220×2967 / 4, rounded
     assert "100.0% of the slide (none mask)" in result.output
 
 
