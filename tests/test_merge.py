@@ -29,7 +29,8 @@ def whole(maps):
 
 
 def chunk_boxes(size: int, height: int = HEIGHT, width: int = WIDTH) -> list[tuple[int, int, int, int]]:
-    return [(x, y, min(size, width - x), min(size, height - y)) for y in range(0, height, size) for x in range(0, width, size)]
+    return [(x, y, min(size, width - x), min(size, height - y))
+            for y in range(0, height, size) for x in range(0, width, size)]
 
 
 def assert_same_tables(expected, actual) -> None:

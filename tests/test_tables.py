@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import duckdb
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import shapely
@@ -68,7 +67,8 @@ def test_duckdb_reads_the_hive_partitions(output) -> None:
     glands = read_table(output, "glands")
     assert [r[0] for r in rows] == list(SLIDES)
     assert [r[1] for r in rows] == [int((glands["slide_id"] == s).sum()) for s in SLIDES]
-    wkb = duckdb.sql(f"SELECT geometry FROM read_parquet('{output}/tables/tissue/*/*.parquet') LIMIT 1").fetchall()[0][0]
+    query = f"SELECT geometry FROM read_parquet('{output}/tables/tissue/*/*.parquet') LIMIT 1"
+    wkb = duckdb.sql(query).fetchall()[0][0]
     assert shapely.from_wkb(bytes(wkb)).is_valid
 
 

@@ -17,7 +17,7 @@ import shapely
 from scipy import ndimage
 
 from cerberus_batch.grid import CELL
-from cerberus_batch.tasks.outline import first_part, hole_rings, outer_ring
+from cerberus_batch.tasks.outline import hole_rings, instance_ring, outer_ring
 from cerberus_batch.tasks.postprocess import ObjectKind
 
 TISSUE_CLASSES = (
@@ -25,7 +25,8 @@ TISSUE_CLASSES = (
 )
 COLUMNS = {
     "slide_id": "object", "instance_id": "int64", "class_id": "int32", "class_name": "object",
-    "class_prob": "float64", "area_px": "int64", "area_um2": "float64", "centroid_x": "float64", "centroid_y": "float64",
+    "class_prob": "float64", "area_px": "int64", "area_um2": "float64",
+    "centroid_x": "float64", "centroid_y": "float64",
 }
 
 
@@ -63,9 +64,9 @@ def instance_table(
     rings, kept = [], []
     for row, label in enumerate(found):
         box = slices[label - 1]
-        part = first_part(labels[box] == label)
-        if part.any(axis=0).sum() > 1 and part.any(axis=1).sum() > 1:
-            rings.append(outer_ring(part) + (x0 + box[1].start, y0 + box[0].start))
+        ring = instance_ring(labels[box] == label)
+        if np.ptp(ring[:, 0]) > 1 and np.ptp(ring[:, 1]) > 1:
+            rings.append(ring + (x0 + box[1].start, y0 + box[0].start))
             kept.append(row)
     keep = np.asarray(kept, dtype=np.int64)
     down = kind.downsample
@@ -135,7 +136,8 @@ def polygons(shapes: list[list[np.ndarray]], downsample: int, transform: Any) ->
     ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
     linear = shapely.linearrings(np.column_stack([x, y]), indices=ring_index)
     starts = np.cumsum([0] + [len(shape) for shape in shapes])
-    return np.array([shapely.Polygon(linear[a], linear[a + 1 : b]) for a, b in zip(starts[:-1], starts[1:])], dtype=object)
+    shells_and_holes = zip(starts[:-1], starts[1:])
+    return np.array([shapely.Polygon(linear[a], linear[a + 1 : b]) for a, b in shells_and_holes], dtype=object)
 
 
 def frame(columns: dict[str, Any], geometry: np.ndarray) -> gpd.GeoDataFrame:

@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from cerberus_batch.storage.maps import dequantise
 from cerberus_batch.tasks.instances import TISSUE_CLASSES, empty_table, instance_table, tissue_table
 from cerberus_batch.tasks.postprocess import (
-    EIGHT, ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_nuclei, segment_regions,
+    ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_nuclei, segment_regions,
 )
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in map px, exclusive ends
@@ -211,7 +211,8 @@ def _finish_nuclei(
     for key in np.unique(tile):
         members = tile == key
         boxes = joined.boxes[members]
-        window = _clip((boxes[:, 0].min() - 1, boxes[:, 1].min() - 1, boxes[:, 2].max() + 1, boxes[:, 3].max() + 1), shape)
+        low, high = boxes[:, :2].min(axis=0) - 1, boxes[:, 2:].max(axis=0) + 1  # + 1 px for the erosion
+        window = _clip((*low, *high), shape)
         inner, contour = _read(maps[kind.prob_map], window)
         labels, support = segment_nuclei(inner, contour, kind, _image_edges(window, shape))
         seeds = support.ravel()[_local(joined.first[members], window, shape[1])]

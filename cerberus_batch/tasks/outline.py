@@ -20,22 +20,40 @@ SIDES = (
 
 def outer_ring(part: np.ndarray) -> np.ndarray:
     """(n, 2) corner coordinates (x, y), one per turn, of a 4-connected hole-free pixel set."""
-    h, w = part.shape
-    padded = np.pad(part, 1)
+    ring = _trace(part)
+    if ring is None:
+        raise ValueError("outer_ring: the pixel set has holes, pinches or several parts")
+    return ring
+
+
+def instance_ring(instance: np.ndarray) -> np.ndarray:
+    """Outer ring of the instance's first part; most instances are one hole-free part already."""
+    ring = _trace(instance)
+    return ring if ring is not None else outer_ring(first_part(instance))
+
+
+def _trace(pixels: np.ndarray) -> np.ndarray | None:
+    """Walk the boundary from the first pixel's top side; None unless it is the only boundary curve."""
+    h, w = pixels.shape
+    padded = np.pad(pixels, 1)
     starts, ends, sides = [], [], []
     for side, ((dy, dx), (sx, sy), (ex, ey)) in enumerate(SIDES):
-        r, c = np.nonzero(part & ~padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w])
+        r, c = np.nonzero(pixels & ~padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w])
         starts.append((r + sy) * (w + 1) + c + sx)
         ends.append((r + ey) * (w + 1) + c + ex)
         sides.append(np.full(r.size, side))
     start, end, side = np.concatenate(starts), np.concatenate(ends), np.concatenate(sides)
     order = np.argsort(start)
+    if np.any(start[order[1:]] == start[order[:-1]]):
+        return None  # a corner shared by two diagonal pixels
     successor = order[np.searchsorted(start, end, sorter=order)].tolist()
-    walk = [0]
-    for _ in range(start.size - 1):
-        walk.append(successor[walk[-1]])
+    walk = [0]  # edge 0 is the first pixel's top side, always on the outer curve
+    while (step := successor[walk[-1]]) != 0:
+        walk.append(step)
+    if len(walk) != start.size:
+        return None  # holes or further parts
     walked = np.asarray(walk)
-    turns = walked[side[walked] != side[np.roll(walked, 1)]]
+    turns = walked[side[walked] != side[np.r_[walked[-1], walked[:-1]]]]
     corner = start[turns]
     return np.column_stack([corner % (w + 1), corner // (w + 1)]).astype(np.float64)
 

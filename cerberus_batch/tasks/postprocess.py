@@ -206,8 +206,8 @@ def segment_regions(inner: np.ndarray, contour: np.ndarray, kind: ObjectKind) ->
     """Glands and lumens (spec §6.1, §6.2) on a whole map; later ids overwrite earlier ones."""
     labels, _ = ndimage.label(remove_small(foreground(inner, contour, kind), kind.min_area))
     out = np.zeros(labels.shape, np.int32)
-    for index, found in enumerate(ndimage.find_objects(labels), start=1):
-        y0, x0, y1, x1 = crop_box((found[0].start, found[1].start, found[0].stop, found[1].stop), kind.pad, labels.shape)
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        y0, x0, y1, x1 = crop_box((rows.start, cols.start, rows.stop, cols.stop), kind.pad, labels.shape)
         painted = paint_region(labels[y0:y1, x0:x1] == index, kind)
         out[y0:y1, x0:x1][painted] = index
     return out
