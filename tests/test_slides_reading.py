@@ -87,9 +87,10 @@ def isolated_nuclei(synthetic, count: int) -> list[int]:
     return chosen
 
 
-def test_nuclei_appear_at_transformed_positions(synthetic):
+@pytest.mark.parametrize("mpp", [0.5, 0.6])  # box means, and sub-pixel resampling
+def test_nuclei_appear_at_transformed_positions(synthetic, mpp):
     with open_slide(synthetic.path) as slide:
-        view = slide.at_mpp(0.5)
+        view = slide.at_mpp(mpp)
         for label in isolated_nuclei(synthetic, 25):
             x0, y0 = synthetic.centres[label - 1]
             px, py = view.transform.from_level0(x0, y0)

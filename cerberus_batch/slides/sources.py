@@ -79,7 +79,7 @@ class TiffSource:
                 self._slide = tiffslide.TiffSlide(path)
                 len(self._slide.ts_tifffile.pages)  # walk every page now, so broken page links surface here
                 properties = self._slide.properties
-                self._levels = [self._slide.zarr_group[str(level)] for level in range(self._slide.level_count)]
+                level0 = self._slide.zarr_group["0"]
         except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
             raise SlideError(path, f"not a readable slide ({type(err).__name__}: {_first_line(err)})") from None
         if problems.messages:
@@ -88,8 +88,8 @@ class TiffSource:
         self._axes = properties["tiffslide.series-axes"]
         if self._axes not in ("YX", "YXS"):
             raise SlideError(path, f"pixel layout {self._axes} is not supported; expected interleaved RGB or grey")
-        if self._levels[0].dtype != np.uint8:
-            raise SlideError(path, f"{self._levels[0].dtype} pixels are not supported; convert the slide to 8-bit RGB")
+        if level0.dtype != np.uint8:
+            raise SlideError(path, f"{level0.dtype} pixels are not supported; convert the slide to 8-bit RGB")
         self._check_complete(int(properties.get("tiffslide.series-index") or 0))
         tiff = self._slide.ts_tifffile
         vendor = properties.get("tiffslide.vendor") or ("ome" if tiff.is_ome else "generic-tiff")
@@ -112,7 +112,8 @@ class TiffSource:
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         try:
-            pixels = np.asarray(self._levels[level][y0:y1, x0:x1])
+            # tiffslide keeps one zarr group per thread; looking it up per read keeps threaded workers safe.
+            pixels = np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
         except Exception as err:  # a damaged tile surfaces as a codec error
             raise SlideError(self.path, f"cannot decode level {level} region ({type(err).__name__}: {_first_line(err)})") from None
         return to_rgb(pixels, self.path)

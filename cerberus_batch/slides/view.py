@@ -3,8 +3,9 @@
 A grid is a `Transform` from grid px to level-0 px. Regions are read from the
 coarsest pyramid level that is still at least as fine as the grid, then
 area-averaged: exact box means when the grid is an integer multiple of the
-level, Gaussian anti-aliasing plus bilinear sampling otherwise. Both depend only
-on pixels near each output pixel, so separately read chunks agree at their seams.
+level, Pillow's anti-aliased bilinear filter at the exact sub-pixel box
+otherwise. Both depend only on pixels near each output pixel, so separately read
+chunks agree at their seams.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from PIL import Image
 
 from cerberus_batch.slides.errors import SlideError
 from cerberus_batch.slides.transform import Transform
@@ -98,42 +99,24 @@ def render(slide: Slide, level: int, transform: Transform, x: int, y: int, w: in
         kx, ky = round(fx), round(fy)
         region = slide.read_level(level, x * kx + round(ox), y * ky + round(oy), w * kx, h * ky)
         return _box_mean(region, kx, ky)
-    cols, rows = _Sampling(x, w, fx, ox), _Sampling(y, h, fy, oy)
-    region = slide.read_level(level, cols.start, rows.start, cols.size, rows.size).astype(np.float32)
-    region = rows.apply(region, axis=0)
-    region = cols.apply(region, axis=1)
-    return np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    # Level-px box the grid region covers, read with a margin wider than the filter's support.
+    left, top = x * fx + ox, y * fy + oy
+    margin = math.ceil(max(fx, fy, 1.0)) + 2
+    x0, y0 = math.floor(left) - margin, math.floor(top) - margin
+    x1, y1 = math.ceil(left + w * fx) + margin, math.ceil(top + h * fy) + margin
+    region = Image.fromarray(slide.read_level(level, x0, y0, x1 - x0, y1 - y0))
+    box = (left - x0, top - y0, left - x0 + w * fx, top - y0 + h * fy)
+    # Pillow widens its bilinear (triangle) filter by the reduction factor: area-weighted, anti-aliased.
+    return np.asarray(region.resize((w, h), Image.Resampling.BILINEAR, box=box))
 
 
 def _box_mean(region: np.ndarray, kx: int, ky: int) -> np.ndarray:
     if kx == ky == 1:
         return region
     h, w = region.shape[0] // ky, region.shape[1] // kx
-    sums = region.reshape(h, ky, w, kx, 3).sum(axis=(1, 3), dtype=np.uint32)
+    sums = np.zeros((h, w, 3), np.uint32)
+    for dy in range(ky):  # strided adds: several times faster than a reshaped sum over two axes
+        for dx in range(kx):
+            sums += region[dy::ky, dx::kx]
     n = kx * ky
     return ((sums + n // 2) // n).astype(np.uint8)
-
-
-class _Sampling:
-    """Anti-aliased bilinear sampling of grid px start..start+n along one axis of a level."""
-
-    def __init__(self, start: int, n: int, factor: float, origin: float) -> None:
-        # Level coordinates (pixel centres at integers) of the grid pixel centres.
-        centres = (np.arange(start, start + n) + 0.5) * factor + origin - 0.5
-        self.sigma = max(0.0, (factor - 1) / 2)  # scikit-image's anti-aliasing choice
-        margin = math.ceil(4 * self.sigma) + 1
-        self.start = math.floor(centres[0]) - margin
-        self.size = math.floor(centres[-1]) + 2 + margin - self.start
-        position = centres - self.start
-        self.index = np.floor(position).astype(np.intp)
-        self.weight = (position - self.index).astype(np.float32)
-
-    def apply(self, region: np.ndarray, axis: int) -> np.ndarray:
-        if self.sigma > 0:
-            region = gaussian_filter1d(region, self.sigma, axis=axis, mode="nearest")
-        shape = [1, 1, 1]
-        shape[axis] = -1
-        weight = self.weight.reshape(shape)
-        low = np.take(region, self.index, axis=axis)
-        high = np.take(region, self.index + 1, axis=axis)
-        return low * (1 - weight) + high * weight
