@@ -77,8 +77,8 @@ def test_stain_model_on_real_slide_matches_direct_model_call(tmp_path, cluster, 
 
 def test_cerberus_parity_weights_on_a_small_region(tmp_path, cluster, cmu_slide, parity_model_dir):
     # A given tissue mask keeps only a small box, so the CPU run stays short.
-    mask = np.zeros((222, 297), np.uint8)  # the slide at 1/10 scale
-    mask[100:120, 130:150] = 255
+    mask = np.zeros((297, 222), np.uint8)  # the slide (2220 x 2967 px) at 1/10 scale
+    mask[130:150, 100:120] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     cohort = load_cohort(
         write_cohort(
