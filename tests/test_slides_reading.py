@@ -230,3 +230,15 @@ def test_greyscale_is_converted_to_rgb(tmp_path, suffix):
     assert image.shape == (10, 20, 3)
     for channel in range(3):
         np.testing.assert_array_equal(image[..., channel], grey)
+
+
+def test_thumbnail_is_the_same_in_strips(synthetic, monkeypatch):
+    from cerberus_batch.slides import view
+
+    with open_slide(synthetic.path) as slide:
+        whole = slide.thumbnail(1000)
+        monkeypatch.setattr(view, "STRIP_PIXELS", 200_000)  # forces many strips
+        strips = slide.thumbnail(1000)
+    assert whole.shape == (834, 1000, 3)  # 6 level-0 px per thumbnail px
+    assert np.abs(whole.astype(int) - strips).max() <= 1
+    assert psnr(whole[:833], box_mean(synthetic.image, 6)) >= 28

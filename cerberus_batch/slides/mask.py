@@ -20,7 +20,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects
 
 from cerberus_batch.slides.errors import SlideError
-from cerberus_batch.slides.view import SlideView
+from cerberus_batch.slides.view import SlideView, render_whole
 
 MASK_MPP = 8.0  # µm per pixel of automatic and "none" masks
 ASPECT_TOLERANCE = 0.02
@@ -31,7 +31,6 @@ PEN_HUES = (70 / 360, 230 / 360)  # green to blue: marker ink, not H&E (pink to 
 PEN_SATURATION = 0.25
 MIN_TISSUE_UM2 = 5_000  # smaller specks are dust or debris
 MAX_HOLE_UM2 = 250_000  # lumens and tears up to 0.25 mm² stay inside the mask
-STRIP_PIXELS = 32_000_000  # level px read at once while rendering the automatic mask
 
 
 @dataclass
@@ -62,7 +61,9 @@ def tissue_mask(view: SlideView, source: str | Path = "auto", *, slide_path: str
     slide_path = slide_path or view.slide.info.path
     factor = max(1, round(MASK_MPP / view.mpp))
     if source == "auto":
-        return TissueMask(detect_tissue(_render_low(view.coarsened(factor)), view.mpp * factor), factor, "auto")
+        low = view.coarsened(factor)
+        rgb = render_whole(low.slide, low.level, low.transform, low.shape[1], low.shape[0])
+        return TissueMask(detect_tissue(rgb, low.mpp), factor, "auto")
     if source == "none":
         h, w = view.shape
         return TissueMask(np.ones((math.ceil(h / factor), math.ceil(w / factor)), bool), factor, "none")
@@ -98,15 +99,6 @@ def _fill_holes(tissue: np.ndarray, max_size: int) -> np.ndarray:
     small[0] = False
     small[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
     return tissue | small[background]
-
-
-def _render_low(low: SlideView) -> np.ndarray:
-    """The whole low-resolution grid, read in strips so big single-level slides stay in memory."""
-    h, w = low.shape
-    sx, sy = low.slide.level_scale(low.level)
-    level_pixels_per_row = (low.transform.scale_x / sx) * (low.transform.scale_y / sy) * w
-    rows = max(1, int(STRIP_PIXELS / level_pixels_per_row))
-    return np.concatenate([low.read(0, y, w, min(rows, h - y)) for y in range(0, h, rows)], axis=0)
 
 
 def _mask_from_file(path: Path, shape: tuple[int, int], slide_path: str | Path) -> TissueMask:

@@ -11,7 +11,7 @@ import numpy as np
 from cerberus_batch.slides.errors import SlideError
 from cerberus_batch.slides.sources import PixelSource, open_source
 from cerberus_batch.slides.transform import Transform
-from cerberus_batch.slides.view import SlideView, best_level, render, view_at_mpp
+from cerberus_batch.slides.view import SlideView, best_level, render_whole, view_at_mpp
 
 DEFAULT_MPP = 0.5
 
@@ -73,7 +73,7 @@ class Slide:
         factor = max(width, height) / max_size
         transform = Transform(factor, factor)
         w, h = math.ceil(width / factor), math.ceil(height / factor)
-        return render(self, best_level(self, transform), transform, 0, 0, w, h)
+        return render_whole(self, best_level(self, transform), transform, w, h)
 
     def close(self) -> None:
         self._source.close()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 NATIVE_TOLERANCE = 0.02  # a level this close to the target is read as is
 EXACT = 1e-9  # how close a level factor or offset must be to an integer for the box-mean path
+STRIP_PIXELS = 32_000_000  # level px read at once by `render_whole`
 
 
 class SlideView:
@@ -108,6 +109,14 @@ def render(slide: Slide, level: int, transform: Transform, x: int, y: int, w: in
     box = (left - x0, top - y0, left - x0 + w * fx, top - y0 + h * fy)
     # Pillow widens its bilinear (triangle) filter by the reduction factor: area-weighted, anti-aliased.
     return np.asarray(region.resize((w, h), Image.Resampling.BILINEAR, box=box))
+
+
+def render_whole(slide: Slide, level: int, transform: Transform, w: int, h: int) -> np.ndarray:
+    """All of grid region (0, 0, w, h), read in row strips so big single-level slides fit in memory."""
+    sx, sy = slide.level_scale(level)
+    level_pixels_per_row = (transform.scale_x / sx) * (transform.scale_y / sy) * w
+    rows = max(1, int(STRIP_PIXELS / level_pixels_per_row))
+    return np.concatenate([render(slide, level, transform, 0, y, w, min(rows, h - y)) for y in range(0, h, rows)], axis=0)
 
 
 def _box_mean(region: np.ndarray, kx: int, ky: int) -> np.ndarray:
