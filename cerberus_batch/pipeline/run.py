@@ -1,8 +1,10 @@
 """`cerberus-batch run`: a cohort becomes Dask tasks, and their outcomes a report.
 
 Each slide moves through stages: plan (tissue mask, chunks, map group) → one
-inference task per kept chunk not yet in the ledger. A failure anywhere marks
-only that slide as failed; every other slide goes on.
+inference task per kept chunk not yet in the ledger → one instance task per
+chunk (finishes the objects inside it) → one merge task (joins objects across
+chunk borders, writes the slide's tables). A failure anywhere marks only that
+slide as failed; every other slide goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from cerberus_batch.cluster.placement import placement
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger, check_run
 from cerberus_batch.pipeline.progress import RunProgress
-from cerberus_batch.pipeline.work import build_predictor, fingerprint, infer_chunk, plan_slide
+from cerberus_batch.pipeline.work import (
+    build_predictor, chunk_instances_task, fingerprint, infer_chunk, merge_slide_task, plan_slide,
+)
+from cerberus_batch.slides import ChunkPlan
+from cerberus_batch.storage.summary import write_cohort_summary
 
 
 @dataclass
@@ -75,13 +81,17 @@ class CohortRun:
         self.pending: dict[str, set[Future]] = {}
         self.started: dict[str, float] = {}
         self.handlers: dict[str, tuple[SlideEntry, Callable[[SlideEntry, Future], None]]] = {}
+        self.plans: dict[str, ChunkPlan] = {}
         self.futures = as_completed()
 
-    def submit(self, slide: SlideEntry, on_done: Callable[[SlideEntry, Future], None], fn, *args, key: str, **kwargs) -> None:
+    def submit(self, slide: SlideEntry, on_done: Callable[[SlideEntry, Future], None] | None, fn, *args, key: str, **kwargs) -> Future:
+        """Submit a task of a slide; `on_done` runs when it finishes (None: a dependency of one that has it)."""
         future = self.client.submit(fn, *args, key=key, pure=False, **kwargs)
         self.pending.setdefault(slide.id, set()).add(future)
-        self.handlers[future.key] = (slide, on_done)
-        self.futures.add(future)
+        if on_done is not None:
+            self.handlers[future.key] = (slide, on_done)
+            self.futures.add(future)
+        return future
 
     def start(self) -> None:
         c = self.cohort
@@ -111,7 +121,7 @@ class CohortRun:
         self.progress.slide_finished(slide.id, ok=False, reason=reason)
 
     def on_plan(self, slide: SlideEntry, future: Future) -> None:
-        plan = future.result()
+        plan = self.plans[slide.id] = future.result()
         outcome = self.report.slides[slide.id]
         done = self.ledger.done_chunks(slide.id)
         todo = [chunk for chunk in plan.chunks if chunk.index not in done]
@@ -138,10 +148,39 @@ class CohortRun:
 
     def maps_done(self, slide: SlideEntry) -> None:
         outcome = self.report.slides[slide.id]
+        self.ledger.mark_slide(slide.id, "maps", {"chunks": outcome.chunks})
+        if self.ledger.slide_stage(slide.id, "instances") is not None:
+            self.slide_done(slide)
+            return
+        out = self.cohort.output
+        parts = [
+            self.submit(slide, None, chunk_instances_task, slide.id, (c.x, c.y, c.w, c.h), out,
+                        key=f"instances-{slide.id}-{c.index}", resources=self.cpu_resources)
+            for c in self.plans[slide.id].chunks
+        ]
+        self.submit(slide, self.on_merged, merge_slide_task, slide.id, out, outcome.tissue_mm2, parts,
+                    key=f"merge-{slide.id}", resources=self.cpu_resources)
+
+    def on_merged(self, slide: SlideEntry, future: Future) -> None:
+        self.ledger.mark_slide(slide.id, "instances", future.result())
+        self.slide_done(slide)
+
+    def slide_done(self, slide: SlideEntry) -> None:
+        outcome = self.report.slides[slide.id]
         outcome.status = "done"
         outcome.seconds = time.time() - self.started[slide.id]
-        self.ledger.mark_slide(slide.id, "maps", {"chunks": outcome.chunks})
         self.progress.slide_finished(slide.id, ok=True)
+
+
+def write_summary(cohort: Cohort, report: RunReport, ledger: Ledger) -> None:
+    """The cohort summary over every slide whose tables exist, this run's or an earlier one's."""
+    rows = []
+    for slide in cohort.slides:
+        row = ledger.slide_stage(slide.id, "instances")
+        if row is not None:
+            rows.append({**row, "wall_seconds": round(report.slides[slide.id].seconds, 3)})
+    if rows:
+        write_cohort_summary(cohort.output, rows)
 
 
 def run_cohort(cohort: Cohort, *, fresh: bool = False, show_progress: bool = True, cluster=None) -> RunReport:
@@ -173,4 +212,5 @@ def run_cohort(cohort: Cohort, *, fresh: bool = False, show_progress: bool = Tru
         finally:
             report.finished = time.time()
             report.write(cohort.output)
+            write_summary(cohort, report, run.ledger)
     return report

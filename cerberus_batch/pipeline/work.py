@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,12 @@ from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger
 from cerberus_batch.pipeline.plan import plan_slide_chunks
-from cerberus_batch.slides import ChunkPlan, open_slide
+from cerberus_batch.slides import ChunkPlan, Transform, open_slide
+from cerberus_batch.storage.summary import slide_summary
+from cerberus_batch.storage.tables import write_slide_tables
+from cerberus_batch.tasks.instances import TISSUE_CLASSES
+from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
+from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_path, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
@@ -119,3 +125,39 @@ def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predict
     """What determines the maps; a rerun into the same output must match it."""
     settings = processing.model_dump(exclude={"batch_size"})
     return {"model_identity": predictor.identity, "heads": sorted(predictor.heads), "processing": json.loads(json.dumps(settings))}
+
+
+def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The slide's Zarr arrays (read lazily, window by window) and its attributes."""
+    group = open_slide_maps(maps_path(output, slide_id))
+    return {name: group[name] for name in group.array_keys()}, dict(group.attrs)
+
+
+def _kinds(attrs: dict[str, Any]) -> list[ObjectKind]:
+    """The reference's object kinds, named with the classes of the model that made the maps."""
+    names = attrs["class_names"]
+    return [
+        replace(kind, class_names=tuple(names[head])) if head in names else kind
+        for kind, head in zip(cerberus_kinds("wsi"), ("Nuclei-TYPE", "Gland-TYPE", "Lumen-INST"))
+    ]
+
+
+def chunk_instances_task(slide_id: str, box: tuple[int, int, int, int], output: Path) -> ChunkResult:
+    """Finish the objects that lie inside one chunk; report those crossing its borders."""
+    maps, attrs = _slide_maps(output, slide_id)
+    return chunk_instances(
+        maps, box, slide_id=slide_id, transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
+        kinds=_kinds(attrs),
+    )
+
+
+def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list[ChunkResult]) -> dict[str, Any]:
+    """Join objects across chunk borders, write the slide's tables; returns its summary row."""
+    started = time.perf_counter()
+    maps, attrs = _slide_maps(output, slide_id)
+    tables = merge_slide(
+        maps, parts, slide_id=slide_id, transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
+        kinds=_kinds(attrs), tissue_classes=attrs["class_names"].get("Patch-Class", TISSUE_CLASSES),
+    )
+    write_slide_tables(output, slide_id, tables)
+    return slide_summary(slide_id, tables, tissue_mm2, time.perf_counter() - started)

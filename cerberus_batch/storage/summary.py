@@ -1,0 +1,40 @@
+"""The cohort summary: one row per slide with object counts, densities and tissue composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import geopandas as gpd
+import pandas as pd
+
+OBJECT_KINDS = ("nuclei", "glands", "lumens")
+
+
+def slide_summary(slide_id: str, tables: Mapping[str, gpd.GeoDataFrame], tissue_mm2: float, seconds: float) -> dict[str, Any]:
+    """Counts per class, densities per mm² of tissue (the tissue mask's area) and tissue-type areas in mm²."""
+    row: dict[str, Any] = {"slide_id": slide_id, "tissue_mm2": float(tissue_mm2), "postprocess_seconds": round(seconds, 3)}
+    for kind in OBJECT_KINDS:
+        table = tables.get(kind)
+        count = 0 if table is None else len(table)
+        row[f"{kind}_count"] = count
+        row[f"{kind}_per_mm2"] = count / tissue_mm2 if tissue_mm2 else 0.0
+        if table is not None and count:
+            for name, n in table["class_name"].value_counts().sort_index().items():
+                row[f"{kind}_{name}_count"] = int(n)
+    tissue = tables.get("tissue")
+    if tissue is not None and len(tissue):
+        for name, um2 in tissue.groupby("class_name")["area_um2"].sum().sort_index().items():
+            row[f"tissue_{name}_mm2"] = float(um2) / 1e6
+    return row
+
+
+def write_cohort_summary(output: Path, rows: list[dict[str, Any]]) -> None:
+    """`summary.parquet` and `summary.csv`, replaced atomically; missing counts are 0."""
+    frame = pd.DataFrame(rows).fillna(0)
+    for name, write in (("summary.parquet", frame.to_parquet), ("summary.csv", frame.to_csv)):
+        target = Path(output) / name
+        partial = target.with_name(f".{name}.part")
+        write(partial, index=False)
+        os.replace(partial, target)
