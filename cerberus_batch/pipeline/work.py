@@ -20,6 +20,7 @@ from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger
 from cerberus_batch.pipeline.plan import plan_slide_chunks
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
+from cerberus_batch.storage.overview import write_overview
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import write_slide_tables
 from cerberus_batch.tasks.instances import TISSUE_CLASSES
@@ -160,4 +161,5 @@ def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list
         kinds=_kinds(attrs), tissue_classes=attrs["class_names"].get("Patch-Class", TISSUE_CLASSES),
     )
     write_slide_tables(output, slide_id, tables)
+    write_overview(output, slide_id)
     return slide_summary(slide_id, tables, tissue_mm2, time.perf_counter() - started)
