@@ -159,5 +159,39 @@ def mask(slide: str, output: str, mpp_override: float | None) -> None:
     click.echo(f"{output}: {w}×{h} mask, {found.downsample:g} processing px per pixel, {found.tissue_fraction:.1%} tissue")
 
 
+EXPORT_FORMATS = ("qupath",)
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False))
+@click.option("--format", "export_format", default="qupath", show_default=True, help="Export format: qupath (GeoJSON detections).")
+@click.option("--slide", "slide_id", help="Slide id to export (required when the output holds several slides).")
+@click.option("-o", "--out", "target", type=click.Path(dir_okay=False), required=True, help="File to write.")
+def export(output: str, export_format: str, slide_id: str | None, target: str) -> None:
+    """Export one slide's nuclei, glands and lumens for a viewer (QuPath: File > Import objects)."""
+    from cerberus_batch.storage.qupath import table_slides, write_qupath_geojson
+
+    if export_format not in EXPORT_FORMATS:
+        raise click.ClickException(f"--format {export_format!r}: unknown; expected one of {', '.join(EXPORT_FORMATS)}")
+    if not Path(output).is_dir():
+        raise click.ClickException(f"{output}: output folder not found")
+    slides = table_slides(output)
+    if not slides:
+        raise click.ClickException(f"{output}: no instance tables found (has the run finished?)")
+    if slide_id is None:
+        if len(slides) > 1:
+            raise click.ClickException(
+                f"{output} holds {len(slides)} slides and QuPath imports one slide per file; pick one with --slide ({', '.join(slides[:5])}{', ...' if len(slides) > 5 else ''})"
+            )
+        slide_id = slides[0]
+    elif slide_id not in slides:
+        raise click.ClickException(f"--slide {slide_id!r}: no tables for this slide in {output}")
+    try:
+        count = write_qupath_geojson(output, slide_id, target)
+    except OSError as err:
+        raise click.ClickException(f"{target}: {err.strerror or err}") from None
+    click.echo(f"{target}: {count} detections of slide {slide_id}")
+
+
 if __name__ == "__main__":
     main()

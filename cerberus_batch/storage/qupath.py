@@ -1,0 +1,87 @@
+"""QuPath export: one slide's nuclei, glands and lumens as GeoJSON detections.
+
+QuPath imports one slide per file (File > Import objects, or drag and drop),
+with coordinates in level-0 px, which is how the tables store them. Features
+are streamed from the tables in row batches, so a slide of millions of nuclei
+never sits in memory as one document.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+import shapely
+
+from cerberus_batch.storage.colours import instance_colour
+from cerberus_batch.storage.overview import table_batches
+from cerberus_batch.storage.tables import TABLE_KINDS, table_dir, table_path
+
+OBJECT_KINDS = {"glands": "gland", "lumens": "lumen", "nuclei": "nucleus"}  # table → feature `kind`, drawing order
+MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")
+
+
+def table_slides(output: str | Path) -> list[str]:
+    """Slide ids that have tables in an output folder, sorted."""
+    found = {
+        folder.name.removeprefix("slide_id=")
+        for kind in TABLE_KINDS
+        if table_dir(output, kind).is_dir()
+        for folder in table_dir(output, kind).glob("slide_id=*")
+    }
+    return sorted(found)
+
+
+def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) -> int:
+    """Write the slide's objects as a GeoJSON FeatureCollection of QuPath detections; returns how many.
+
+    The file appears whole or not at all. Raises FileNotFoundError when the slide has no tables.
+    """
+    paths = {kind: table_path(output, kind, slide_id) for kind in OBJECT_KINDS}
+    if not any(path.is_file() for path in paths.values()):
+        raise FileNotFoundError(f"{Path(output) / 'tables'}: no tables for slide {slide_id!r}")
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    count = 0
+    try:
+        with open(partial, "w", encoding="utf-8") as file:
+            file.write('{"type": "FeatureCollection", "features": [')
+            for kind, path in paths.items():
+                for feature in _features(kind, path) if path.is_file() else ():
+                    file.write(("\n" if count == 0 else ",\n") + feature)
+                    count += 1
+            file.write("\n]}\n")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return count
+
+
+def _features(kind: str, path: Path) -> Iterator[str]:
+    """One compact GeoJSON feature string per table row."""
+    present = set(pq.ParquetFile(path).schema_arrow.names)
+    measured = [name for name in MEASUREMENTS if name in present]
+    for batch in table_batches(path, ["class_name", "geometry", *measured]):
+        geometries = shapely.to_geojson(batch["geometry"].to_numpy())
+        for row, geometry in zip(batch.itertuples(index=False), geometries):
+            name = str(row.class_name)
+            properties = {
+                "objectType": "detection",
+                "classification": {"name": name, "color": list(instance_colour(kind, name))},
+                "isLocked": False,
+                "measurements": {m: _number(getattr(row, m)) for m in measured},
+                "kind": OBJECT_KINDS[kind],
+            }
+            yield f'{{"type": "Feature", "geometry": {geometry}, "properties": {json.dumps(properties)}}}'
+
+
+def _number(value: float) -> float | int | None:
+    """JSON has no NaN: a missing measurement becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
