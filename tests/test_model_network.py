@@ -110,3 +110,15 @@ def test_unknown_head_is_named() -> None:
     model = CerberusNet({"Nuclei": {"INST": 3}}, considered_tasks=["Nuclei"])
     with pytest.raises(ValueError, match="'stroma'"):
         model.run_only(["nuclei", "stroma"])
+
+
+def test_fusion_folds_every_batchnorm_after_a_conv(parity_model_dir: Path, reference: dict[str, np.ndarray]) -> None:
+    from cerberus_batch.model.fusion import fuse_batchnorms
+
+    images = reference["images"][:1]
+    plain = _forward(load_model(parity_model_dir, device="cpu", heads=["nuclei", "tissue"]), images)
+    model = fuse_batchnorms(load_model(parity_model_dir, device="cpu", heads=["nuclei", "tissue"]))
+    left = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    assert left == ["decoder_head.Patch-Class.bn1"]  # it precedes every conv of its head
+    for key, value in _forward(model, images).items():
+        np.testing.assert_allclose(value, plain[key], rtol=0, atol=1e-4, err_msg=key)

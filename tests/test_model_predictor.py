@@ -12,6 +12,7 @@ from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model import CerberusPredictor
 from cerberus_batch.model.predictor import Predictor
 
+DATA = Path(__file__).parent / "data"
 CELLS = 3  # output cells per side: patch mode costs ~4 s per cell on 2 CPU cores
 ORIGIN = (800, 700)  # level-0 (x, y) inside the tissue of CMU-1-Small-Region
 
@@ -21,6 +22,29 @@ def region(cmu_slide: Path) -> np.ndarray:
     size = CELLS * CELL + 2 * CONTEXT
     with tiffslide.TiffSlide(cmu_slide) as slide:
         return np.asarray(slide.read_region(ORIGIN, 0, (size, size)).convert("RGB"))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True)
+
+
+def test_probabilities_match_reference_logits(parity_model_dir: Path) -> None:
+    """The served model (BatchNorms folded, channels-last) against the reference network's logits."""
+    with np.load(DATA / "forward_reference.npz") as npz:
+        reference = dict(npz)
+    predictor = CerberusPredictor(parity_model_dir, device="cpu")
+    for index, image in enumerate(reference["images"]):
+        result = predictor.predict(image)
+        for key, got in result.items():
+            expected = _softmax(reference[key][index])
+            if key.endswith("-INST"):
+                expected = expected[1:3]
+            elif key == "Patch-Class":
+                expected = expected[:, None, None]
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3, err_msg=key)
+            if key.endswith("-TYPE"):
+                np.testing.assert_array_equal(got.argmax(0), reference[key][index].argmax(0))
 
 
 @pytest.fixture(scope="module")

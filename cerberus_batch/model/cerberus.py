@@ -14,6 +14,7 @@ import torch
 from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model
+from cerberus_batch.model.fusion import fuse_batchnorms
 from cerberus_batch.model.naming import CLASS_NAMES, PATCH_CLASS
 
 Tile = tuple[int, int, int, int]  # output y, x, height, width
@@ -61,7 +62,8 @@ class CerberusPredictor:
 
     `mode="tile"` predicts output tiles of up to `tile` px (a multiple of 144) in one pass each, with
     152 px context; `mode="patch"` is the reference's 448-px patches at stride 144, i.e. tile 144.
-    `amp` ("bf16"/"fp16") autocasts on CUDA; on CPU only "bf16" is allowed.
+    `amp` ("bf16"/"fp16") autocasts on CUDA; on CPU only "bf16" is allowed. `channels_last` defaults
+    to on for CPU (oneDNN then skips layout reorders: ~1.5x faster) and off for CUDA.
     """
 
     kind = "cerberus"
@@ -75,7 +77,7 @@ class CerberusPredictor:
         batch_size: int = 8,
         device: str | torch.device | None = None,
         amp: Literal["bf16", "fp16"] | None = None,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
     ) -> None:
         if mode not in ("tile", "patch"):
             raise ValueError(f"mode must be 'tile' or 'patch', got {mode!r}")
@@ -86,7 +88,9 @@ class CerberusPredictor:
         self.device = torch.device(device) if device is not None else default_device()
         if amp not in (None, "bf16", "fp16") or (amp == "fp16" and self.device.type != "cuda"):
             raise ValueError(f"amp must be None, 'bf16' or (on CUDA) 'fp16', got {amp!r} on {self.device.type}")
-        self.model = load_model(model_dir, self.device, heads)
+        self.model = fuse_batchnorms(load_model(model_dir, self.device, heads))
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.tile = CELL if mode == "patch" else tile

@@ -12,6 +12,8 @@ from torch import nn
 class ConvLayer(nn.Module):
     """conv (with bias) -> BN -> ReLU. `bn` is registered first to match the checkpoint's key order."""
 
+    conv_bn_pairs = (("conv", "bn"),)
+
     def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(out_channels)
@@ -38,8 +40,6 @@ DECODER_STAGES = ((256, 256, 128), (128, 128, 64), (64, 64, 64), (64, 64, 64))
 
 class PixelDecoder(nn.ModuleList):
     """Upsamples from 1/16 to full resolution, adding the encoder skips (x3, x2, x1, x0)."""
-
-    out_channels = 64
 
     def __init__(self) -> None:
         super().__init__(ConvBlock(widths) for widths in DECODER_STAGES)

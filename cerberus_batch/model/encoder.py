@@ -9,8 +9,19 @@ LAYER_BLOCKS = (3, 4, 6, 3)
 LAYER_WIDTHS = (64, 128, 256, 512)
 
 
+class Downsample(nn.Sequential):
+    """The 1x1 strided projection of a shortcut, then BN."""
+
+    conv_bn_pairs = (("0", "1"),)
+
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
+        super().__init__(nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with an identity (or 1x1 projected) shortcut."""
+
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, in_channels: int, channels: int, stride: int) -> None:
         super().__init__()
@@ -21,9 +32,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
-            )
+            self.downsample = Downsample(in_channels, channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -44,7 +53,7 @@ class ResNet34Encoder(nn.Module):
     weights (strict loading); forward never uses them.
     """
 
-    channels = (64, 64, 128, 256, 512)
+    conv_bn_pairs = (("conv1", "bn1"),)
 
     def __init__(self) -> None:
         super().__init__()

@@ -40,6 +40,8 @@ class PixelHead(nn.Module):
 class PatchClassifier(nn.Sequential):
     """Tissue type from pooled layer-4 features; 1x1 convs, so it also classifies a grid of pooled cells."""
 
+    conv_bn_pairs = (("conv1", "bn2"),)  # bn1 comes before any conv (pre-activation), so it stays
+
     def __init__(self, classes: int, in_channels: int = 512, hidden: int = 256) -> None:
         super().__init__(
             OrderedDict(
