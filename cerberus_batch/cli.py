@@ -193,5 +193,49 @@ def export(output: str, export_format: str, slide_id: str | None, target: str) -
     click.echo(f"{target}: {count} detections of slide {slide_id}")
 
 
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), help="Cerberus model folder (weights.tar + settings.yml).")
+@click.option("--input-dir", required=True, type=click.Path(file_okay=False, exists=True), help="Folder of PNG/JPEG/TIFF tiles (searched recursively).")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="One folder per image is written here.")
+@click.option("--mpp", type=float, help="The images' own µm/px; they are resampled to 0.5. Default: already at 0.5.")
+@click.option("--mode", type=click.Choice(["tile", "patch"]), default="tile", show_default=True, help="Large tiles or the reference's 448-px patches.")
+@click.option("--model-kind", type=click.Choice(["cerberus", "stain"]), default="cerberus", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | None, mode: str, model_kind: str, batch_size: int) -> None:
+    """Run the model on every image of a folder: maps, nuclei/gland/lumen tables and an overlay per image."""
+    from cerberus_batch.pipeline.tile import find_images, run_tile_mode
+
+    if mpp is not None and not mpp > 0:
+        raise click.ClickException(f"--mpp {mpp}: must be positive")
+    if not find_images(Path(input_dir)):
+        raise click.ClickException(f"{input_dir}: no PNG, JPEG or TIFF images found")
+    if model_kind == "stain":
+        from cerberus_batch.model.stain import StainPredictor
+
+        predictor = StainPredictor()
+    else:
+        if model_dir is None:
+            raise click.ClickException("--model is required for --model-kind cerberus")
+        from cerberus_batch.model import CerberusPredictor, CheckpointError
+
+        try:
+            predictor = CerberusPredictor(model_dir, mode=mode, batch_size=batch_size)
+        except CheckpointError as err:
+            raise click.ClickException(str(err)) from None
+
+    def report(outcome) -> None:
+        if outcome.error is None:
+            counts = ", ".join(f"{n} {kind}" for kind, n in outcome.counts.items())
+            click.echo(f"{outcome.folder}: {counts}")
+        else:
+            click.echo(f"FAILED {outcome.error}", err=True)
+
+    outcomes = run_tile_mode(Path(input_dir), Path(output_dir), predictor, mpp, on_image=report)
+    failed = sum(outcome.error is not None for outcome in outcomes)
+    click.echo(f"{len(outcomes) - failed}/{len(outcomes)} images done")
+    if failed:
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":
     main()

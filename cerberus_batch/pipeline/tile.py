@@ -1,0 +1,183 @@
+"""`cerberus-batch tile`: a folder of image tiles → maps, instance tables and an overlay per image.
+
+Each image becomes `<output>/<relative path without suffix>/` holding `maps.zarr`,
+`nuclei.parquet`, `glands.parquet`, `lumens.parquet` and `overlay.png`. As in the
+reference's tile mode (spec §7), an image is padded with numpy `reflect` to whole
+144-px cells plus the 152-px context, and glands and lumens are post-processed at
+full resolution (ds = 1). Tables are in the image's own pixels. Images run one
+after another in this process; no Dask.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from cerberus_batch import __version__
+from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.model.predictor import Predictor
+from cerberus_batch.slides import Transform, open_slide
+from cerberus_batch.storage.maps import MapSpec, map_specs
+from cerberus_batch.storage.overview import draw_instances
+from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
+from cerberus_batch.tasks.infer import stored_maps
+from cerberus_batch.tasks.instances import TISSUE_CLASSES
+from cerberus_batch.tasks.merge import slide_instances
+from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+PROCESSING_MPP = 0.5
+MAP_CHUNK = 1008  # processing px per Zarr chunk side
+OBJECT_TABLES = ("glands", "lumens", "nuclei")  # also the overlay's drawing order, as the reference's
+
+
+@dataclass
+class TileOutcome:
+    """What became of one input image."""
+
+    image: Path
+    folder: Path  # its output folder
+    error: str | None = None  # one line; None when done
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def find_images(input_dir: Path) -> list[Path]:
+    """PNG, JPEG and TIFF files under `input_dir` (recursive), sorted; hidden files skipped."""
+    return sorted(
+        path for path in Path(input_dir).rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def reflect_padded(image: np.ndarray) -> np.ndarray:
+    """The image padded with numpy `reflect` (spec §7.2): the context before it, whole output cells
+    plus the context after it. The reference pads one patch further, which it never reads."""
+    (h, w), (grid_h, grid_w) = image.shape[:2], _grid(image)
+    return np.pad(image, ((CONTEXT, grid_h - h + CONTEXT), (CONTEXT, grid_w - w + CONTEXT), (0, 0)), mode="reflect")
+
+
+def tile_specs(predictor: Predictor) -> list[MapSpec]:
+    """The slide maps, with glands and lumens kept at full resolution, as tile mode post-processes them."""
+    specs = map_specs(set(predictor.heads), len(predictor.class_names.get("Patch-Class", ())))
+    return [replace(spec, downsample=1) if spec.downsample == 2 else spec for spec in specs]
+
+
+def named_kinds(class_names: Mapping[str, Sequence[str]], mode: Literal["wsi", "tile"]) -> list[ObjectKind]:
+    """The reference's object kinds for `mode`, named with the classes of the model that made the maps."""
+    return [
+        replace(kind, class_names=tuple(class_names[head])) if head in class_names else kind
+        for kind, head in zip(cerberus_kinds(mode), ("Nuclei-TYPE", "Gland-TYPE", "Lumen-INST"))
+    ]
+
+
+def image_maps(image: np.ndarray, predictor: Predictor, specs: list[MapSpec]) -> dict[str, np.ndarray]:
+    """Stored-form maps on the whole-cell grid; pixel maps are zero beyond the image."""
+    h, w = image.shape[:2]
+    stored = stored_maps(predictor.predict(reflect_padded(image)), specs, [])
+    for spec in specs:
+        if spec.downsample == 1:
+            stored[spec.name][..., h:, :] = 0
+            stored[spec.name][..., :, w:] = 0
+    return stored
+
+
+def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | None = None) -> dict[str, int]:
+    """Infer one image and write its output folder, which appears whole (replacing an older one) or not at all.
+
+    `mpp` is the image's own µm/px; without it the image is taken to be at 0.5 µm/px already.
+    Returns the instance count per kind.
+    """
+    with open_slide(path, mpp=mpp) as slide:
+        width, height = slide.info.dimensions
+        original = slide.read_level(0, 0, 0, width, height)
+        if mpp is None:
+            image, transform = original, Transform(1.0, 1.0)
+        else:
+            view = slide.at_mpp(PROCESSING_MPP)
+            image, transform = view.read(0, 0, view.shape[1], view.shape[0]), view.transform
+    specs = tile_specs(predictor)
+    stored = image_maps(image, predictor, specs)
+    h, w = image.shape[:2]
+    inside = {s.name: stored[s.name][..., :h, :w] if s.downsample == 1 else stored[s.name] for s in specs}
+    tables = slide_instances(
+        inside, slide_id=folder.name, transform=transform, mpp=PROCESSING_MPP,
+        kinds=named_kinds(predictor.class_names, "tile"),
+        tissue_classes=predictor.class_names.get("Patch-Class", TISSUE_CLASSES),
+    )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
+    try:
+        partial.mkdir()
+        attrs = _attrs(path, folder.name, predictor, transform, (h, w))
+        group = create_slide_maps(partial / "maps.zarr", shape=_grid(image),
+                                  chunk=MAP_CHUNK, specs=specs, dtype="uint8", attrs=attrs)
+        write_chunk(group, 0, 0, stored, specs)
+        for kind in OBJECT_TABLES:
+            tables[kind].to_parquet(partial / f"{kind}.parquet", index=False, schema_version="1.1.0",
+                                    write_covering_bbox=True)
+        overlay = Image.fromarray(original)
+        for kind in OBJECT_TABLES:
+            draw_instances(overlay, kind, [tables[kind]], 1.0, dots=False)
+        overlay.save(partial / "overlay.png")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return {kind: len(tables[kind]) for kind in OBJECT_TABLES}
+
+
+def run_tile_mode(
+    input_dir: Path, output_dir: Path, predictor: Predictor, mpp: float | None = None,
+    on_image: Callable[[TileOutcome], None] | None = None,
+) -> list[TileOutcome]:
+    """Every image of `input_dir` in turn; one that fails is reported and the others go on."""
+    outcomes, claimed = [], {}
+    for path in find_images(input_dir):
+        folder = Path(output_dir) / path.relative_to(input_dir).with_suffix("")
+        outcome = TileOutcome(path, folder)
+        if folder in claimed:
+            outcome.error = f"{path}: same output folder {folder} as {claimed[folder]}"
+        else:
+            claimed[folder] = path
+            try:
+                outcome.counts = process_image(path, folder, predictor, mpp)
+            except Exception as err:  # any failure is this image's alone; the run reports it and goes on
+                outcome.error = _one_line(path, err)
+        outcomes.append(outcome)
+        if on_image is not None:
+            on_image(outcome)
+    return outcomes
+
+
+def _grid(image: np.ndarray) -> tuple[int, int]:
+    return tuple(-(-size // CELL) * CELL for size in image.shape[:2])  # type: ignore[return-value]
+
+
+def _attrs(path: Path, name: str, predictor: Predictor, transform: Transform, shape: tuple[int, int]) -> dict[str, Any]:
+    return {
+        "slide_id": name,
+        "slide_path": str(path),
+        "image_shape": list(shape),  # processing px (h, w) of the image; maps beyond it are zero
+        "mpp": PROCESSING_MPP,
+        "transform": transform.to_dict(),
+        "model_kind": predictor.kind,
+        "model_identity": predictor.identity,
+        "heads": list(predictor.heads),
+        "class_names": {k: list(v) for k, v in predictor.class_names.items()},
+        "mode": "tile",
+        "software": f"cerberus-batch {__version__}",
+    }
+
+
+def _one_line(path: Path, err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    message = text[0] if text else type(err).__name__
+    return message if str(path) in message else f"{path}: {type(err).__name__}: {message}"
