@@ -170,3 +170,28 @@ def test_bad_slide_is_reported_and_the_rest_finish(tmp_path, cmu_slide):
     assert report["slides"]["good"]["status"] == "done"
     bad = report["slides"]["truncated"]
     assert bad["status"] == "failed" and "truncated.svs" in bad["error"]
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, cmu_slide):
+    cohort = write_cohort(
+        tmp_path, [{"path": str(cmu_slide), "id": "cmu"}],
+        processing={"chunk": 432}, cluster={"workers": 1, "dashboard_address": ":0"},
+    )
+    first = cli_run(cohort)
+    ledger = tmp_path / "out" / "ledger" / "cmu"
+    deadline = time.time() + 240
+    while not list(ledger.glob("chunk-*.done")):
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0][-2000:]
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 130, output[-2000:]
+    assert "rerun the same command to resume" in output
+    assert json.loads((tmp_path / "out" / "run_report.json").read_text())["status"] == "interrupted"
+    second = cli_run(cohort)
+    assert second.wait(timeout=600) == 0, second.communicate()[0][-2000:]
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())["slides"]["cmu"]
+    assert report["status"] == "done" and report["chunks_skipped"] >= 1
+    status = subprocess.run([sys.executable, "-m", "cerberus_batch.cli", "status", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert "done" in status.stdout and "nuclei" in status.stdout

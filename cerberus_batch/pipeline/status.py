@@ -17,14 +17,16 @@ def print_status(output: str | Path) -> None:
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"slides": {}}
     ledger = Ledger(output)
     table = Table(title=f"{output} (last run: {report.get('status', 'unknown')})")
-    for column in ("slide", "status", "chunks done", "maps", "error"):
+    for column in ("slide", "status", "chunks done", "maps", "tables", "error"):
         table.add_column(column)
     for slide_id in sorted(set(report["slides"]) | set(ledger.slides())):
         outcome = report["slides"].get(slide_id, {})
         total = outcome.get("chunks") or "?"
         maps = "complete" if ledger.slide_stage(slide_id, "maps") else ""
+        instances = ledger.slide_stage(slide_id, "instances")
+        tables = f"{instances['nuclei_count']} nuclei, {instances['glands_count']} glands" if instances else ""
         table.add_row(
             slide_id, outcome.get("status", "unknown"), f"{len(ledger.done_chunks(slide_id))}/{total}",
-            maps, outcome.get("error") or "",
+            maps, tables, outcome.get("error") or "",
         )
     Console().print(table)
