@@ -88,23 +88,28 @@ def image_maps(image: np.ndarray, predictor: Predictor, specs: list[MapSpec]) ->
     return stored
 
 
+def read_image(path: Path, mpp: float | None) -> tuple[np.ndarray, np.ndarray, Transform]:
+    """(the image, the image at 0.5 µm/px, processing px → image px). Without `mpp` the two are one."""
+    with open_slide(path, mpp=mpp) as slide:
+        width, height = slide.info.dimensions
+        original = slide.read_level(0, 0, 0, width, height)
+        if mpp is None:
+            return original, original, Transform(1.0, 1.0)
+        view = slide.at_mpp(PROCESSING_MPP)
+        return original, view.read(0, 0, view.shape[1], view.shape[0]), view.transform
+
+
 def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | None = None) -> dict[str, int]:
     """Infer one image and write its output folder, which appears whole (replacing an older one) or not at all.
 
     `mpp` is the image's own µm/px; without it the image is taken to be at 0.5 µm/px already.
     Returns the instance count per kind.
     """
-    with open_slide(path, mpp=mpp) as slide:
-        width, height = slide.info.dimensions
-        original = slide.read_level(0, 0, 0, width, height)
-        if mpp is None:
-            image, transform = original, Transform(1.0, 1.0)
-        else:
-            view = slide.at_mpp(PROCESSING_MPP)
-            image, transform = view.read(0, 0, view.shape[1], view.shape[0]), view.transform
+    original, image, transform = read_image(path, mpp)
     specs = tile_specs(predictor)
     stored = image_maps(image, predictor, specs)
     h, w = image.shape[:2]
+    # Post-processing sees the image only, as the reference crops before it (spec §7.3).
     inside = {s.name: stored[s.name][..., :h, :w] if s.downsample == 1 else stored[s.name] for s in specs}
     tables = slide_instances(
         inside, slide_id=folder.name, transform=transform, mpp=PROCESSING_MPP,
@@ -115,15 +120,12 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     partial = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
     try:
         partial.mkdir()
-        attrs = _attrs(path, folder.name, predictor, transform, (h, w))
-        group = create_slide_maps(partial / "maps.zarr", shape=_grid(image),
-                                  chunk=MAP_CHUNK, specs=specs, dtype="uint8", attrs=attrs)
+        group = create_slide_maps(partial / "maps.zarr", shape=_grid(image), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
+                                  attrs=_attrs(path, folder.name, predictor, transform, (h, w)))
         write_chunk(group, 0, 0, stored, specs)
-        for kind in OBJECT_TABLES:
-            tables[kind].to_parquet(partial / f"{kind}.parquet", index=False, schema_version="1.1.0",
-                                    write_covering_bbox=True)
         overlay = Image.fromarray(original)
         for kind in OBJECT_TABLES:
+            tables[kind].to_parquet(partial / f"{kind}.parquet", index=False, schema_version="1.1.0", write_covering_bbox=True)
             draw_instances(overlay, kind, [tables[kind]], 1.0, dots=False)
         overlay.save(partial / "overlay.png")
         if folder.exists():
