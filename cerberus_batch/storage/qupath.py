@@ -20,17 +20,17 @@ import shapely
 
 from cerberus_batch.storage.colours import instance_colour
 from cerberus_batch.storage.overview import table_batches
-from cerberus_batch.storage.tables import TABLE_KINDS, table_dir, table_path
+from cerberus_batch.storage.tables import table_dir, table_path
 
 OBJECT_KINDS = {"glands": "gland", "lumens": "lumen", "nuclei": "nucleus"}  # table → feature `kind`, drawing order
 MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")
 
 
 def table_slides(output: str | Path) -> list[str]:
-    """Slide ids that have tables in an output folder, sorted."""
+    """Slide ids that have nuclei, gland or lumen tables in an output folder, sorted."""
     found = {
         folder.name.removeprefix("slide_id=")
-        for kind in TABLE_KINDS
+        for kind in OBJECT_KINDS
         if table_dir(output, kind).is_dir()
         for folder in table_dir(output, kind).glob("slide_id=*")
     }
