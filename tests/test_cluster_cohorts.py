@@ -34,10 +34,9 @@ def small_cohort(folder: Path, cluster: dict, output: str = "out") -> Path:
     return path
 
 
-def output_files(output: Path, folder: str = "maps") -> dict[str, bytes]:
-    """Every file under one output folder, by relative path: two runs' maps must match byte for byte."""
-    root = output / folder
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def output_files(output: Path, folders: tuple[str, ...] = ("maps", "tables", "plans", "masks")) -> dict[str, bytes]:
+    """Every result file of a run, by relative path (not timings): two runs must match byte for byte."""
+    return {str(p.relative_to(output)): p.read_bytes() for f in folders for p in sorted((output / f).rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("kind", ["local", "slurm", "kubernetes", "address"])

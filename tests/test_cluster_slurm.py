@@ -61,5 +61,6 @@ def test_cohort_on_two_slurm_jobs_matches_the_local_run(slurm, tmp_path):
         "plan-synthetic", *(f"infer-synthetic-{i}" for i in range(report.slides["synthetic"].chunks))
     }
     assert {job_of_worker[worker] for worker in ran_on.values()} <= jobs
-    assert output_files(cohort.output) == output_files(local.output)
-    assert output_files(cohort.output, "plans") == output_files(local.output, "plans")
+    outputs = output_files(cohort.output)
+    assert any(name.startswith("tables/nuclei") for name in outputs) and any(name.startswith("maps/") for name in outputs)
+    assert outputs == output_files(local.output)
