@@ -35,6 +35,7 @@ def cpu_outputs(folder):
     return output_files(cohort.output)
 
 
+@pytest.mark.timeout(300)  # a hung browser or job should fail this test, not stall the suite
 def test_gpu_workers_run_inference_and_cpu_workers_the_rest(folder, monkeypatch, cpu_outputs):
     monkeypatch.setattr("cerberus_batch.cluster.local.gpu_count", lambda: 2)
     cohort = load_cohort(small_cohort(folder, {"workers": 1, "dashboard_address": "127.0.0.1:0"}, output="gpu"))

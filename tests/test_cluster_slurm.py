@@ -38,6 +38,7 @@ def queued_job_ids() -> set[str]:
     return set(listed.stdout.split())
 
 
+@pytest.mark.timeout(300)  # a hung browser or job should fail this test, not stall the suite
 def test_cohort_on_two_slurm_jobs_matches_the_local_run(slurm, tmp_path):
     local = load_cohort(small_cohort(tmp_path, {"workers": 2, "dashboard_address": "127.0.0.1:0"}, output="local"))
     assert run_cohort(local, show_progress=False).status == "ok"

@@ -31,6 +31,7 @@ RENDERED_TASK_NAMES = """() => {
 PLOT_TITLES = "() => Bokeh.documents.flatMap(doc => [...doc.all_models]).filter(m => m.type === 'Title').map(m => m.text)"
 
 
+@pytest.mark.timeout(300)  # a hung browser or job should fail this test, not stall the suite
 def test_status_page_shows_our_tasks(tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     if not CHROMIUM.exists():
