@@ -124,8 +124,19 @@ def load_cohort(path: str | Path) -> Cohort:
         slides=slides,
         model=model,
         processing=parsed.processing,
-        cluster=parsed.cluster,
+        cluster=_cluster_paths(parsed.cluster, base),
     )
+
+
+def _cluster_paths(cluster: ClusterSpec, base: Path) -> ClusterSpec:
+    """Files the cluster section names are relative to the cohort file, like every other path."""
+    if cluster.address is not None and cluster.address.ca_file is not None:
+        tls = {k: _resolve(base, getattr(cluster.address, k)) for k in ("ca_file", "cert", "key")}
+        cluster = cluster.model_copy(update={"address": cluster.address.model_copy(update=tls)})
+    if cluster.slurm is not None and cluster.slurm.log_directory and not cluster.slurm.log_directory.startswith("$"):
+        logs = str(_resolve(base, Path(cluster.slurm.log_directory)))
+        cluster = cluster.model_copy(update={"slurm": cluster.slurm.model_copy(update={"log_directory": logs})})
+    return cluster
 
 
 def _validate(model: type[BaseModel], raw: Any, path: str | Path, prefix: str = "") -> Any:
