@@ -20,15 +20,15 @@ from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger
 from cerberus_batch.pipeline.plan import plan_slide_chunks
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
+from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.overview import write_overview
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import write_slide_tables
+from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_path, open_slide_maps, write_chunk
+from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import TISSUE_CLASSES
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds
-from cerberus_batch.storage.maps import map_specs
-from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_path, open_slide_maps, write_chunk
-from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 
 HEAD_NAMES = {
     "nuclei": ("Nuclei", "Nuclei#TYPE"),
@@ -71,7 +71,7 @@ def slide_attrs(slide: SlideEntry, plan: ChunkPlan, predictor: Predictor, proces
     return {
         "slide_id": slide.id,
         "slide_path": str(slide.path),
-        "mpp": processing.mpp,
+        "mpp": plan.mpp,  # true µm per processing px (e.g. 0.499 for a natively read 0.499 level)
         "transform": plan.transform.to_dict(),
         "model_kind": predictor.kind,
         "model_identity": predictor.identity,
