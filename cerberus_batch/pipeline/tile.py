@@ -88,15 +88,17 @@ def image_maps(image: np.ndarray, predictor: Predictor, specs: list[MapSpec]) ->
     return stored
 
 
-def read_image(path: Path, mpp: float | None) -> tuple[np.ndarray, np.ndarray, Transform]:
-    """(the image, the image at 0.5 µm/px, processing px → image px). Without `mpp` the two are one."""
+def read_image(path: Path, mpp: float | None) -> tuple[np.ndarray, np.ndarray, Transform, float]:
+    """(the image, the image at ~0.5 µm/px, processing px → image px, its true µm/px).
+
+    Without `mpp` the two images are one; an image within 2% of 0.5 µm/px is read as is."""
     with open_slide(path, mpp=mpp) as slide:
         width, height = slide.info.dimensions
         original = slide.read_level(0, 0, 0, width, height)
         if mpp is None:
-            return original, original, Transform(1.0, 1.0)
+            return original, original, Transform(1.0, 1.0), PROCESSING_MPP
         view = slide.at_mpp(PROCESSING_MPP)
-        return original, view.read(0, 0, view.shape[1], view.shape[0]), view.transform
+        return original, view.read(0, 0, view.shape[1], view.shape[0]), view.transform, view.mpp
 
 
 def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | None = None) -> dict[str, int]:
@@ -105,14 +107,14 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     `mpp` is the image's own µm/px; without it the image is taken to be at 0.5 µm/px already.
     Returns the instance count per kind.
     """
-    original, image, transform = read_image(path, mpp)
+    original, image, transform, image_mpp = read_image(path, mpp)
     specs = tile_specs(predictor)
     stored = image_maps(image, predictor, specs)
     h, w = image.shape[:2]
     # Post-processing sees the image only, as the reference crops before it (spec §7.3).
     inside = {s.name: stored[s.name][..., :h, :w] if s.downsample == 1 else stored[s.name] for s in specs}
     tables = slide_instances(
-        inside, slide_id=folder.name, transform=transform, mpp=PROCESSING_MPP,
+        inside, slide_id=folder.name, transform=transform, mpp=image_mpp,
         kinds=named_kinds(predictor.class_names, "tile"),
         tissue_classes=predictor.class_names.get("Patch-Class", TISSUE_CLASSES),
     )
@@ -121,7 +123,7 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     try:
         partial.mkdir()
         group = create_slide_maps(partial / "maps.zarr", shape=_grid(image), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
-                                  attrs=_attrs(path, folder.name, predictor, transform, (h, w)))
+                                  attrs=_attrs(path, folder.name, predictor, transform, image_mpp, (h, w)))
         write_chunk(group, 0, 0, stored, specs)
         overlay = Image.fromarray(original)
         for kind in OBJECT_TABLES:
@@ -163,12 +165,14 @@ def _grid(image: np.ndarray) -> tuple[int, int]:
     return tuple(-(-size // CELL) * CELL for size in image.shape[:2])  # type: ignore[return-value]
 
 
-def _attrs(path: Path, name: str, predictor: Predictor, transform: Transform, shape: tuple[int, int]) -> dict[str, Any]:
+def _attrs(
+    path: Path, name: str, predictor: Predictor, transform: Transform, mpp: float, shape: tuple[int, int],
+) -> dict[str, Any]:
     return {
         "slide_id": name,
         "slide_path": str(path),
         "image_shape": list(shape),  # processing px (h, w) of the image; maps beyond it are zero
-        "mpp": PROCESSING_MPP,
+        "mpp": mpp,
         "transform": transform.to_dict(),
         "model_kind": predictor.kind,
         "model_identity": predictor.identity,
