@@ -27,7 +27,6 @@ from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.pipeline.work import build_predictor
 from cerberus_batch.slides import open_slide
 from cerberus_batch.slides.synthetic import make_synthetic_slide
-from cerberus_batch.tasks.infer import predict_chunk
 
 
 def peak_rss_mb() -> float:

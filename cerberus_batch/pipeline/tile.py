@@ -15,7 +15,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -30,7 +30,7 @@ from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import stored_maps
 from cerberus_batch.tasks.instances import TISSUE_CLASSES
 from cerberus_batch.tasks.merge import slide_instances
-from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds
+from cerberus_batch.tasks.postprocess import cerberus_kinds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PROCESSING_MPP = 0.5
@@ -67,14 +67,6 @@ def tile_specs(predictor: Predictor) -> list[MapSpec]:
     """The slide maps, with glands and lumens kept at full resolution, as tile mode post-processes them."""
     specs = map_specs(set(predictor.heads), len(predictor.class_names.get("Patch-Class", ())))
     return [replace(spec, downsample=1) if spec.downsample == 2 else spec for spec in specs]
-
-
-def named_kinds(class_names: Mapping[str, Sequence[str]], mode: Literal["wsi", "tile"]) -> list[ObjectKind]:
-    """The reference's object kinds for `mode`, named with the classes of the model that made the maps."""
-    return [
-        replace(kind, class_names=tuple(class_names[head])) if head in class_names else kind
-        for kind, head in zip(cerberus_kinds(mode), ("Nuclei-TYPE", "Gland-TYPE", "Lumen-INST"))
-    ]
 
 
 def image_maps(image: np.ndarray, predictor: Predictor, specs: list[MapSpec]) -> dict[str, np.ndarray]:
@@ -115,7 +107,7 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     inside = {s.name: stored[s.name][..., :h, :w] if s.downsample == 1 else stored[s.name] for s in specs}
     tables = slide_instances(
         inside, slide_id=folder.name, transform=transform, mpp=image_mpp,
-        kinds=named_kinds(predictor.class_names, "tile"),
+        kinds=cerberus_kinds("tile", predictor.class_names),
         tissue_classes=predictor.class_names.get("Patch-Class", TISSUE_CLASSES),
     )
     folder.parent.mkdir(parents=True, exist_ok=True)

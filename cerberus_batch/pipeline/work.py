@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_path, open_
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import TISSUE_CLASSES
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
-from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds
+from cerberus_batch.tasks.postprocess import cerberus_kinds
 
 HEAD_NAMES = {
     "nuclei": ("Nuclei", "Nuclei#TYPE"),
@@ -134,21 +133,12 @@ def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, 
     return {name: group[name] for name in group.array_keys()}, dict(group.attrs)
 
 
-def _kinds(attrs: dict[str, Any]) -> list[ObjectKind]:
-    """The reference's object kinds, named with the classes of the model that made the maps."""
-    names = attrs["class_names"]
-    return [
-        replace(kind, class_names=tuple(names[head])) if head in names else kind
-        for kind, head in zip(cerberus_kinds("wsi"), ("Nuclei-TYPE", "Gland-TYPE", "Lumen-INST"))
-    ]
-
-
 def chunk_instances_task(slide_id: str, box: tuple[int, int, int, int], output: Path) -> ChunkResult:
     """Finish the objects that lie inside one chunk; report those crossing its borders."""
     maps, attrs = _slide_maps(output, slide_id)
     return chunk_instances(
         maps, box, slide_id=slide_id, transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
-        kinds=_kinds(attrs),
+        kinds=cerberus_kinds("wsi", attrs["class_names"]),
     )
 
 
@@ -158,7 +148,7 @@ def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list
     maps, attrs = _slide_maps(output, slide_id)
     tables = merge_slide(
         maps, parts, slide_id=slide_id, transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
-        kinds=_kinds(attrs), tissue_classes=attrs["class_names"].get("Patch-Class", TISSUE_CLASSES),
+        kinds=cerberus_kinds("wsi", attrs["class_names"]), tissue_classes=attrs["class_names"].get("Patch-Class", TISSUE_CLASSES),
     )
     write_slide_tables(output, slide_id, tables)
     write_overview(output, slide_id)

@@ -14,8 +14,8 @@ its own 8-connected foreground component, so chunked and whole-slide runs agree:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -63,14 +63,24 @@ def region_kind(
     )
 
 
-def cerberus_kinds(mode: Literal["wsi", "tile"] = "wsi") -> tuple[ObjectKind, ObjectKind, ObjectKind]:
-    """Nuclei, glands, lumens. WSI mode post-processes glands on half-resolution maps (ds 0.5)."""
+def cerberus_kinds(
+    mode: Literal["wsi", "tile"] = "wsi", class_names: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[ObjectKind, ObjectKind, ObjectKind]:
+    """Nuclei, glands, lumens. WSI mode post-processes glands on half-resolution maps (ds 0.5).
+
+    `class_names` (per model head) renames the classes for the model that made the maps.
+    """
     ds, down = (0.5, 2) if mode == "wsi" else (1.0, 1)
     nuclei = ObjectKind("nuclei", "watershed", "nuclei_prob", "nuclei_class", 1, 0.5, 8, class_names=NUCLEUS_CLASSES)
     glands = region_kind("glands", "gland_prob", "gland_class", down, base_kernel=11, base_area=1000,
                          threshold=0.55, ds=ds, class_names=GLAND_CLASSES)
     lumens = region_kind("lumens", "lumen_prob", None, down, base_kernel=3, base_area=150,
                          threshold=0.5, ds=ds, class_names=LUMEN_CLASSES, inside="glands")
+    names = class_names or {}
+    nuclei, glands, lumens = (
+        replace(kind, class_names=tuple(names[head])) if head in names else kind
+        for kind, head in zip((nuclei, glands, lumens), ("Nuclei-TYPE", "Gland-TYPE", "Lumen-INST"))
+    )
     return nuclei, glands, lumens
 
 
