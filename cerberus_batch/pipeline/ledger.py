@@ -8,10 +8,11 @@ crash mid-write leaves no marker (that chunk is simply recomputed).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from cerberus_batch.storage.atomic import write_bytes_durably
 
 
 class RunMismatch(ValueError):
@@ -28,7 +29,7 @@ class Ledger:
     def mark_done(self, slide_id: str, chunk_index: int) -> None:
         folder = self._slide(slide_id)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / f"chunk-{chunk_index}.done", b"")
+        write_bytes_durably(folder / f"chunk-{chunk_index}.done", b"")
 
     def done_chunks(self, slide_id: str) -> set[int]:
         folder = self._slide(slide_id)
@@ -40,7 +41,7 @@ class Ledger:
         """Record a finished stage of a slide (e.g. 'maps', 'instances') with what it produced."""
         folder = self._slide(slide_id)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / f"{stage}.json", json.dumps(info).encode())
+        write_bytes_durably(folder / f"{stage}.json", json.dumps(info).encode())
 
     def slide_stage(self, slide_id: str, stage: str) -> dict[str, Any] | None:
         path = self._slide(slide_id) / f"{stage}.json"
@@ -68,13 +69,5 @@ def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool) -> None
         for stale in ("ledger", "maps", "tables", "plans", "masks"):
             shutil.rmtree(Path(output) / stale, ignore_errors=True)
     Path(output).mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+    write_bytes_durably(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)

@@ -10,7 +10,6 @@ slide as failed; every other slide goes on.
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Callable
 
 from distributed import Client, Future, as_completed
 
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.cluster.placement import placement
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger, check_run
@@ -57,9 +57,8 @@ class RunReport:
 
     def write(self, output: Path) -> None:
         path = Path(output) / "run_report.json"
-        partial = path.with_suffix(".json.part")
-        partial.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            partial.write_text(json.dumps(asdict(self), indent=2))
 
 
 def one_line(err: BaseException) -> str:

@@ -10,9 +10,6 @@ after another in this process; no Dask.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -24,8 +21,10 @@ from cerberus_batch import __version__
 from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.slides import Transform, open_slide
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.maps import MapSpec, map_specs
 from cerberus_batch.storage.overview import draw_instances
+from cerberus_batch.storage.tables import write_geoparquet
 from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import stored_maps
 from cerberus_batch.tasks.instances import TISSUE_CLASSES
@@ -111,22 +110,16 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
         tissue_classes=predictor.class_names.get("Patch-Class", TISSUE_CLASSES),
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}")
-    try:
+    with atomic_path(folder) as partial:
         partial.mkdir()
         group = create_slide_maps(partial / "maps.zarr", shape=_grid(image), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
                                   attrs=_attrs(path, folder.name, predictor, transform, image_mpp, (h, w)))
         write_chunk(group, 0, 0, stored, specs)
         overlay = Image.fromarray(original)
         for kind in OBJECT_TABLES:
-            tables[kind].to_parquet(partial / f"{kind}.parquet", index=False, schema_version="1.1.0", write_covering_bbox=True)
+            write_geoparquet(tables[kind], partial / f"{kind}.parquet")
             draw_instances(overlay, kind, [tables[kind]], 1.0, dots=False)
         overlay.save(partial / "overlay.png")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(partial, folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return {kind: len(tables[kind]) for kind in OBJECT_TABLES}
 
 

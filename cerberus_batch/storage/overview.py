@@ -8,8 +8,6 @@ thumbnail resolution and the tables in row batches.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -21,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cerberus_batch.grid import CELL
 from cerberus_batch.slides import Transform, open_slide
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.colours import RGB, instance_colour, tissue_colours
 from cerberus_batch.storage.tables import table_dir, table_path
 from cerberus_batch.storage.zarr_maps import maps_path, open_slide_maps
@@ -65,12 +64,8 @@ def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
     canvas = compose(picture, tissue, legend_sections(attrs), title)
     target = overview_path(output, slide_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    try:
+    with atomic_path(target) as partial:
         canvas.save(partial, format="PNG")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 

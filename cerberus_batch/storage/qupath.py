@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow.parquet as pq
 import shapely
 
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.colours import instance_colour
 from cerberus_batch.storage.overview import table_batches
 from cerberus_batch.storage.tables import table_dir, table_path
@@ -46,19 +45,14 @@ def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) 
     if not any(path.is_file() for path in paths.values()):
         raise FileNotFoundError(f"{Path(output) / 'tables'}: no tables for slide {slide_id!r}")
     target = Path(target)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     count = 0
-    try:
-        with open(partial, "w", encoding="utf-8") as file:
-            file.write('{"type": "FeatureCollection", "features": [')
-            for kind, path in paths.items():
-                for feature in _features(kind, path) if path.is_file() else ():
-                    file.write(("\n" if count == 0 else ",\n") + feature)
-                    count += 1
-            file.write("\n]}\n")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(target) as partial, open(partial, "w", encoding="utf-8") as file:
+        file.write('{"type": "FeatureCollection", "features": [')
+        for kind, path in paths.items():
+            for feature in _features(kind, path) if path.is_file() else ():
+                file.write(("\n" if count == 0 else ",\n") + feature)
+                count += 1
+        file.write("\n]}\n")
     return count
 
 

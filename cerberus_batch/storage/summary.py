@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import geopandas as gpd
 import pandas as pd
+
+from cerberus_batch.storage.atomic import atomic_path
 
 OBJECT_KINDS = ("nuclei", "glands", "lumens")
 
@@ -35,6 +36,5 @@ def write_cohort_summary(output: Path, rows: list[dict[str, Any]]) -> None:
     frame = pd.DataFrame(rows).fillna(0)
     for name, write in (("summary.parquet", frame.to_parquet), ("summary.csv", frame.to_csv)):
         target = Path(output) / name
-        partial = target.with_name(f".{name}.part")
-        write(partial, index=False)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            write(partial, index=False)

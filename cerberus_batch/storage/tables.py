@@ -8,13 +8,13 @@ back into the `slide_id` column.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import geopandas as gpd
 import pyarrow.dataset as ds
+
+from cerberus_batch.storage.atomic import atomic_path
 
 TABLE_KINDS = ("nuclei", "glands", "lumens", "tissue")
 PART = "part-0.parquet"
@@ -36,17 +36,18 @@ def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[st
     for kind, table in tables.items():
         path = table_path(output_dir, kind, slide_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Readers skip names starting with "." while the file is being written.
-        partial = path.with_name(f".{PART}.{uuid.uuid4().hex}")
-        try:
-            table.drop(columns="slide_id", errors="ignore").to_parquet(
-                partial, index=False, schema_version="1.1.0", write_covering_bbox=True
-            )
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_geoparquet(table.drop(columns="slide_id", errors="ignore"), path)
         written.append(path)
     return written
+
+
+def write_geoparquet(table: gpd.GeoDataFrame, path: Path) -> None:
+    """GeoParquet 1.1 with the bbox covering column, written atomically.
+
+    Dataset readers skip the hidden name ("." prefix) while the file is being written.
+    """
+    with atomic_path(path) as partial:
+        table.to_parquet(partial, index=False, schema_version="1.1.0", write_covering_bbox=True)
 
 
 def read_table(
