@@ -21,6 +21,6 @@ class Predictor(Protocol):
     kind: str  # "cerberus" or "stain"
     heads: tuple[str, ...]  # output keys `predict` returns
     class_names: Mapping[str, Sequence[str]]  # per TYPE head and Patch-Class
-    identity: str  # stable hash of what determines the outputs (settings, weights, mode)
+    identity: str  # stable hash of what determines the outputs (settings, weights, heads)
 
     def predict(self, image: np.ndarray) -> dict[str, np.ndarray]: ...

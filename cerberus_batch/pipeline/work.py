@@ -29,14 +29,6 @@ from cerberus_batch.tasks.instances import TISSUE_CLASSES
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 
-HEAD_NAMES = {
-    "nuclei": ("Nuclei", "Nuclei#TYPE"),
-    "gland": ("Gland", "Gland#TYPE"),
-    "lumen": ("Lumen",),
-    "tissue": ("Patch-Class",),
-}
-
-
 def build_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | None = None) -> Predictor:
     """The model a cohort asks for."""
     if model.kind == "stain":
@@ -47,7 +39,7 @@ def build_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | 
 
     return CerberusPredictor(
         model.weights,
-        heads=[name for head in model.heads for name in HEAD_NAMES[head]],
+        heads=model.heads,
         mode=processing.mode,
         tile=processing.tile,
         batch_size=processing.batch_size,
