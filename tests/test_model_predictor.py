@@ -110,8 +110,8 @@ def test_protocol_and_heads(parity_model_dir: Path, region: np.ndarray) -> None:
 @pytest.mark.parametrize(
     ("shape", "dtype", "reason"),
     [
-        ((448, 450, 3), np.uint8, "not a multiple of 144"),
-        ((304, 448, 3), np.uint8, "not a multiple of 144"),
+        ((448, 450, 3), np.uint8, "must be positive multiples of 144"),
+        ((304, 448, 3), np.uint8, "must be positive multiples of 144"),
         ((448, 448, 3), np.float32, "uint8"),
         ((448, 448), np.uint8, "uint8"),
     ],

@@ -16,6 +16,7 @@ from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model
 from cerberus_batch.model.fusion import fuse_batchnorms
 from cerberus_batch.model.naming import CLASS_NAMES, PATCH_CLASS
+from cerberus_batch.model.predictor import output_size
 
 Tile = tuple[int, int, int, int]  # output y, x, height, width
 
@@ -46,15 +47,6 @@ def _identity(model_dir: Path, decoders: Iterable[str]) -> str:
                 digest.update(block)
     digest.update("\n".join(decoders).encode())
     return digest.hexdigest()
-
-
-def _output_size(image: np.ndarray) -> tuple[int, int]:
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
-    height, width = (size - 2 * CONTEXT for size in image.shape[:2])
-    if height <= 0 or width <= 0 or height % CELL or width % CELL:
-        raise ValueError(f"image {image.shape[:2]} is not a multiple of {CELL} plus {2 * CONTEXT} px context")
-    return height, width
 
 
 class CerberusPredictor:
@@ -101,7 +93,7 @@ class CerberusPredictor:
         self.identity = _identity(Path(model_dir), self.model.running)
 
     def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        height, width = _output_size(image)
+        height, width = output_size(image)
         out = {}
         for key, classes in self.model.output_classes.items():
             if key == PATCH_CLASS:

@@ -6,6 +6,8 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from cerberus_batch.grid import CELL, CONTEXT
+
 
 class Predictor(Protocol):
     """Turns an RGB region (with context) into per-pixel and per-cell probabilities.
@@ -24,3 +26,13 @@ class Predictor(Protocol):
     identity: str  # stable hash of what determines the outputs (settings, weights, heads)
 
     def predict(self, image: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def output_size(image: np.ndarray) -> tuple[int, int]:
+    """(H, W) of the output a model predicts for `image` (output plus context), or a ValueError saying why not."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    height, width = image.shape[0] - 2 * CONTEXT, image.shape[1] - 2 * CONTEXT
+    if height <= 0 or width <= 0 or height % CELL or width % CELL:
+        raise ValueError(f"image shape {image.shape[:2]} minus 2*{CONTEXT} context must be positive multiples of {CELL}")
+    return height, width

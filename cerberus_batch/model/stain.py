@@ -18,6 +18,7 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 
 from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.model.predictor import output_size
 
 ALGORITHM = "stain-baseline-v1"
 
@@ -70,7 +71,7 @@ class StainPredictor:
         self.identity = f"{ALGORITHM}-{digest[:16]}"
 
     def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        height, width = _output_shape(image)
+        height, width = output_size(image)
         s = self.settings
         hematoxylin = ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0)
         nucleus = _logistic((hematoxylin - s.hematoxylin_threshold) / s.hematoxylin_softness)
@@ -114,13 +115,3 @@ class StainPredictor:
         rows, cols = region.shape[0] // CELL, region.shape[1] // CELL
         cells = (density > s.tissue_density).reshape(rows, CELL, cols, CELL)
         return _logistic((cells.mean(axis=(1, 3)) - s.tissue_fraction) / s.tissue_softness)
-
-
-def _output_shape(image: np.ndarray) -> tuple[int, int]:
-    """(H, W) of the output for an input with context, or ValueError naming what is wrong."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
-    height, width = image.shape[0] - 2 * CONTEXT, image.shape[1] - 2 * CONTEXT
-    if height <= 0 or width <= 0 or height % CELL or width % CELL:
-        raise ValueError(f"image shape {image.shape[:2]} minus 2*{CONTEXT} context must be positive multiples of {CELL}")
-    return height, width
