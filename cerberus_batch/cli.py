@@ -37,7 +37,7 @@ def run(cohort_file: str, fresh: bool, no_progress: bool) -> None:
 
     try:
         report = run_cohort(cohort, fresh=fresh, show_progress=not no_progress)
-    except (CheckpointError, RunMismatch) as err:
+    except (CheckpointError, RunMismatch, ValueError) as err:
         raise click.ClickException(str(err)) from None
     done = sum(1 for s in report.slides.values() if s.status == "done")
     click.echo(f"{done}/{len(report.slides)} slides done; report: {cohort.output / 'run_report.json'}")

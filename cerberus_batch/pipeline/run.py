@@ -187,7 +187,8 @@ def run_cohort(cohort: Cohort, *, fresh: bool = False, show_progress: bool = Tru
     from cerberus_batch.cluster import start_cluster
 
     # Load the model here first: a broken checkpoint fails the run before any slide starts.
-    predictor = build_predictor(cohort.model, cohort.processing, device="cpu")
+    # (on the CPU, where AMP does not apply: the workers use the cohort's device and AMP settings)
+    predictor = build_predictor(cohort.model.model_copy(update={"amp": None}), cohort.processing, device="cpu")
     check_run(cohort.output, fingerprint(cohort.model, cohort.processing, predictor), fresh=fresh)
     del predictor
     report = RunReport(cohort=cohort.name, output=str(cohort.output))
