@@ -63,11 +63,11 @@ def validate(cohort_file: str) -> None:
     table = Table(title=f"{cohort.name}: {len(cohort.slides)} slides → {cohort.output}")
     for column in ("slide", "size (proc px)", "tissue mm²", "chunks", "cells", "work (Mpx)", "problem"):
         table.add_column(column)
-    problems = 0
+    problems = []
     for slide, plan, error in plan_cohort(cohort):
         if error:
-            problems += 1
-            table.add_row(slide.id, "", "", "", "", "", error)
+            problems.append(f"{slide.id}: {error}")
+            table.add_row(slide.id, "", "", "", "", "", "cannot be planned (below)")
             continue
         summary = plan.summary()
         h, w = plan.shape
@@ -76,6 +76,8 @@ def validate(cohort_file: str) -> None:
             f"{summary.get('work_megapixels', 0):.1f}", "",
         )
     Console().print(table)
+    for problem in problems:
+        click.echo(f"PROBLEM {problem}", err=True)
     if problems:
         raise SystemExit(1)
 

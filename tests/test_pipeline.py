@@ -15,12 +15,14 @@ import pytest
 import yaml
 import zarr
 from distributed import LocalCluster
+from click.testing import CliRunner
 from PIL import Image
 
+from cerberus_batch.cli import main
 from cerberus_batch.grid import CELL
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
-from cerberus_batch.slides import ChunkPlan, open_slide
+from cerberus_batch.slides import ChunkPlan, open_slide, plan_chunks, tissue_mask
 from cerberus_batch.storage.maps import dequantise
 from cerberus_batch.tasks.infer import pool2, read_chunk
 
@@ -195,3 +197,17 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, cmu_slide):
     status = subprocess.run([sys.executable, "-m", "cerberus_batch.cli", "status", str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert "done" in status.stdout and "nuclei" in status.stdout
+
+
+def test_validate_prints_the_plan_and_names_unreadable_slides(tmp_path, cmu_slide):
+    truncated = tmp_path / "truncated.svs"
+    truncated.write_bytes(cmu_slide.read_bytes()[:200_000])
+    cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "cmu"}, {"path": str(truncated)}], processing={"chunk": 1008})
+    result = CliRunner().invoke(main, ["validate", str(cohort)], terminal_width=200)
+    assert result.exit_code == 1, result.output
+    row = next(line for line in result.output.splitlines() if "cmu" in line)
+    view = open_slide(cmu_slide).at_mpp(0.5)
+    plan = plan_chunks(view, tissue_mask(view, "auto"), chunk=1008)
+    assert f"{len(plan.chunks)}" in row and f"{plan.tissue_mm2:.2f}" in row
+    assert "truncated.svs" in result.output
+    assert not (tmp_path / "out").exists()

@@ -68,7 +68,7 @@ def slide_attrs(slide: SlideEntry, plan: ChunkPlan, predictor: Predictor, proces
         "model_identity": predictor.identity,
         "heads": list(predictor.heads),
         "class_names": {k: list(v) for k, v in predictor.class_names.items()},
-        "processing": processing.model_dump(),
+        "processing": processing.model_dump(exclude={"batch_size"}),  # batch size never changes the maps
         "software": f"cerberus-batch {__version__}",
     }
 
