@@ -39,10 +39,15 @@ def run(cohort_file: str, fresh: bool, no_progress: bool) -> None:
         report = run_cohort(cohort, fresh=fresh, show_progress=not no_progress)
     except (CheckpointError, RunMismatch, ValueError) as err:
         raise click.ClickException(str(err)) from None
+    except (OSError, TimeoutError) as err:  # e.g. a scheduler address nobody answers at
+        raise click.ClickException(f"{cohort.source}: cluster: {str(err).splitlines()[0]}") from None
     done = sum(1 for s in report.slides.values() if s.status == "done")
     click.echo(f"{done}/{len(report.slides)} slides done; report: {cohort.output / 'run_report.json'}")
-    for slide_id, outcome in report.failed.items():
-        click.echo(f"FAILED {slide_id}: {outcome.error}", err=True)
+    for slide_id, outcome in report.slides.items():
+        if outcome.status == "failed":
+            click.echo(f"FAILED {slide_id}: {outcome.error}", err=True)
+        elif outcome.note:
+            click.echo(f"NOTE {slide_id}: {outcome.note}", err=True)
     if report.status == "interrupted":
         click.echo("Interrupted: rerun the same command to resume.", err=True)
         raise SystemExit(130)

@@ -46,7 +46,8 @@ def test_glob_and_manifest_forms(tmp_path):
         (tmp_path / "masks" / f"{stem}.png").write_bytes(b"x")
     globbed = load_cohort(write_cohort(tmp_path, slides={"glob": "slides/*.svs", "masks": "masks/{stem}.png"}))
     assert [s.id for s in globbed.slides] == ["a", "b"]
-    (tmp_path / "cohort.csv").write_text("path,id,mpp\nslides/a.svs,first,0.5\nslides/b.svs,,\n")
+    # As spreadsheet programs save "CSV UTF-8": with a byte-order mark.
+    (tmp_path / "cohort.csv").write_text("\ufeffpath,id,mpp\nslides/a.svs,first,0.5\nslides/b.svs,,\n", encoding="utf-8")
     listed = load_cohort(write_cohort(tmp_path, slides={"manifest": "cohort.csv"}))
     assert [(s.id, s.mpp) for s in listed.slides] == [("first", 0.5), ("b", None)]
 
@@ -65,6 +66,7 @@ def test_glob_and_manifest_forms(tmp_path):
         ({"model": {"kind": "cerberus", "weights": "models/nowhere"}}, "model.weights: folder not found"),
         ({"model": {"kind": "cerberus"}}, "model.weights: required"),
         ({"model": {"kind": "hovernet"}}, "model.kind"),
+        ({"slides": {"glob": "slides/*.svs", "masks": "masks/{name}.png"}}, "slides.masks: 'masks/{name}.png': the only placeholder is {stem}"),
     ],
 )
 def test_bad_cohort_names_the_field_and_writes_nothing(tmp_path, overrides, expected):

@@ -211,3 +211,30 @@ def test_validate_prints_the_plan_and_names_unreadable_slides(tmp_path, cmu_slid
     assert f"{len(plan.chunks)}" in row and f"{plan.tissue_mm2:.2f}" in row
     assert "truncated.svs" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_changed_mask_recomputes_the_slide_instead_of_mixing_plans(tmp_path, cluster, cmu_slide):
+    """Ledger entries made under one tissue mask never count for another; a broken map group is rebuilt."""
+    def mask_file(name: str, columns: slice) -> str:
+        mask = np.zeros((297, 222), np.uint8)  # the slide (2220 x 2967 px) at 1/10 scale
+        mask[60:200, columns] = 255
+        Image.fromarray(mask).save(tmp_path / name)
+        return name
+
+    def cohort(folder: str, mask: str):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        body = {"name": "masks", "output": str(tmp_path / folder / "out"),
+                "slides": [{"path": str(cmu_slide), "id": "cmu", "mask": str(tmp_path / mask)}],
+                "model": {"kind": "stain"}, "processing": {"chunk": 432, "tissue_mask": "given"}}
+        (tmp_path / folder / "cohort.yaml").write_text(yaml.safe_dump(body))
+        return load_cohort(tmp_path / folder / "cohort.yaml")
+
+    left, right = mask_file("left.png", slice(20, 110)), mask_file("right.png", slice(110, 200))
+    assert run_cohort(cohort("rerun", left), show_progress=False, cluster=cluster).status == "ok"
+    report = run_cohort(cohort("rerun", right), show_progress=False, cluster=cluster)
+    assert report.status == "ok" and report.slides["cmu"].chunks_skipped == 0
+    fresh = cohort("fresh", right)
+    (fresh.output / "maps" / "cmu").mkdir(parents=True)  # a map group whose creation was cut short
+    (fresh.output / "maps" / "cmu" / "zarr.json").write_text("{")
+    assert run_cohort(fresh, show_progress=False, cluster=cluster).status == "ok"
+    assert map_files(tmp_path / "rerun" / "out") == map_files(fresh.output)

@@ -84,3 +84,11 @@ def test_rewrite_is_atomic_and_leaves_no_temp_files(output) -> None:
 def test_bad_slide_id_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="slide_id"):
         write_slide_tables(tmp_path, "../x", {})
+
+
+def test_numeric_looking_slide_ids_stay_text(tmp_path) -> None:
+    tables = slide_instances(synthetic_maps(576, 720, seed=0), slide_id="001", transform=Transform(2.0, 2.0), mpp=0.5)
+    for slide_id in ("001", "002"):
+        write_slide_tables(tmp_path, slide_id, tables)
+    nuclei = read_table(tmp_path, "nuclei", slide_ids=["001"])
+    assert set(nuclei["slide_id"]) == {"001"} and len(nuclei) == len(tables["nuclei"])

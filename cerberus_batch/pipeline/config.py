@@ -193,7 +193,10 @@ def _globbed(spec: SlideGlob, base: Path, path: str | Path) -> list[SlideSpec]:
         raise CohortError(f"{path}: slides.glob: no file matches {spec.glob!r}")
     out = []
     for slide in map(Path, found):
-        mask = Path(spec.masks.format(stem=slide.stem)) if spec.masks else None
+        try:
+            mask = Path(spec.masks.format(stem=slide.stem)) if spec.masks else None
+        except (KeyError, IndexError, ValueError):
+            raise CohortError(f"{path}: slides.masks: {spec.masks!r}: the only placeholder is {{stem}}") from None
         out.append(SlideSpec(path=slide, mask=mask, mpp=spec.mpp))
     return out
 
@@ -202,8 +205,12 @@ def _manifest(spec: SlideManifest, base: Path, path: str | Path) -> list[SlideSp
     manifest = _resolve(base, spec.manifest)
     if not manifest.is_file():
         raise CohortError(f"{path}: slides.manifest: file not found: {manifest}")
-    with manifest.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        # utf-8-sig: spreadsheet programs start their "CSV UTF-8" with a byte-order mark.
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except UnicodeDecodeError:
+        raise CohortError(f"{path}: slides.manifest: {manifest} is not UTF-8 text") from None
     out = []
     for i, row in enumerate(rows):
         row = {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}

@@ -26,6 +26,10 @@ class Ledger:
     def _slide(self, slide_id: str) -> Path:
         return self.root / slide_id
 
+    def forget(self, slide_id: str) -> None:
+        """Drop everything recorded for a slide, so it is computed again."""
+        shutil.rmtree(self._slide(slide_id), ignore_errors=True)
+
     def mark_done(self, slide_id: str, chunk_index: int) -> None:
         folder = self._slide(slide_id)
         folder.mkdir(parents=True, exist_ok=True)

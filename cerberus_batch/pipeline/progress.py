@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -45,4 +46,4 @@ class RunProgress:
     def slide_finished(self, slide_id: str, ok: bool, reason: str | None = None) -> None:
         self.bar.advance(self.slides)
         if not ok:
-            self.console.print(f"[red]failed[/red] {slide_id}: {reason}")
+            self.console.print(f"[red]failed[/red] {escape(slide_id)}: {escape(reason or '')}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from cerberus_batch.storage.summary import write_cohort_summary
 class SlideOutcome:
     status: str = "pending"  # pending | done | failed
     error: str | None = None
+    note: str | None = None  # done, but worth a look (e.g. no tissue)
     chunks: int = 0
     chunks_computed: int = 0
     chunks_skipped: int = 0
@@ -50,10 +52,6 @@ class RunReport:
     finished: float | None = None
     dashboard: str | None = None
     slides: dict[str, SlideOutcome] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> dict[str, SlideOutcome]:
-        return {k: v for k, v in self.slides.items() if v.status == "failed"}
 
     def write(self, output: Path) -> None:
         path = Path(output) / "run_report.json"
@@ -82,10 +80,15 @@ class CohortRun:
         self.handlers: dict[str, tuple[SlideEntry, Callable[[SlideEntry, Future], None]]] = {}
         self.plans: dict[str, ChunkPlan] = {}
         self.futures = as_completed()
+        self.token = uuid.uuid4().hex[:8]
 
     def submit(self, slide: SlideEntry, on_done: Callable[[SlideEntry, Future], None] | None, fn, *args, key: str, **kwargs) -> Future:
-        """Submit a task of a slide; `on_done` runs when it finishes (None: a dependency of one that has it)."""
-        future = self.client.submit(fn, *args, key=key, pure=False, **kwargs)
+        """Submit a task of a slide; `on_done` runs when it finishes (None: a dependency of one that has it).
+
+        Keys end with this run's token, so two runs sharing a scheduler never share a task
+        (the dashboard still groups them as `infer-<slide>`, as Dask drops hex suffixes).
+        """
+        future = self.client.submit(fn, *args, key=f"{key}-{self.token}", pure=False, **kwargs)
         self.pending.setdefault(slide.id, set()).add(future)
         if on_done is not None:
             self.handlers[future.key] = (slide, on_done)
@@ -106,10 +109,12 @@ class CohortRun:
             outcome = self.report.slides[slide.id]
             if outcome.status == "failed":
                 continue
-            if future.status == "error":
-                self.fail(slide, one_line(future.exception()))
-            elif future.status == "finished":
+            if future.status == "finished":
                 on_done(slide, future)
+            elif future.status == "error":
+                self.fail(slide, one_line(future.exception()))
+            else:  # cancelled or lost: the slide cannot finish in this run
+                self.fail(slide, f"task {future.key} was {future.status}")
             future.release()
 
     def fail(self, slide: SlideEntry, reason: str) -> None:
@@ -125,6 +130,8 @@ class CohortRun:
         done = self.ledger.done_chunks(slide.id)
         todo = [chunk for chunk in plan.chunks if chunk.index not in done]
         outcome.chunks, outcome.tissue_mm2 = len(plan.chunks), plan.tissue_mm2
+        if not plan.chunks:
+            outcome.note = "no tissue found: nothing to infer (check the slide's mask)"
         outcome.chunks_skipped = len(plan.chunks) - len(todo)
         self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
         c = self.cohort
@@ -205,7 +212,7 @@ def run_cohort(cohort: Cohort, *, fresh: bool = False, show_progress: bool = Tru
         try:
             run.start()
             run.loop()
-            report.status = "failed" if report.failed else "ok"
+            report.status = "ok" if all(s.status == "done" for s in report.slides.values()) else "failed"
         except KeyboardInterrupt:
             report.status = "interrupted"
             client.cancel([f for futures in run.pending.values() for f in futures])

@@ -64,7 +64,7 @@ def reflect_padded(image: np.ndarray) -> np.ndarray:
 
 def tile_specs(predictor: Predictor) -> list[MapSpec]:
     """The slide maps, with glands and lumens kept at full resolution, as tile mode post-processes them."""
-    specs = map_specs(set(predictor.heads), len(predictor.class_names.get("Patch-Class", ())))
+    specs = map_specs(predictor.heads, predictor.class_names)
     return [replace(spec, downsample=1) if spec.downsample == 2 else spec for spec in specs]
 
 

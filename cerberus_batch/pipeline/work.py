@@ -6,6 +6,7 @@ model once and opens each slide once however many chunks it runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from functools import lru_cache
@@ -22,8 +23,8 @@ from cerberus_batch.slides import ChunkPlan, Transform, open_slide
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.overview import write_overview
 from cerberus_batch.storage.summary import slide_summary
-from cerberus_batch.storage.tables import write_slide_tables
-from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_path, open_slide_maps, write_chunk
+from cerberus_batch.storage.tables import remove_slide_tables, write_slide_tables
+from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, maps_path, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import TISSUE_CLASSES
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
@@ -64,6 +65,7 @@ def slide_attrs(slide: SlideEntry, plan: ChunkPlan, predictor: Predictor, proces
         "slide_path": str(slide.path),
         "mpp": plan.mpp,  # true µm per processing px (e.g. 0.499 for a natively read 0.499 level)
         "transform": plan.transform.to_dict(),
+        "plan": hashlib.sha256(plan.to_json().encode()).hexdigest(),
         "model_kind": predictor.kind,
         "model_identity": predictor.identity,
         "heads": list(predictor.heads),
@@ -86,14 +88,15 @@ def plan_slide(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, 
     predictor = _cached_predictor(model.model_dump_json(), processing.model_dump_json())
     h, w = view.shape
     grid = (-(-h // CELL) * CELL, -(-w // CELL) * CELL)
-    create_slide_maps(
-        maps_path(output, slide.id),
-        shape=grid,
-        chunk=processing.chunk,
-        specs=map_specs(set(predictor.heads), len(predictor.class_names.get("Patch-Class", ()))),
-        dtype=processing.dtype,
-        attrs=slide_attrs(slide, plan, predictor, processing),
-    )
+    attrs = slide_attrs(slide, plan, predictor, processing)
+    path = maps_path(output, slide.id)
+    if not maps_match(path, attrs):
+        # New slide, or its plan changed (another mask, mpp override or file): start it afresh,
+        # so no chunk recorded against the old plan is ever taken for one of the new.
+        Ledger(output).forget(slide.id)
+        remove_slide_tables(output, slide.id)
+        specs = map_specs(predictor.heads, predictor.class_names)
+        create_slide_maps(path, shape=grid, chunk=processing.chunk, specs=specs, dtype=processing.dtype, attrs=attrs)
     return plan
 
 
@@ -107,7 +110,7 @@ def infer_chunk(
     predictor = _cached_predictor(model.model_dump_json(), processing.model_dump_json())
     outputs = predict_chunk(view.read, predictor, box)
     group = open_slide_maps(maps_path(output, slide.id), writable=True)
-    specs = map_specs(set(predictor.heads), len(predictor.class_names.get("Patch-Class", ())))
+    specs = map_specs(predictor.heads, predictor.class_names)
     write_chunk(group, box[0], box[1], stored_maps(outputs, specs, empty_cells, processing.dtype), specs)
     Ledger(output).mark_done(slide.id, chunk_index)
     return chunk_index, time.perf_counter() - started
@@ -116,7 +119,10 @@ def infer_chunk(
 def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predictor) -> dict[str, Any]:
     """What determines the maps; a rerun into the same output must match it."""
     settings = processing.model_dump(exclude={"batch_size"})
-    return {"model_identity": predictor.identity, "heads": sorted(predictor.heads), "processing": json.loads(json.dumps(settings))}
+    return {
+        "model_identity": predictor.identity, "heads": sorted(predictor.heads), "amp": model.amp,
+        "processing": json.loads(json.dumps(settings)),
+    }
 
 
 def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, Any]]:

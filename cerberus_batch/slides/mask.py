@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -101,11 +103,21 @@ def _fill_holes(tissue: np.ndarray, max_size: int) -> np.ndarray:
     return tissue | small[background]
 
 
+@contextmanager
+def _no_pixel_limit() -> Iterator[None]:
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def _mask_from_file(path: Path, shape: tuple[int, int], slide_path: str | Path) -> TissueMask:
     if not path.is_file():
         raise SlideError(path, f"mask file not found (for slide {slide_path})")
     try:
-        with Image.open(path) as image:
+        # Masks may be level-0 sized; Pillow's decompression-bomb guard is for untrusted web images.
+        with _no_pixel_limit(), Image.open(path) as image:
             pixels = np.asarray(image.convert("RGBA") if image.mode == "P" else image)
             has_alpha = image.mode in ("RGBA", "LA", "P", "PA")
     except Exception as err:  # Pillow raises several types for damaged images

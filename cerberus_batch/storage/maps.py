@@ -12,6 +12,7 @@ p in (0.498, 0.502), i.e. by less than half a step (1/510) around the threshold.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,12 +29,13 @@ class MapSpec:
     probability: bool  # quantised probability (True) or class index (False)
 
 
-def map_specs(heads: set[str], tissue_classes: int) -> list[MapSpec]:
+def map_specs(heads: Iterable[str], class_names: Mapping[str, Sequence[str]]) -> list[MapSpec]:
     """The maps a slide group holds for the model heads that ran.
 
     Glands and lumens are kept at half resolution, as the reference's WSI mode
     post-processes them there; tissue type is one value per output cell.
     """
+    heads = set(heads)
     specs: list[MapSpec] = []
     if "Nuclei-INST" in heads:
         specs.append(MapSpec("nuclei_prob", 2, 1, True))
@@ -47,7 +49,7 @@ def map_specs(heads: set[str], tissue_classes: int) -> list[MapSpec]:
         specs.append(MapSpec("lumen_prob", 2, 2, True))
     if "Patch-Class" in heads:
         specs.append(MapSpec("tissue_class", None, CELL, False))
-        specs.append(MapSpec("tissue_prob", tissue_classes, CELL, True))
+        specs.append(MapSpec("tissue_prob", len(class_names["Patch-Class"]), CELL, True))
     return specs
 
 

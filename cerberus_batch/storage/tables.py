@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import geopandas as gpd
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from cerberus_batch.storage.atomic import atomic_path
@@ -26,6 +27,12 @@ def table_dir(output_dir: str | Path, kind: str) -> Path:
 
 def table_path(output_dir: str | Path, kind: str, slide_id: str) -> Path:
     return table_dir(output_dir, kind) / f"slide_id={slide_id}" / PART
+
+
+def remove_slide_tables(output_dir: str | Path, slide_id: str) -> None:
+    """Drop one slide's part of every kind's dataset (before it is recomputed)."""
+    for kind in TABLE_KINDS:
+        table_path(output_dir, kind, slide_id).unlink(missing_ok=True)
 
 
 def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[str, gpd.GeoDataFrame]) -> list[Path]:
@@ -59,6 +66,8 @@ def read_table(
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no {kind} table written")
     filters = ds.field("slide_id").isin(list(slide_ids)) if slide_ids is not None else None
-    table = gpd.read_parquet(folder, filters=filters, bbox=bbox, partitioning="hive")
+    # Slide ids are text even when they look like numbers ("001" must not become 1).
+    partitioning = ds.partitioning(pa.schema([("slide_id", pa.string())]), flavor="hive")
+    table = gpd.read_parquet(folder, filters=filters, bbox=bbox, partitioning=partitioning)
     table["slide_id"] = table["slide_id"].astype(str)
     return table[["slide_id"] + [c for c in table.columns if c not in ("slide_id", "bbox")]]

@@ -7,6 +7,7 @@ resolution), so no two tasks ever write the same Zarr chunk.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,11 +15,21 @@ import numpy as np
 import zarr
 
 from cerberus_batch.grid import CELL
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.maps import MapSpec
 
 
 def maps_path(output: Path, slide_id: str) -> Path:
     return Path(output) / "maps" / slide_id
+
+
+def maps_match(path: Path, attrs: Mapping[str, Any]) -> bool:
+    """Whether `path` holds a complete map group made with exactly these attributes."""
+    try:
+        group = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError):
+        return False
+    return {k: group.attrs.get(k) for k in attrs} == _plain(attrs)
 
 
 def create_slide_maps(
@@ -30,44 +41,60 @@ def create_slide_maps(
     dtype: str,
     attrs: Mapping[str, Any],
 ) -> zarr.Group:
-    """Create (or reopen, when its attributes match) the map group of one slide.
+    """Create the (empty) map group of one slide, replacing whatever is at `path`.
 
-    `shape` is the processing-pixel (h, w) of the output grid, a whole number of cells.
+    Built beside `path` and renamed into place, so a crash never leaves a group
+    without its arrays or attributes. `shape` is the processing-pixel (h, w) of the
+    output grid, a whole number of cells.
     """
-    if path.exists():
-        group = zarr.open_group(path, mode="r+")
-        stored = {k: group.attrs.get(k) for k in attrs}
-        if stored != _plain(attrs):
-            raise ValueError(f"{path}: existing maps were written with other settings")
-        return group
-    group = zarr.open_group(path, mode="w", zarr_format=3)
-    h, w = shape
-    for spec in specs:
-        size = (h // spec.downsample, w // spec.downsample)
-        tile = (max(1, chunk // spec.downsample),) * 2
-        lead = () if spec.channels is None else (spec.channels,)
-        group.create_array(
-            spec.name,
-            shape=lead + size,
-            chunks=lead + tile,
-            dtype=dtype if spec.probability else "uint8",
-            fill_value=0,
-            dimension_names=(("c",) if lead else ()) + ("y", "x"),
-        )
-    mpp = float(attrs["mpp"])
-    group.attrs.update({**_plain(attrs), "ome": _ngff(specs, mpp)})
-    return group
+    with atomic_path(path) as partial:
+        group = zarr.open_group(partial, mode="w", zarr_format=3)
+        h, w = shape
+        for spec in specs:
+            size = (h // spec.downsample, w // spec.downsample)
+            tile = (max(1, chunk // spec.downsample),) * 2
+            lead = () if spec.channels is None else (spec.channels,)
+            group.create_array(
+                spec.name,
+                shape=lead + size,
+                chunks=lead + tile,
+                dtype=dtype if spec.probability else "uint8",
+                fill_value=0,
+                dimension_names=(("c",) if lead else ()) + ("y", "x"),
+            )
+        group.attrs.update({**_plain(attrs), "ome": _ngff(specs, float(attrs["mpp"]))})
+    return zarr.open_group(path, mode="r+")
 
 
 def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[MapSpec]) -> None:
-    """Write one chunk task's maps; (x, y) is its processing-pixel origin."""
+    """Write one chunk task's maps, then flush them to disk; (x, y) is its processing-pixel origin.
+
+    Zarr renames chunk files into place but never fsyncs them; the resume ledger may
+    only record a chunk whose bytes would survive a power cut or a lost node.
+    """
     for spec in specs:
         values = stored[spec.name]
         ys, xs = y // spec.downsample, x // spec.downsample
         window = (slice(ys, ys + values.shape[-2]), slice(xs, xs + values.shape[-1]))
         if spec.channels is not None:
             window = (slice(None),) + window
-        group[spec.name][window] = values
+        array = group[spec.name]
+        array[window] = values
+        side = array.chunks[-1]
+        key = (0,) * (array.ndim - 2) + (ys // side, xs // side)
+        _fsync(Path(group.store.root) / group.path / spec.name / "c" / "/".join(map(str, key)))
+
+
+def _fsync(path: Path) -> None:
+    """Flush a written chunk file and the folder entry that names it (absent: an all-zero chunk)."""
+    if not path.is_file():
+        return
+    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
+        handle = os.open(target, flags)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:
