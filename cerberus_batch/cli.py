@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cerberus_batch import __version__
+from cerberus_batch.errors import first_line
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +41,7 @@ def run(cohort_file: str, fresh: bool, no_progress: bool) -> None:
     except (CheckpointError, RunMismatch, ValueError) as err:
         raise click.ClickException(str(err)) from None
     except (OSError, TimeoutError) as err:  # e.g. a scheduler address nobody answers at
-        raise click.ClickException(f"{cohort.source}: cluster: {str(err).splitlines()[0]}") from None
+        raise click.ClickException(f"{cohort.source}: cluster: {first_line(err)}") from None
     done = sum(1 for s in report.slides.values() if s.status == "done")
     click.echo(f"{done}/{len(report.slides)} slides done; report: {cohort.output / 'run_report.json'}")
     for slide_id, outcome in report.slides.items():

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from cerberus_batch.cluster.spec import ClusterSpec, Strict
+from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CELL
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -99,7 +100,7 @@ def load_cohort(path: str | Path) -> Cohort:
     try:
         raw = yaml.safe_load(source.read_text())
     except yaml.YAMLError as err:
-        raise CohortError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise CohortError(f"{path}: not valid YAML: {first_line(err)}") from None
     if not isinstance(raw, dict):
         raise CohortError(f"{path}: expected a mapping with name, output, slides, model, processing, cluster")
     parsed = _validate(CohortFile, raw, path)

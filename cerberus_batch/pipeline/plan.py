@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from cerberus_batch.errors import first_line
 from cerberus_batch.pipeline.config import Cohort, ProcessingSpec, SlideEntry
 from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, open_slide, plan_chunks, tissue_mask
 
@@ -22,6 +23,6 @@ def plan_cohort(cohort: Cohort) -> Iterator[tuple[SlideEntry, ChunkPlan | None, 
             view = open_slide(slide.path, mpp=slide.mpp).at_mpp(cohort.processing.mpp)
             _, plan = plan_slide_chunks(view, slide, cohort.processing)
         except (SlideError, OSError, ValueError) as err:
-            yield slide, None, str(err).splitlines()[0]
+            yield slide, None, first_line(err)
             continue
         yield slide, plan, None

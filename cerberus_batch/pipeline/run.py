@@ -19,8 +19,8 @@ from typing import Callable
 
 from distributed import Client, Future, as_completed
 
-from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.cluster.placement import placement
+from cerberus_batch.errors import first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger, check_run
 from cerberus_batch.pipeline.progress import RunProgress
@@ -28,6 +28,7 @@ from cerberus_batch.pipeline.work import (
     build_predictor, chunk_instances_task, fingerprint, infer_chunk, merge_slide_task, plan_slide,
 )
 from cerberus_batch.slides import ChunkPlan
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.summary import write_cohort_summary
 
 
@@ -60,8 +61,7 @@ class RunReport:
 
 
 def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 class CohortRun:

@@ -21,7 +21,7 @@ def print_status(output: str | Path) -> None:
         table.add_column(column)
     for slide_id in sorted(set(report["slides"]) | set(ledger.slides())):
         outcome = report["slides"].get(slide_id, {})
-        total = outcome.get("chunks") or "?"
+        total = outcome.get("chunks", "?")
         maps = "complete" if ledger.slide_stage(slide_id, "maps") else ""
         instances = ledger.slide_stage(slide_id, "instances")
         tables = f"{instances['nuclei_count']} nuclei, {instances['glands_count']} glands" if instances else ""

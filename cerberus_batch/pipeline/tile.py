@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from cerberus_batch import __version__
+from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.slides import Transform, open_slide
@@ -169,6 +170,5 @@ def _attrs(
 
 
 def _one_line(path: Path, err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    message = text[0] if text else type(err).__name__
+    message = first_line(err)
     return message if str(path) in message else f"{path}: {type(err).__name__}: {message}"

@@ -8,6 +8,7 @@ file format it holds.
 from __future__ import annotations
 
 import logging
+import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import tiffslide
 from PIL import Image
 
+from cerberus_batch.errors import first_line
 from cerberus_batch.slides.errors import SlideError
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -81,7 +83,7 @@ class TiffSource:
                 properties = self._slide.properties
                 level0 = self._slide.zarr_group["0"]
         except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
-            raise SlideError(path, f"not a readable slide ({type(err).__name__}: {_first_line(err)})") from None
+            raise SlideError(path, f"not a readable slide ({type(err).__name__}: {first_line(err)})") from None
         if problems.messages:
             # tifffile only logs a damaged page chain and carries on with the pages before it.
             raise SlideError(path, f"file is damaged or truncated ({problems.messages[0]})")
@@ -115,7 +117,7 @@ class TiffSource:
             # tiffslide keeps one zarr group per thread; looking it up per read keeps threaded workers safe.
             pixels = np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
         except Exception as err:  # a damaged tile surfaces as a codec error
-            raise SlideError(self.path, f"cannot decode level {level} region ({type(err).__name__}: {_first_line(err)})") from None
+            raise SlideError(self.path, f"cannot decode level {level} region ({type(err).__name__}: {first_line(err)})") from None
         return to_rgb(pixels, self.path)
 
     def close(self) -> None:
@@ -136,7 +138,7 @@ class PlainImageSource:
         except SlideError:
             raise
         except Exception as err:  # Pillow raises several types for damaged images
-            raise SlideError(path, f"not a readable image ({type(err).__name__}: {_first_line(err)})") from None
+            raise SlideError(path, f"not a readable image ({type(err).__name__}: {first_line(err)})") from None
         h, w = self._rgb.shape[:2]
         self.metadata = SourceMetadata(level_dimensions=((w, h),), mpp=None, vendor="image", objective_power=None)
 
@@ -148,14 +150,19 @@ class PlainImageSource:
 
 
 class _TiffProblems(logging.Handler):
-    """Collects the errors tifffile logs (instead of raising) while a file is opened."""
+    """Collects the errors tifffile logs (instead of raising) while this thread opens a file.
+
+    The logger is process-wide; other threads opening other slides must not be blamed.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.messages: list[str] = []
+        self.thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(_first_line(Exception(record.getMessage())))
+        if record.thread == self.thread:
+            self.messages.append(first_line(Exception(record.getMessage())))
 
     def __enter__(self) -> _TiffProblems:
         logging.getLogger("tifffile").addHandler(self)
@@ -187,6 +194,3 @@ def _plausible(mpp: tuple[float, float] | None) -> tuple[float, float] | None:
     return mpp if mpp and all(low <= v <= high for v in mpp) else None
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no details"
