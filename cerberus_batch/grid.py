@@ -8,3 +8,8 @@ sees CONTEXT extra input pixels on every side of the output it predicts
 
 CELL = 144
 CONTEXT = 152
+
+
+def whole_cells(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(h, w) of an image of `shape` padded up to whole cells: the extent of its output grid."""
+    return -(-shape[0] // CELL) * CELL, -(-shape[1] // CELL) * CELL

@@ -105,11 +105,11 @@ class CohortRun:
     def loop(self) -> None:
         for future in self.futures:
             slide, on_done = self.handlers.pop(future.key)
-            self.pending[slide.id].discard(future)
+            self.pending.get(slide.id, set()).discard(future)
             outcome = self.report.slides[slide.id]
             if outcome.status == "failed":
-                continue
-            if future.status == "finished":
+                pass
+            elif future.status == "finished":
                 on_done(slide, future)
             elif future.status == "error":
                 self.fail(slide, one_line(future.exception()))
@@ -122,7 +122,15 @@ class CohortRun:
         outcome.status, outcome.error = "failed", reason
         outcome.seconds = time.time() - self.started[slide.id]
         self.client.cancel(list(self.pending.get(slide.id, ())))
+        self.forget(slide)
         self.progress.slide_finished(slide.id, ok=False, reason=reason)
+
+    def forget(self, slide: SlideEntry) -> None:
+        """Let go of a finished slide's futures and plan: chunk results must not pile up on
+        the workers over a 1,000-slide cohort."""
+        for future in self.pending.pop(slide.id, ()):
+            future.release()
+        self.plans.pop(slide.id, None)
 
     def on_plan(self, slide: SlideEntry, future: Future) -> None:
         plan = self.plans[slide.id] = future.result()
@@ -175,6 +183,7 @@ class CohortRun:
         outcome = self.report.slides[slide.id]
         outcome.status = "done"
         outcome.seconds = time.time() - self.started[slide.id]
+        self.forget(slide)
         self.progress.slide_finished(slide.id, ok=True)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from cerberus_batch import __version__
 from cerberus_batch.errors import first_line
-from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.grid import CONTEXT, whole_cells
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.slides import Transform, open_slide
 from cerberus_batch.storage.atomic import atomic_path
@@ -59,7 +59,7 @@ def find_images(input_dir: Path) -> list[Path]:
 def reflect_padded(image: np.ndarray) -> np.ndarray:
     """The image padded with numpy `reflect` (spec §7.2): the context before it, whole output cells
     plus the context after it. The reference pads one patch further, which it never reads."""
-    (h, w), (grid_h, grid_w) = image.shape[:2], _grid(image)
+    (h, w), (grid_h, grid_w) = image.shape[:2], whole_cells(image.shape)
     return np.pad(image, ((CONTEXT, grid_h - h + CONTEXT), (CONTEXT, grid_w - w + CONTEXT), (0, 0)), mode="reflect")
 
 
@@ -113,7 +113,7 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder) as partial:
         partial.mkdir()
-        group = create_slide_maps(partial / "maps.zarr", shape=_grid(image), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
+        group = create_slide_maps(partial / "maps.zarr", shape=whole_cells(image.shape), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
                                   attrs=_attrs(path, folder.name, predictor, transform, image_mpp, (h, w)))
         write_chunk(group, 0, 0, stored, specs)
         overlay = Image.fromarray(original)
@@ -145,10 +145,6 @@ def run_tile_mode(
         if on_image is not None:
             on_image(outcome)
     return outcomes
-
-
-def _grid(image: np.ndarray) -> tuple[int, int]:
-    return tuple(-(-size // CELL) * CELL for size in image.shape[:2])  # type: ignore[return-value]
 
 
 def _attrs(
