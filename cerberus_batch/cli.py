@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cerberus_batch import __version__
-from cerberus_batch.errors import first_line
+from cerberus_batch.errors import OutputError, first_line
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,26 +28,28 @@ def _cohort(path: str):
 @main.command()
 @click.argument("cohort_file", type=click.Path(dir_okay=False))
 @click.option("--fresh", is_flag=True, help="Recompute everything, discarding maps made with other settings.")
+@click.option("--allow-device-change", is_flag=True,
+              help="Continue maps made with other numerics (e.g. CPU fp32 maps on a GPU with TF32).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def run(cohort_file: str, fresh: bool, no_progress: bool) -> None:
+def run(cohort_file: str, fresh: bool, allow_device_change: bool, no_progress: bool) -> None:
     """Run a cohort: slides → chunk tasks → maps (and tables) under the cohort's output folder."""
     cohort = _cohort(cohort_file)
-    from cerberus_batch.model.checkpoint import CheckpointError
-    from cerberus_batch.pipeline.ledger import RunMismatch
     from cerberus_batch.pipeline.run import run_cohort
 
     try:
-        report = run_cohort(cohort, fresh=fresh, show_progress=not no_progress)
-    except (CheckpointError, RunMismatch, ValueError) as err:
-        raise click.ClickException(str(err)) from None
-    except (OSError, TimeoutError) as err:  # e.g. a scheduler address nobody answers at
-        raise click.ClickException(f"{cohort.source}: cluster: {first_line(err)}") from None
-    done = sum(1 for s in report.slides.values() if s.status == "done")
-    click.echo(f"{done}/{len(report.slides)} slides done; report: {cohort.output / 'run_report.json'}")
+        report = run_cohort(cohort, fresh=fresh, allow_device_change=allow_device_change, show_progress=not no_progress)
+    except ValueError as err:  # the model, the output folder, the cluster or a mismatched earlier run
+        raise click.ClickException(first_line(err)) from None
+    except OSError as err:
+        raise click.ClickException(f"{err.filename or cohort.output}: {err.strerror or first_line(err)}") from None
+    slides = report.slides.values()
+    done, failed = sum(s.status == "done" for s in slides), sum(s.status == "failed" for s in slides)
+    click.echo(f"{done}/{len(slides)} slides done{f', {failed} failed' if failed else ''}; report: {cohort.output / 'run_report.json'}")
+    chunks, tables = sum(s.chunks_skipped for s in slides), sum(s.tables_skipped for s in slides)
+    if chunks or tables:
+        click.echo(f"Resumed: {chunks} of {sum(s.chunks for s in slides)} chunks and {tables} slides' tables were done by an earlier run")
     for slide_id, outcome in report.slides.items():
-        if outcome.status == "failed":
-            click.echo(f"FAILED {slide_id}: {outcome.error}", err=True)
-        elif outcome.note:
+        if outcome.note:  # failures were reported once, as they happened
             click.echo(f"NOTE {slide_id}: {outcome.note}", err=True)
     if report.status == "interrupted":
         click.echo("Interrupted: rerun the same command to resume.", err=True)
@@ -64,6 +66,8 @@ def validate(cohort_file: str) -> None:
     from rich.table import Table
 
     from cerberus_batch.pipeline.plan import plan_cohort
+    from cerberus_batch.pipeline.run import cohort_inputs
+    from cerberus_batch.storage.output_folder import check_writable, refuse_inputs_inside
 
     cohort = _cohort(cohort_file)
     table = Table(title=f"{cohort.name}: {len(cohort.slides)} slides → {cohort.output}")
@@ -82,6 +86,11 @@ def validate(cohort_file: str) -> None:
             f"{summary.get('work_megapixels', 0):.1f}", "",
         )
     Console().print(table)
+    try:
+        check_writable(cohort.output)
+        refuse_inputs_inside(cohort.output, cohort_inputs(cohort))
+    except OutputError as err:
+        problems.append(f"output: {err}")
     for problem in problems:
         click.echo(f"PROBLEM {problem}", err=True)
     if problems:
@@ -238,7 +247,10 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
         else:
             click.echo(f"FAILED {outcome.error}", err=True)
 
-    outcomes = run_tile_mode(Path(input_dir), Path(output_dir), predictor, mpp, on_image=report)
+    try:
+        outcomes = run_tile_mode(Path(input_dir), Path(output_dir), predictor, mpp, on_image=report, model_dir=model_dir)
+    except OutputError as err:
+        raise click.ClickException(str(err)) from None
     failed = sum(outcome.error is not None for outcome in outcomes)
     click.echo(f"{len(outcomes) - failed}/{len(outcomes)} images done")
     if failed:

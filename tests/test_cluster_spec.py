@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -36,11 +39,13 @@ GPU_KUBERNETES = {
     [
         ({"kind": "slurm"}, "kind 'slurm' needs a slurm: section"),
         ({"kind": "local", "slurm": {"cores": 2}}, "slurm section given but kind is 'local'"),
-        ({"kind": "slurm", "slurm": {"cores": 2, "partition": "gpu"}}, "cluster.slurm.partition: Extra inputs"),
+        ({"kind": "slurm", "slurm": {"cores": 2, "partition": "gpu"}}, "cluster.slurm.partition: unknown key"),
         ({"kind": "slurm", "workers": 3, "slurm": {}}, "workers is only for kind 'local'"),
         ({"kind": "slurm", "slurm": {"min_jobs": 5, "max_jobs": 2}}, "min_jobs (5) is more than max_jobs (2)"),
         ({"kind": "slurm", "slurm": {"gpus_per_job": 2, "processes": 3}}, "processes (3) must equal gpus_per_job (2)"),
-        ({"kind": "kubernetes", "kubernetes": {"image": "x", "gpu": 1}}, "cluster.kubernetes.gpu: Extra inputs"),
+        ({"kind": "slurm", "slurm": {"tls": False, "tls_directory": "/shared"}}, "tls_directory given but tls is false"),
+        ({"kind": "slurm", "slurm": {"tls": "sometimes"}}, "cluster.slurm.tls: Input should be a valid boolean"),
+        ({"kind": "kubernetes", "kubernetes": {"image": "x", "gpu": 1}}, "cluster.kubernetes.gpu: unknown key"),
         ({"kind": "kubernetes", "kubernetes": {}}, "cluster.kubernetes.image: Field required"),
         ({"kind": "kubernetes", "kubernetes": {"image": "x", "name": "Big_Name"}}, "cluster.kubernetes.name"),
         ({"kind": "kubernetes", "kubernetes": {"image": "x", "volumes": {"s": {"mount": "/s"}}}}, "exactly one of claim or host_path"),
@@ -55,7 +60,8 @@ def test_bad_cluster_section_is_one_line_naming_the_field(tmp_path, cluster, exp
     with pytest.raises(CohortError) as caught:
         load_cohort(path)
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(f"{path}: cluster") and expected in message
+    # "file:line: cluster…", or "file: cluster…" where the field is missing from the file.
+    assert "\n" not in message and re.match(rf"{re.escape(str(path))}(:\d+)?: cluster", message) and expected in message
 
 
 def test_flat_local_keys_keep_working(tmp_path):
@@ -97,7 +103,17 @@ def test_cpu_slurm_job_has_no_gpu_request(tmp_path):
 def test_kubernetes_manifest_for_gpus(tmp_path):
     result = CliRunner().invoke(main, ["cluster-spec", str(small_cohort(tmp_path, GPU_KUBERNETES))])
     assert result.exit_code == 0, result.output
-    cluster, group = yaml.safe_load_all(result.output)
+    policy, cluster, group = yaml.safe_load_all(result.output)
+    # No TLS (the operator speaks plain tcp:// to the scheduler): ingress only from the cohort's own
+    # pods (the scheduler, both worker groups), a run's pod, and the operator in any namespace.
+    assert policy["kind"] == "NetworkPolicy" and policy["metadata"] == {"name": "colon-dask", "namespace": "histology"}
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"dask.org/cluster-name": "colon"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [
+        {"podSelector": {"matchLabels": {"dask.org/cluster-name": "colon"}}},
+        {"podSelector": {"matchLabels": {"cerberus-batch/run": "colon"}}},
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "dask-kubernetes-operator"}}},
+    ]}]
     assert cluster["apiVersion"] == "kubernetes.dask.org/v1" and cluster["kind"] == "DaskCluster"
     assert cluster["metadata"] == {"name": "colon", "namespace": "histology"}
     worker = cluster["spec"]["worker"]
@@ -135,7 +151,8 @@ def test_kubernetes_manifest_for_gpus(tmp_path):
 def test_cpu_only_kubernetes_workers_take_every_task(tmp_path):
     k = {"kind": "kubernetes", "kubernetes": {"image": "img", "workers": 5, "threads_per_worker": 3}}
     result = CliRunner().invoke(main, ["cluster-spec", str(small_cohort(tmp_path, k))])
-    (cluster,) = yaml.safe_load_all(result.output)
+    policy, cluster = yaml.safe_load_all(result.output)
+    assert policy["kind"] == "NetworkPolicy"
     container = cluster["spec"]["worker"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert container["args"][container["args"].index("--resources") + 1] == "CPU=3"
@@ -146,19 +163,23 @@ def test_cluster_spec_refuses_kinds_that_submit_nothing(tmp_path):
     assert result.exit_code == 1 and "submits nothing to review" in result.output
 
 
-def test_kubernetes_without_the_package_says_what_to_install(tmp_path):
-    try:
-        import dask_kubernetes  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("dask-kubernetes is installed here")
+def test_kubernetes_network_policy_is_opt_out(tmp_path):
+    k = {"kind": "kubernetes", "kubernetes": {"image": "img", "network_policy": False}}
+    result = CliRunner().invoke(main, ["cluster-spec", str(small_cohort(tmp_path, k))])
+    assert result.exit_code == 0, result.output
+    assert [m["kind"] for m in yaml.safe_load_all(result.output)] == ["DaskCluster"]
+
+
+def test_kubernetes_without_the_package_says_what_to_install(tmp_path, monkeypatch):
+    # A None entry makes the import fail, whether or not dask-kubernetes is installed here.
+    monkeypatch.setitem(sys.modules, "dask_kubernetes.operator", None)
     from cerberus_batch.cluster import start_cluster
 
     spec = load_cohort(small_cohort(tmp_path, GPU_KUBERNETES)).cluster
-    with pytest.raises(RuntimeError, match=r"pip install cerberus-batch\[kubernetes\]"):
+    with pytest.raises(RuntimeError) as caught:
         with start_cluster(spec):
             pass
+    assert str(caught.value) == "cluster kind 'kubernetes' needs dask-kubernetes: pip install cerberus-batch[kubernetes]"
 
 
 @pytest.mark.parametrize(

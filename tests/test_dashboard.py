@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -34,10 +33,8 @@ PLOT_TITLES = "() => Bokeh.documents.flatMap(doc => [...doc.all_models]).filter(
 @pytest.mark.timeout(300)  # a hung browser or job should fail this test, not stall the suite
 def test_status_page_shows_our_tasks(tmp_path):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    if not CHROMIUM.exists():
-        if shutil.which("apt-get") is None:
-            pytest.skip("no /usr/bin/chromium")
-        pytest.fail("/usr/bin/chromium missing: apt-get install chromium (.ci/run does)")
+    if not CHROMIUM.exists():  # a skip here, a failure under CI (tests/conftest.py)
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium (.ci/run does)")
     cohort = load_cohort(small_cohort(tmp_path, {"workers": 2, "dashboard_address": "127.0.0.1:0"}))
     with start_cluster(cohort.cluster) as (cluster, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

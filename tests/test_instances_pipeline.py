@@ -59,7 +59,8 @@ def in_memory_reference(output: Path, slide_id: str) -> dict:
     attrs = dict(group.attrs)
     found = slide_instances(
         maps, slide_id=slide_id, transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
-        kinds=cerberus_kinds("wsi", attrs["class_names"]), tissue_classes=attrs["class_names"]["Patch-Class"],
+        bounds=tuple(attrs["slide_dimensions"]), kinds=cerberus_kinds("wsi", attrs["class_names"]),
+        tissue_classes=attrs["class_names"]["Patch-Class"],
     )
     return {kind: table.assign(slide_id=table["slide_id"].astype(str)).sort_values("instance_id").reset_index(drop=True)[
         ["slide_id"] + [c for c in table.columns if c != "slide_id"]] for kind, table in found.items()}
@@ -148,7 +149,8 @@ def test_cerberus_instances_exact_on_real_slide(cmu_slide, parity_model_dir, clu
     attrs = dict(group.attrs)
     maps = {name: group[name] for name in group.array_keys()}
     h, w = group["nuclei_prob"].shape[1:]
-    place = dict(slide_id="cmu", transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"], kinds=cerberus_kinds("wsi", attrs["class_names"]))
+    place = dict(slide_id="cmu", transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
+                 bounds=tuple(attrs["slide_dimensions"]), kinds=cerberus_kinds("wsi", attrs["class_names"]))
     for size in (432, 1008, max(h, w)):
         boxes = [(x, y, min(size, w - x), min(size, h - y)) for y in range(0, h, size) for x in range(0, w, size)]
         parts = [chunk_instances(maps, box, **place) for box in boxes]

@@ -119,3 +119,33 @@ def test_nucleus_inside_a_marker_ring_on_a_chunk_corner() -> None:
     assert len(whole["nuclei"]) == 2
     results = [chunk_instances(stored, box, kinds=kinds, **PLACE) for box in chunk_boxes(432, 864, 864)]
     assert_same_tables(whole, merge_slide(stored, results, kinds=kinds, **PLACE))
+
+
+def test_outlines_are_cut_to_a_slide_ending_inside_a_cell_and_a_pixel(maps) -> None:
+    """A slide of 1500 x 1100 processing px whose level-0 edge (x = 3006, y = 2202) halves its last pixels."""
+    h, w = 1100, 1500
+    bounds = (PLACE["transform"].offset_x + 2 * w - 1, PLACE["transform"].offset_y + 2 * h - 1)
+    stored = {}
+    for name, array in maps.items():  # background past the slide, as the inference tasks store it
+        down = HEIGHT // array.shape[-2]
+        stored[name] = array.copy()
+        if down < 144:
+            stored[name][..., h // down :, :] = 0
+            stored[name][..., :, w // down :] = 0
+    place = dict(PLACE, bounds=bounds)
+    whole = slide_instances(stored, **place)
+    results = [chunk_instances(stored, box, **place) for box in chunk_boxes(432)]
+    assert_same_tables(whole, merge_slide(stored, results, **place))
+    slide = shapely.box(0, 0, *bounds)
+    for kind, table in whole.items():
+        assert len(table) and table.geometry.within(slide).all() and table.geometry.is_valid.all(), kind
+    reach = {kind: table.total_bounds[2:] for kind, table in whole.items()}
+    assert tuple(reach["tissue"]) == bounds  # tissue cells overhang the slide on both sides: all cut
+    assert tuple(reach["glands"]) == bounds and reach["lumens"][0] == bounds[0]  # dilated or on the last pixels: cut
+    tissue = whole["tissue"]
+    assert (tissue["area_px"] == np.rint(tissue.geometry.area / 4)).all()
+    assert np.allclose(tissue["area_um2"], tissue.geometry.area / 4 * 0.5**2)
+    assert np.allclose(tissue["centroid_x"], tissue.geometry.centroid.x)
+    # Inside the slide nothing changes: nuclei (eroded against the background past it) are never cut.
+    uncut = slide_instances(stored, **PLACE)
+    assert_same_tables({"nuclei": uncut["nuclei"]}, {"nuclei": whole["nuclei"]})

@@ -44,10 +44,12 @@ def write_cohort(folder: Path, slides: list[dict], **sections) -> Path:
 
 
 def chunk_with_tissue(output: Path, slide_id: str):
-    """A kept chunk of the slide's saved plan with the fewest empty cells, and its inferred-pixel mask."""
+    """A kept chunk of the slide's saved plan with the fewest empty cells, and its inferred-pixel mask
+    (pixels past the slide, in the last cells, are background like those of empty cells)."""
     plan = ChunkPlan.from_json((output / "plans" / f"{slide_id}.json").read_text())
     chunk = min(plan.chunks, key=lambda c: (len(c.empty_cells), c.index))
-    inferred = np.ones((chunk.h, chunk.w), bool)
+    inferred = np.zeros((chunk.h, chunk.w), bool)
+    inferred[: plan.shape[0] - chunk.y, : plan.shape[1] - chunk.x] = True
     for row, col in chunk.empty_cells:
         inferred[row * CELL : (row + 1) * CELL, col * CELL : (col + 1) * CELL] = False
     return (chunk.x, chunk.y, chunk.w, chunk.h), inferred
@@ -166,7 +168,13 @@ def test_bad_slide_is_reported_and_the_rest_finish(tmp_path, cmu_slide):
     run = cli_run(cohort)
     output = run.communicate(timeout=600)[0]
     assert run.returncode == 1, output
-    assert "truncated" in output
+    # Reported once, as one line naming the slide; the traceback goes to the slide's log.
+    mentions = [line for line in output.splitlines() if "truncated" in line]
+    log = tmp_path / "out" / "logs" / "truncated.log"
+    assert len(mentions) == 1 and mentions[0].startswith("FAILED truncated: ") and str(log) in mentions[0], output
+    assert "Compute Failed" not in output and "Traceback" not in output
+    assert "truncated.svs" in log.read_text() and "Traceback (most recent call last)" in log.read_text()
+    assert not (tmp_path / "out" / "logs" / "good.log").exists()
     report = json.loads((tmp_path / "out" / "run_report.json").read_text())
     assert report["status"] == "failed"
     assert report["slides"]["good"]["status"] == "done"
@@ -191,9 +199,17 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, cmu_slide):
     assert "rerun the same command to resume" in output
     assert json.loads((tmp_path / "out" / "run_report.json").read_text())["status"] == "interrupted"
     second = cli_run(cohort)
-    assert second.wait(timeout=600) == 0, second.communicate()[0][-2000:]
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output[-2000:]
     report = json.loads((tmp_path / "out" / "run_report.json").read_text())["slides"]["cmu"]
     assert report["status"] == "done" and report["chunks_skipped"] >= 1
+    # The rerun says what an earlier run had done: per slide, and in total.
+    done, total = report["chunks_skipped"], report["chunks"]
+    assert f"cmu: {done} of {total} chunks already done" in output
+    assert f"Resumed: {done} of {total} chunks and 0 slides' tables were done by an earlier run" in output
+    third = cli_run(cohort)  # everything done: the tables are not rewritten either
+    output = third.communicate(timeout=600)[0]
+    assert third.returncode == 0 and f"cmu: {total} of {total} chunks already done, tables already written" in output, output
     status = subprocess.run([sys.executable, "-m", "cerberus_batch.cli", "status", str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert "done" in status.stdout and "nuclei" in status.stdout
@@ -234,7 +250,8 @@ def test_a_changed_mask_recomputes_the_slide_instead_of_mixing_plans(tmp_path, c
     report = run_cohort(cohort("rerun", right), show_progress=False, cluster=cluster)
     assert report.status == "ok" and report.slides["cmu"].chunks_skipped == 0
     fresh = cohort("fresh", right)
-    (fresh.output / "maps" / "cmu").mkdir(parents=True)  # a map group whose creation was cut short
-    (fresh.output / "maps" / "cmu" / "zarr.json").write_text("{")
+    (fresh.output / "maps" / "cmu").mkdir(parents=True)  # a map group of ours that lost its arrays
+    (fresh.output / "maps" / "cmu" / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"software": "cerberus-batch 0.1.0"}}))
     assert run_cohort(fresh, show_progress=False, cluster=cluster).status == "ok"
     assert map_files(tmp_path / "rerun" / "out") == map_files(fresh.output)

@@ -15,6 +15,7 @@ from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.stain import StainPredictor
 from cerberus_batch.pipeline.tile import reflect_padded
 from cerberus_batch.slides import open_slide
+from cerberus_batch.storage.atomic import MARKER
 from cerberus_batch.storage.colours import instance_colour
 from cerberus_batch.storage.maps import dequantise
 
@@ -66,9 +67,9 @@ def test_bad_image_is_reported_and_the_others_finish(stain_run):
     assert "2/4 images done" in result.output
     for name in ("crop", "big/crop2x"):
         assert sorted(p.name for p in (out / name).iterdir()) == [
-            "glands.parquet", "lumens.parquet", "maps.zarr", "nuclei.parquet", "overlay.png"]
+            MARKER, "glands.parquet", "lumens.parquet", "maps.zarr", "nuclei.parquet", "overlay.png"]
     assert not (out / "broken").exists()
-    assert not [p for p in out.rglob(".*")], "no partial folders left behind"
+    assert not [p for p in out.rglob(".*") if p.name != MARKER], "no partial folders or lock left behind"
 
 
 def test_maps_equal_the_model_on_the_slide_away_from_the_padding(stain_run, cmu_slide, crop):

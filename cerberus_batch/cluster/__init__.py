@@ -29,17 +29,18 @@ def start_cluster(spec: ClusterSpec) -> Iterator[tuple[Any, bool]]:
         from cerberus_batch.cluster.local import gpu_count, local_cluster
 
         gpus = gpu_count()
-        cluster, gpu = local_cluster(spec, gpus), gpus > 0
+        with local_cluster(spec, gpus) as cluster:
+            yield cluster, gpus > 0
     elif spec.kind == "slurm":
         from cerberus_batch.cluster.slurm import slurm_cluster
 
-        cluster, gpu = slurm_cluster(spec), spec.slurm.gpus_per_job > 0
+        with slurm_cluster(spec) as cluster:
+            yield cluster, spec.slurm.gpus_per_job > 0
     else:
         from cerberus_batch.cluster.kubernetes import kubernetes_cluster
 
-        cluster, gpu = kubernetes_cluster(spec), spec.kubernetes.gpus_per_worker > 0
-    with cluster:
-        yield cluster, gpu
+        with kubernetes_cluster(spec) as cluster:
+            yield cluster, spec.kubernetes.gpus_per_worker > 0
 
 
 def submission_preview(spec: ClusterSpec) -> str:

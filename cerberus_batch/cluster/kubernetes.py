@@ -2,11 +2,16 @@
 
 The manifests are plain dicts, so `cerberus-batch cluster-spec` can show them without
 dask-kubernetes installed; only creating the cluster imports it.
+
+No TLS here: the operator (its scaling and idle checks) and its `KubeCluster`, through which the
+run connects, reach the scheduler at a plain tcp:// address with no credentials. A NetworkPolicy
+fences the pods instead: only the cohort's own pods, the operator and the run's pod get in.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from cerberus_batch.cluster.placement import resources_arg, worker_resources
 from cerberus_batch.cluster.spec import ClusterSpec, KubernetesSpec
@@ -14,6 +19,9 @@ from cerberus_batch.cluster.spec import ClusterSpec, KubernetesSpec
 API_VERSION = "kubernetes.dask.org/v1"
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
+CLUSTER_LABEL = "dask.org/cluster-name"  # the operator puts it on the scheduler and every worker pod
+RUN_LABEL = "cerberus-batch/run"
+OPERATOR_LABELS = {"app.kubernetes.io/name": "dask-kubernetes-operator"}  # as its Helm chart labels it
 
 
 def _volumes(k: KubernetesSpec) -> tuple[list[dict], list[dict]]:
@@ -82,7 +90,7 @@ def _scheduler(k: KubernetesSpec) -> dict[str, Any]:
         "spec": _pod(k, container, worker=False, placed=False),
         "service": {
             "type": "ClusterIP",
-            "selector": {"dask.org/cluster-name": k.name, "dask.org/component": "scheduler"},
+            "selector": {CLUSTER_LABEL: k.name, "dask.org/component": "scheduler"},
             "ports": [
                 {"name": "tcp-comm", "protocol": "TCP", "port": SCHEDULER_PORT, "targetPort": "tcp-comm"},
                 {"name": "http-dashboard", "protocol": "TCP", "port": DASHBOARD_PORT, "targetPort": "http-dashboard"},
@@ -114,21 +122,51 @@ def cpu_group_manifest(k: KubernetesSpec) -> dict[str, Any] | None:
     }
 
 
+def network_policy_manifest(k: KubernetesSpec) -> dict[str, Any] | None:
+    """Ingress to the cohort's pods only from each other, the run's pod and the dask-kubernetes operator."""
+    if not k.network_policy:
+        return None
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{k.name}-dask", "namespace": k.namespace},
+        "spec": {
+            "podSelector": {"matchLabels": {CLUSTER_LABEL: k.name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [
+                {"podSelector": {"matchLabels": {CLUSTER_LABEL: k.name}}},
+                {"podSelector": {"matchLabels": {RUN_LABEL: k.name}}},  # a run started inside the cluster
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR_LABELS}},
+            ]}],
+        },
+    }
+
+
 def manifests(spec: ClusterSpec) -> list[dict[str, Any]]:
-    """Everything that would be submitted, in order."""
-    group = cpu_group_manifest(spec.kubernetes)
-    return [cluster_manifest(spec.kubernetes)] + ([group] if group else [])
+    """Everything that would be submitted, in order: the policy first, so no pod is ever unfenced."""
+    k = spec.kubernetes
+    return [m for m in (network_policy_manifest(k), cluster_manifest(k), cpu_group_manifest(k)) if m is not None]
 
 
-def kubernetes_cluster(spec: ClusterSpec):
-    """Create the DaskCluster (and CPU worker group) through the dask-kubernetes operator."""
+@contextmanager
+def kubernetes_cluster(spec: ClusterSpec) -> Iterator[Any]:
+    """The DaskCluster (and CPU worker group) through the dask-kubernetes operator, inside its NetworkPolicy."""
     try:
         from dask_kubernetes.operator import KubeCluster
+        from kr8s.objects import NetworkPolicy
     except ImportError:
         raise RuntimeError("cluster kind 'kubernetes' needs dask-kubernetes: pip install cerberus-batch[kubernetes]") from None
     k = spec.kubernetes
-    cluster = KubeCluster(custom_cluster_spec=cluster_manifest(k), namespace=k.namespace)
-    group = cpu_group_manifest(k)
-    if group:
-        cluster.add_worker_group("cpu", custom_spec=group["spec"]["worker"])
-    return cluster
+    policy = network_policy_manifest(k)
+    fence = NetworkPolicy(policy) if policy else None
+    if fence is not None and not fence.exists():  # an interrupted run may have left it behind
+        fence.create()
+    try:
+        with KubeCluster(custom_cluster_spec=cluster_manifest(k), namespace=k.namespace) as cluster:
+            group = cpu_group_manifest(k)
+            if group:
+                cluster.add_worker_group("cpu", custom_spec=group["spec"]["worker"])
+            yield cluster
+    finally:
+        if fence is not None:
+            fence.delete()

@@ -6,6 +6,7 @@ import os
 
 from distributed import LocalCluster
 
+from cerberus_batch.cluster.dashboard import start_scheduler
 from cerberus_batch.cluster.placement import worker_resources
 from cerberus_batch.cluster.spec import ClusterSpec
 
@@ -29,14 +30,18 @@ def cpu_worker_count(spec: ClusterSpec, gpus: int) -> int:
 
 def local_cluster(spec: ClusterSpec, gpus: int) -> LocalCluster:
     """CPU workers, plus one worker per GPU that carries the `GPU` resource and sees only its GPU."""
-    cluster = LocalCluster(
-        n_workers=cpu_worker_count(spec, gpus),
-        threads_per_worker=spec.threads_per_worker,
-        processes=True,
-        host="127.0.0.1",
-        memory_limit=spec.memory_limit,
-        dashboard_address=spec.dashboard_address,
-        resources=worker_resources(0, spec.threads_per_worker, cpu_only_workers=bool(gpus)),
+    cluster = start_scheduler(
+        lambda: LocalCluster(
+            n_workers=cpu_worker_count(spec, gpus),
+            threads_per_worker=spec.threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            # Per-run TLS credentials: on a shared login node, 127.0.0.1 is open to every user there.
+            security=True,
+            memory_limit=spec.memory_limit,
+            dashboard_address=spec.dashboard_address,
+            resources=worker_resources(0, spec.threads_per_worker, cpu_only_workers=bool(gpus)),
+        )
     )
     template = cluster.new_spec["options"]
     for device in range(gpus):

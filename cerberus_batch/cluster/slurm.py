@@ -1,11 +1,24 @@
-"""Workers as SLURM jobs (dask-jobqueue), added and removed as the run needs them."""
+"""Workers as SLURM jobs (dask-jobqueue), added and removed as the run needs them.
+
+By default the scheduler, the workers and this client talk TLS. Each run makes its own
+self-signed certificate; the jobs read it and its key from files in a folder only the user can
+read, on a filesystem every node sees, so no key material goes into the job script.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
+from distributed.security import Security
+
+from cerberus_batch.cluster.dashboard import start_scheduler
 from cerberus_batch.cluster.placement import resources_arg, worker_resources
-from cerberus_batch.cluster.spec import ClusterSpec
+from cerberus_batch.cluster.spec import ClusterSpec, SlurmSpec
 
 
 def _slurm_cluster_class():
@@ -16,7 +29,39 @@ def _slurm_cluster_class():
     return SLURMCluster
 
 
-def new_slurm_cluster(spec: ClusterSpec):
+def _private_file(path: Path, text: str) -> str:
+    """`text` written to a new file that only this user can read."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(text)
+    return str(path)
+
+
+@contextmanager
+def run_security(s: SlurmSpec) -> Iterator[Optional[Security]]:
+    """The run's TLS settings (None with `tls: false`); its files are removed when the block ends."""
+    if not s.tls:
+        yield None
+        return
+    base = Path(os.path.expandvars(s.tls_directory)).expanduser()
+    if not base.is_dir():
+        raise ValueError(f"slurm.tls_directory {base} is not a folder (it must be one every node sees)")
+    try:
+        made = Security.temporary()
+    except ImportError:
+        raise RuntimeError("slurm TLS needs the cryptography package: pip install cryptography (or set slurm.tls: false)") from None
+    with tempfile.TemporaryDirectory(prefix=".cerberus-batch-tls-", dir=base) as folder:  # mode 0700
+        # The one self-signed certificate is both the CA and every role's identity.
+        cert = _private_file(Path(folder) / "cert.pem", made.tls_ca_file)
+        key = _private_file(Path(folder) / "key.pem", made.tls_worker_key)
+        yield Security(
+            require_encryption=True, tls_ca_file=cert,
+            tls_scheduler_cert=cert, tls_scheduler_key=key,
+            tls_worker_cert=cert, tls_worker_key=key,
+            tls_client_cert=cert, tls_client_key=key,
+        )
+
+
+def new_slurm_cluster(spec: ClusterSpec, security: Optional[Security]) -> Any:
     """The SLURMCluster for `spec.slurm`, with no jobs submitted yet."""
     s = spec.slurm
     threads = max(1, s.cores // s.workers_per_job)
@@ -27,31 +72,36 @@ def new_slurm_cluster(spec: ClusterSpec):
     if s.gpus_per_job:
         directives.append(f"--gres=gpu:{s.gpus_per_job}")
         worker_args += ["--preload", "cerberus_batch.cluster.gpu_pin"]
-    return _slurm_cluster_class()(
-        queue=s.queue,
-        account=s.account,
-        walltime=s.walltime,
-        cores=s.cores,
-        memory=s.memory,
-        processes=s.workers_per_job,
-        job_extra_directives=directives,
-        worker_extra_args=worker_args,
-        local_directory=s.local_directory,
-        log_directory=s.log_directory,
-        python=s.python or sys.executable,
-        interface=s.interface,
-        scheduler_options={"dashboard_address": spec.dashboard_address},
+    cluster_class = _slurm_cluster_class()
+    return start_scheduler(
+        lambda: cluster_class(
+            queue=s.queue,
+            account=s.account,
+            walltime=s.walltime,
+            cores=s.cores,
+            memory=s.memory,
+            processes=s.workers_per_job,
+            job_extra_directives=directives,
+            worker_extra_args=worker_args,
+            local_directory=s.local_directory,
+            log_directory=s.log_directory,
+            python=s.python or sys.executable,
+            interface=s.interface,
+            security=security,  # also makes the scheduler and the job script's workers use tls://
+            scheduler_options={"dashboard_address": spec.dashboard_address},
+        )
     )
 
 
-def slurm_cluster(spec: ClusterSpec):
+@contextmanager
+def slurm_cluster(spec: ClusterSpec) -> Iterator[Any]:
     """A SLURMCluster that keeps between min_jobs and max_jobs jobs, as the queue of tasks needs."""
-    cluster = new_slurm_cluster(spec)
-    cluster.adapt(minimum_jobs=spec.slurm.min_jobs, maximum_jobs=spec.slurm.max_jobs)
-    return cluster
+    with run_security(spec.slurm) as security, new_slurm_cluster(spec, security) as cluster:
+        cluster.adapt(minimum_jobs=spec.slurm.min_jobs, maximum_jobs=spec.slurm.max_jobs)
+        yield cluster
 
 
 def job_script(spec: ClusterSpec) -> str:
-    """The batch script each worker job would be submitted with."""
-    with new_slurm_cluster(spec) as cluster:
+    """The batch script each worker job would be submitted with (TLS files are named, not shown)."""
+    with run_security(spec.slurm) as security, new_slurm_cluster(spec, security) as cluster:
         return cluster.job_script()

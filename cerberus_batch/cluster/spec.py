@@ -35,6 +35,8 @@ class SlurmSpec(Strict):
     log_directory: Optional[str] = None  # where job stdout/stderr go
     python: Optional[str] = None  # interpreter on the nodes; default: the one running this
     interface: Optional[str] = None  # network interface the scheduler and workers talk on, e.g. "ib0"
+    tls: bool = True  # scheduler, workers and this client talk TLS, with a certificate made for the run
+    tls_directory: str = "~"  # where the run's certificate and key go (0600 files in a 0700 folder): seen by every node
 
     @model_validator(mode="after")
     def _jobs_in_order(self) -> "SlurmSpec":
@@ -42,6 +44,8 @@ class SlurmSpec(Strict):
             raise ValueError(f"min_jobs ({self.min_jobs}) is more than max_jobs ({self.max_jobs})")
         if self.gpus_per_job and self.processes and self.processes != self.gpus_per_job:
             raise ValueError(f"processes ({self.processes}) must equal gpus_per_job ({self.gpus_per_job}): one worker per GPU")
+        if not self.tls and "tls_directory" in self.model_fields_set:
+            raise ValueError("tls_directory given but tls is false")
         return self
 
     @property
@@ -84,6 +88,9 @@ class KubernetesSpec(Strict):
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     volumes: dict[str, Volume] = {}  # e.g. {slides: {claim: slides-pvc, mount: /data/slides, read_only: true}}
+    # The operator talks to the scheduler over plain tcp://, so instead of TLS a NetworkPolicy lets
+    # only the cohort's pods, the run's own pod and the operator reach them.
+    network_policy: bool = True
 
     @model_validator(mode="after")
     def _cpu_workers_need_gpus(self) -> "KubernetesSpec":

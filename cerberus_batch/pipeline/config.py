@@ -1,12 +1,19 @@
-"""The cohort file: what users write, validated before anything touches the output folder."""
+"""The cohort file: what users write, validated before anything touches the output folder.
+
+Every problem is reported at once, one line each: `file:line: field: what is wrong` (no line where
+the field is missing from the file altogether).
+"""
 
 from __future__ import annotations
 
 import csv
 import glob as globlib
 import re
+from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal, Optional
+from types import UnionType
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
@@ -15,11 +22,13 @@ from cerberus_batch.cluster.spec import ClusterSpec, Strict
 from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CELL
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# \A and \Z, not ^ and $: `$` also matches before a final newline, and "abc\n" is no folder name.
+SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+SLIDE_FIELDS = ("path", "id", "mask")  # the SlideSpec fields the slide checks name
 
 
 class CohortError(ValueError):
-    """A cohort file we refuse to run; the message names the file and the field or path."""
+    """A cohort file we refuse to run; the message has one line per problem, each naming file, line and field."""
 
 
 class SlideSpec(Strict):
@@ -93,40 +102,162 @@ class Cohort(BaseModel):
 
 
 def load_cohort(path: str | Path) -> Cohort:
-    """Read and validate a cohort file; raise CohortError naming the file and the field."""
+    """Read and validate a cohort file; raise CohortError listing every problem, one per line."""
     source = Path(path).resolve()
     if not source.is_file():
         raise CohortError(f"{path}: cohort file not found")
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as err:
-        raise CohortError(f"{path}: not valid YAML: {first_line(err)}") from None
+    raw, lines = _read_yaml(source, str(path))
     if not isinstance(raw, dict):
         raise CohortError(f"{path}: expected a mapping with name, output, slides, model, processing, cluster")
-    parsed = _validate(CohortFile, raw, path)
+    report = _Problems(str(path), lines)
+    parsed = report.validate(CohortFile, raw)
     base = source.parent
-    slides = _slide_entries(parsed.slides, base, path)
-    model = parsed.model
-    if model.kind == "cerberus":
+    slides = _slide_entries(raw["slides"], base, report) if "slides" in raw else []
+    # Where one section is invalid, the checks below still run on the sections that are valid.
+    model = parsed.model if parsed is not None else _valid(ModelSpec, raw.get("model", {}))
+    processing = parsed.processing if parsed is not None else _valid(ProcessingSpec, raw.get("processing", {}))
+    if model is not None and model.kind == "cerberus":
         if model.weights is None:
-            raise CohortError(f"{path}: model.weights: required for model kind 'cerberus' (folder with weights.tar + settings.yml)")
-        weights = _resolve(base, model.weights)
-        if not weights.is_dir():
-            raise CohortError(f"{path}: model.weights: folder not found: {weights}")
-        model = model.model_copy(update={"weights": weights})
-    if parsed.processing.tissue_mask == "given":
+            report.at(("model", "weights"), "required for model kind 'cerberus' (folder with weights.tar + settings.yml)")
+        else:
+            weights = _resolve(base, model.weights)
+            if not weights.is_dir():
+                report.at(("model", "weights"), f"folder not found: {weights}")
+            model = model.model_copy(update={"weights": weights})
+    if processing is not None and processing.tissue_mask == "given":
         missing = [s.id for s in slides if s.mask is None]
         if missing:
-            raise CohortError(f"{path}: processing.tissue_mask is 'given' but slide {missing[0]!r} has no mask")
+            report.at(("processing", "tissue_mask"), f"'given', but these slides have no mask: {', '.join(map(repr, missing))}")
+    if report.found:
+        raise CohortError(report.message())
     return Cohort(
         source=source,
         name=parsed.name,
         output=_resolve(base, parsed.output),
         slides=slides,
         model=model,
-        processing=parsed.processing,
+        processing=processing,
         cluster=_cluster_paths(parsed.cluster, base),
     )
+
+
+def _read_yaml(source: Path, path: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """The document, and the line (from 1) of each mapping key and list item by its key path."""
+    try:
+        loader = yaml.SafeLoader(source.read_bytes())  # bytes: PyYAML finds the encoding, and says when it is none
+        try:
+            node = loader.get_single_node()
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        # The context's line too: an unclosed bracket is found only where the file ends.
+        context = f"{err.context} (line {err.context_mark.line + 1})" if err.context and err.context_mark else err.context
+        what = ", ".join(part for part in (context, err.problem) if part)
+        raise CohortError(f"{path}:{mark.line + 1}: not valid YAML: {what}" if mark else f"{path}: not valid YAML: {what}") from None
+    except yaml.YAMLError as err:
+        raise CohortError(f"{path}: not valid YAML: {first_line(err)}") from None
+    lines: dict[tuple[str, ...], int] = {}
+    if node is not None:
+        _record_lines(node, (), lines, set())
+    return raw, lines
+
+
+def _record_lines(node: yaml.Node, at: tuple[str, ...], lines: dict[tuple[str, ...], int], seen: set[int]) -> None:
+    # Walked after construction, so merge keys (`<<: *defaults`) are already expanded into their mappings.
+    # `seen`: an alias reuses its anchor's node, and a recursive alias (`a: &x [*x]`) would never end.
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                lines[at + (key.value,)] = key.start_mark.line + 1
+                _record_lines(value, at + (key.value,), lines, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[at + (str(i),)] = item.start_mark.line + 1
+            _record_lines(item, at + (str(i),), lines, seen)
+
+
+class _Problems:
+    """Every problem found in one cohort file (and the manifest it names), one line each."""
+
+    def __init__(self, path: str, lines: dict[tuple[str, ...], int]):
+        self.path = path
+        self.lines = lines
+        self.found: list[tuple[str, Optional[int], str]] = []  # (file, line, "field: what is wrong")
+
+    def add(self, file: str, line: Optional[int], field: str, text: str) -> None:
+        self.found.append((file, line, f"{field}: {text}"))
+
+    def line(self, loc: tuple) -> Optional[int]:
+        """The line of the field at `loc`, or of its nearest parent written in the file."""
+        keys = tuple(map(str, loc))
+        while keys and keys not in self.lines:
+            keys = keys[:-1]
+        return self.lines.get(keys)
+
+    def at(self, loc: tuple, text: str) -> None:
+        """A problem with the cohort file's field at `loc`."""
+        self.add(self.path, self.line(loc), ".".join(map(str, loc)), text)
+
+    def validate(self, model: type[BaseModel], raw: Any, at: tuple = ()) -> Any:
+        """`raw` (found at `at` in the cohort file) as `model`, or None after adding its problems."""
+        try:
+            return model.model_validate(raw)
+        except ValidationError as err:
+            for loc, text in _explained(err, model):
+                self.at(at + loc, text)
+            return None
+
+    def message(self) -> str:
+        # The cohort file's problems first, then the manifest's; each file's in line order.
+        ordered = sorted(self.found, key=lambda p: (p[0] != self.path, p[0], p[1] or 0))
+        return "\n".join(f"{file}:{line}: {text}" if line else f"{file}: {text}" for file, line, text in ordered)
+
+
+def _explained(err: ValidationError, model: type[BaseModel]) -> list[tuple[tuple, str]]:
+    """Each of pydantic's errors as (location, one-line text); an unknown key names the nearest valid one."""
+    out = []
+    for error in err.errors():
+        loc, text = error["loc"], error["msg"]
+        if error["type"] == "extra_forbidden":
+            valid = _keys_at(model, loc[:-1])
+            near = get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.7)  # 0.6 offers cluster for colour
+            hint = f"; did you mean {near[0]}?" if near else f"; valid keys: {', '.join(valid)}" if valid else ""
+            text = f"unknown key{hint}"
+        out.append((loc, text))
+    return out
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the mapping at `loc` accepts, following the field types down from `model`."""
+    kind: Any = model
+    for part in loc:
+        kind = _unoptional(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
+            kind = kind.model_fields[part].annotation
+        elif get_origin(kind) in (list, dict):
+            kind = get_args(kind)[-1]  # the item type, or the value type
+        else:
+            return []
+    kind = _unoptional(kind)
+    return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+
+
+def _unoptional(kind: Any) -> Any:
+    present = [arg for arg in get_args(kind) if arg is not type(None)]
+    return present[0] if get_origin(kind) in (Union, UnionType) and len(present) == 1 else kind
+
+
+def _valid(model: type[BaseModel], raw: Any) -> Any:
+    """`raw` as `model`, or None; for a section whose problems validating the whole file has reported."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 def _cluster_paths(cluster: ClusterSpec, base: Path) -> ClusterSpec:
@@ -140,85 +271,114 @@ def _cluster_paths(cluster: ClusterSpec, base: Path) -> ClusterSpec:
     return cluster
 
 
-def _validate(model: type[BaseModel], raw: Any, path: str | Path, prefix: str = "") -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise CohortError(f"{path}: {prefix}{field}: {first['msg']}{more}") from None
-
-
 def _resolve(base: Path, value: Path) -> Path:
     return (base / value.expanduser()).resolve()
 
 
-def _slide_entries(raw: Any, base: Path, path: str | Path) -> list[SlideEntry]:
-    if isinstance(raw, list):
-        specs = [_validate(SlideSpec, item, path, f"slides.{i}.") for i, item in enumerate(raw)]
-    elif isinstance(raw, dict) and "glob" in raw:
-        specs = _globbed(_validate(SlideGlob, raw, path, "slides."), base, path)
-    elif isinstance(raw, dict) and "manifest" in raw:
-        specs = _manifest(_validate(SlideManifest, raw, path, "slides."), base, path)
-    else:
-        raise CohortError(f"{path}: slides: expected a list of slides, {{glob: ...}} or {{manifest: ...}}")
-    if not specs:
-        raise CohortError(f"{path}: slides: no slides listed or matched")
+@dataclass
+class _Written:
+    """Where a slide is written, for its problems: the file, and each field's line and name there."""
+
+    file: str
+    spots: dict[str, tuple[Optional[int], str]]  # SlideSpec field -> (line, field as the file names it)
+
+    def problem(self, report: _Problems, field: str, text: str) -> None:
+        report.add(self.file, *self.spots[field], text)
+
+
+def _slide_entries(raw: Any, base: Path, report: _Problems) -> list[SlideEntry]:
+    """Every slide that validates, its paths resolved; problems with any of them go to `report`."""
     entries: list[SlideEntry] = []
-    seen: set[str] = set()
-    for i, spec in enumerate(specs):
+    first_with: dict[str, Path] = {}  # slide id -> the slide that has it
+    for spec, written in _slide_specs(raw, base, report):
         slide = _resolve(base, spec.path)
         slide_id = spec.id if spec.id is not None else slide.stem
-        if not SAFE_ID.match(slide_id) or slide_id in {".", ".."}:
-            raise CohortError(
-                f"{path}: slides.{i}.id: {slide_id!r} is not a safe folder name "
-                "(letters, digits, '.', '_', '-'; no path separators)"
-            )
-        if slide_id in seen:
-            raise CohortError(f"{path}: slides.{i}.id: duplicate slide id {slide_id!r}")
-        seen.add(slide_id)
+        id_field = "id" if spec.id is not None else "path"
+        if not SAFE_ID.match(slide_id):  # also refuses "." and "..": the first character is a letter or digit
+            named = "" if spec.id is not None else f" (from the file name of {slide})"
+            written.problem(report, id_field, f"{slide_id!r} is not a safe folder name (letters, digits, '.', '_', '-'; no path separators){named}")
+        elif slide_id in first_with:
+            written.problem(report, id_field, f"duplicate slide id {slide_id!r} (also the id of {first_with[slide_id]})")
+        else:
+            first_with[slide_id] = slide
         if not slide.is_file():
-            raise CohortError(f"{path}: slides.{i}.path: slide file not found: {slide}")
+            written.problem(report, "path", f"slide file not found: {slide}")
         mask = _resolve(base, spec.mask) if spec.mask is not None else None
         if mask is not None and not mask.is_file():
-            raise CohortError(f"{path}: slides.{i}.mask: mask file not found: {mask}")
+            written.problem(report, "mask", f"mask file not found: {mask}")
         entries.append(SlideEntry(id=slide_id, path=slide, mask=mask, mpp=spec.mpp))
     return entries
 
 
-def _globbed(spec: SlideGlob, base: Path, path: str | Path) -> list[SlideSpec]:
+def _slide_specs(raw: Any, base: Path, report: _Problems) -> list[tuple[SlideSpec, _Written]]:
+    if isinstance(raw, list):
+        if not raw:
+            report.at(("slides",), "no slides listed")
+        out = []
+        for i, item in enumerate(raw):
+            spec = report.validate(SlideSpec, item, ("slides", i))
+            if spec is not None:
+                spots = {f: (report.line(("slides", i, f)), f"slides.{i}.{f}") for f in SLIDE_FIELDS}
+                out.append((spec, _Written(report.path, spots)))
+        return out
+    if isinstance(raw, dict) and "glob" in raw:
+        spec = report.validate(SlideGlob, raw, ("slides",))
+        return _globbed(spec, base, report) if spec is not None else []
+    if isinstance(raw, dict) and "manifest" in raw:
+        spec = report.validate(SlideManifest, raw, ("slides",))
+        return _manifest(spec, base, report) if spec is not None else []
+    report.at(("slides",), "expected a list of slides, {glob: ...} or {manifest: ...}")
+    return []
+
+
+def _globbed(spec: SlideGlob, base: Path, report: _Problems) -> list[tuple[SlideSpec, _Written]]:
     pattern = spec.glob if Path(spec.glob).is_absolute() else str(base / spec.glob)
     found = sorted(globlib.glob(pattern, recursive=True))
     if not found:
-        raise CohortError(f"{path}: slides.glob: no file matches {spec.glob!r}")
+        report.at(("slides", "glob"), f"no file matches {spec.glob!r}")
+        return []
+    glob_line = report.line(("slides", "glob"))
+    written = _Written(report.path, {
+        "path": (glob_line, "slides.glob"), "id": (glob_line, "slides.glob"),
+        "mask": (report.line(("slides", "masks")), "slides.masks"),
+    })
     out = []
     for slide in map(Path, found):
         try:
             mask = Path(spec.masks.format(stem=slide.stem)) if spec.masks else None
         except (KeyError, IndexError, ValueError):
-            raise CohortError(f"{path}: slides.masks: {spec.masks!r}: the only placeholder is {{stem}}") from None
-        out.append(SlideSpec(path=slide, mask=mask, mpp=spec.mpp))
+            report.at(("slides", "masks"), f"{spec.masks!r}: the only placeholder is {{stem}}")
+            return []
+        out.append((SlideSpec(path=slide, mask=mask, mpp=spec.mpp), written))
     return out
 
 
-def _manifest(spec: SlideManifest, base: Path, path: str | Path) -> list[SlideSpec]:
+def _manifest(spec: SlideManifest, base: Path, report: _Problems) -> list[tuple[SlideSpec, _Written]]:
     manifest = _resolve(base, spec.manifest)
     if not manifest.is_file():
-        raise CohortError(f"{path}: slides.manifest: file not found: {manifest}")
+        report.at(("slides", "manifest"), f"file not found: {manifest}")
+        return []
     try:
         # utf-8-sig: spreadsheet programs start their "CSV UTF-8" with a byte-order mark.
         with manifest.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = [(reader.line_num, row) for row in reader]  # line_num: the row's (last) line
     except UnicodeDecodeError:
-        raise CohortError(f"{path}: slides.manifest: {manifest} is not UTF-8 text") from None
+        report.at(("slides", "manifest"), f"{manifest} is not UTF-8 text")
+        return []
+    if not rows:
+        report.at(("slides", "manifest"), f"{manifest} lists no slides")
     out = []
-    for i, row in enumerate(rows):
+    for line, row in rows:
         row = {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}
         # Manifest paths are relative to the manifest itself.
         if "path" in row:
             row["path"] = str(_resolve(manifest.parent, Path(row["path"])))
         if "mask" in row:
             row["mask"] = str(_resolve(manifest.parent, Path(row["mask"])))
-        out.append(_validate(SlideSpec, row, manifest, f"row {i + 2}: "))
+        try:
+            out.append((SlideSpec.model_validate(row), _Written(str(manifest), {f: (line, f) for f in SLIDE_FIELDS})))
+        except ValidationError as err:
+            for loc, text in _explained(err, SlideSpec):
+                report.add(str(manifest), line, ".".join(map(str, loc)), text)
     return out

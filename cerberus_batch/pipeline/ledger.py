@@ -12,7 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cerberus_batch.storage.atomic import write_bytes_durably
+from cerberus_batch.storage.atomic import make_dirs, write_bytes_durably
+
+
+NUMERICS = "numerics"  # the fingerprint key a resume may change with --allow-device-change
 
 
 class RunMismatch(ValueError):
@@ -31,9 +34,7 @@ class Ledger:
         shutil.rmtree(self._slide(slide_id), ignore_errors=True)
 
     def mark_done(self, slide_id: str, chunk_index: int) -> None:
-        folder = self._slide(slide_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_bytes_durably(folder / f"chunk-{chunk_index}.done", b"")
+        write_bytes_durably(make_dirs(self._slide(slide_id)) / f"chunk-{chunk_index}.done", b"")
 
     def done_chunks(self, slide_id: str) -> set[int]:
         folder = self._slide(slide_id)
@@ -43,9 +44,7 @@ class Ledger:
 
     def mark_slide(self, slide_id: str, stage: str, info: dict[str, Any]) -> None:
         """Record a finished stage of a slide (e.g. 'maps', 'instances') with what it produced."""
-        folder = self._slide(slide_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_bytes_durably(folder / f"{stage}.json", json.dumps(info).encode())
+        write_bytes_durably(make_dirs(self._slide(slide_id)) / f"{stage}.json", json.dumps(info).encode())
 
     def slide_stage(self, slide_id: str, stage: str) -> dict[str, Any] | None:
         path = self._slide(slide_id) / f"{stage}.json"
@@ -55,23 +54,30 @@ class Ledger:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
 
-def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool) -> None:
+def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_device_change: bool = False) -> None:
     """Refuse to mix runs: the settings that determine the maps must match the folder's.
 
-    With `fresh`, the old ledger is dropped so everything is recomputed.
+    With `fresh`, the old run's folders are dropped so everything is recomputed. With
+    `allow_device_change`, maps made with other numerics (device kind, precision) may be
+    continued; they agree only within the precision of the coarser one.
     """
     path = Path(output) / "run.json"
     if path.is_file() and not fresh:
         previous = json.loads(path.read_text())
         changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+        if changed == [NUMERICS] and not allow_device_change:
+            raise RunMismatch(
+                f"{output}: holds maps computed as {previous.get(NUMERICS, 'unrecorded numerics')}, this run computes "
+                f"{fingerprint[NUMERICS]}; pass --allow-device-change to continue them, or --fresh to recompute"
+            )
+        changed = [k for k in changed if not (k == NUMERICS and allow_device_change)]
         if changed:
             raise RunMismatch(
                 f"{output}: holds a run with different {', '.join(changed)}; "
                 "use another output folder or pass --fresh to recompute it"
             )
-    if fresh:
-        for stale in ("ledger", "maps", "tables", "plans", "masks"):
+    if fresh and path.is_file():  # only a folder that holds our run.json is ours to clear
+        for stale in ("ledger", "maps", "tables", "plans", "masks", "logs"):
             shutil.rmtree(Path(output) / stale, ignore_errors=True)
-    Path(output).mkdir(parents=True, exist_ok=True)
+    make_dirs(output)
     write_bytes_durably(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
-

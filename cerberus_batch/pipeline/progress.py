@@ -31,7 +31,7 @@ class RunProgress:
         self.bar.stop()
 
     def note(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(escape(text), soft_wrap=True)  # one line each, however long: logs are grepped
 
     def add_chunks(self, total: int, already: int) -> None:
         task = self.bar.tasks[self.chunks]
@@ -46,4 +46,4 @@ class RunProgress:
     def slide_finished(self, slide_id: str, ok: bool, reason: str | None = None) -> None:
         self.bar.advance(self.slides)
         if not ok:
-            self.console.print(f"[red]failed[/red] {escape(slide_id)}: {escape(reason or '')}")
+            self.console.print(f"[red]FAILED[/red] {escape(slide_id)}: {escape(reason or '')}", soft_wrap=True)

@@ -10,17 +10,19 @@ slide as failed; every other slide goes on.
 from __future__ import annotations
 
 import json
+import logging
 import time
+import traceback
 import uuid
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from distributed import Client, Future, as_completed
+from distributed import Client, Future, WorkerPlugin, as_completed
 
 from cerberus_batch.cluster.placement import placement
-from cerberus_batch.errors import first_line
+from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.ledger import Ledger, check_run
 from cerberus_batch.pipeline.progress import RunProgress
@@ -28,7 +30,8 @@ from cerberus_batch.pipeline.work import (
     build_predictor, chunk_instances_task, fingerprint, infer_chunk, merge_slide_task, plan_slide,
 )
 from cerberus_batch.slides import ChunkPlan
-from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.atomic import make_dirs, write_bytes_durably
+from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.summary import write_cohort_summary
 
 
@@ -39,7 +42,8 @@ class SlideOutcome:
     note: str | None = None  # done, but worth a look (e.g. no tissue)
     chunks: int = 0
     chunks_computed: int = 0
-    chunks_skipped: int = 0
+    chunks_skipped: int = 0  # done by an earlier run
+    tables_skipped: bool = False  # written by an earlier run
     tissue_mm2: float = 0.0
     seconds: float = 0.0
 
@@ -55,13 +59,28 @@ class RunReport:
     slides: dict[str, SlideOutcome] = field(default_factory=dict)
 
     def write(self, output: Path) -> None:
-        path = Path(output) / "run_report.json"
-        with atomic_path(path) as partial:
-            partial.write_text(json.dumps(asdict(self), indent=2))
+        write_bytes_durably(Path(output) / "run_report.json", json.dumps(asdict(self), indent=2).encode())
 
 
 def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {first_line(err)}"
+
+
+class QuietTaskFailures(WorkerPlugin):
+    """Drops the workers' log records of task failures and of the cancellations that follow
+    them (a multi-line "Compute Failed" block per try): the run reports each failed slide once,
+    as one line, and writes the task's traceback to `OUT/logs/<slide>.log`."""
+
+    name = "cerberus-batch-quiet-task-failures"
+
+    def setup(self, worker) -> None:
+        for logger in ("distributed.worker", "distributed.worker.state_machine"):
+            logging.getLogger(logger).addFilter(_not_a_task_failure)
+
+
+def _not_a_task_failure(record: logging.LogRecord) -> bool:
+    message = str(record.msg)
+    return not (message.startswith("Compute Failed") or ("Async instruction" in message and "CancelledError" in message))
 
 
 class CohortRun:
@@ -112,18 +131,21 @@ class CohortRun:
             elif future.status == "finished":
                 on_done(slide, future)
             elif future.status == "error":
-                self.fail(slide, one_line(future.exception()))
+                err = future.exception()
+                self.fail(slide, one_line(err), traceback.format_exception(type(err), err, future.traceback()))
             else:  # cancelled or lost: the slide cannot finish in this run
                 self.fail(slide, f"task {future.key} was {future.status}")
             future.release()
 
-    def fail(self, slide: SlideEntry, reason: str) -> None:
+    def fail(self, slide: SlideEntry, reason: str, details: list[str] | None = None) -> None:
         outcome = self.report.slides[slide.id]
         outcome.status, outcome.error = "failed", reason
         outcome.seconds = time.time() - self.started[slide.id]
         self.client.cancel(list(self.pending.get(slide.id, ())))
         self.forget(slide)
-        self.progress.slide_finished(slide.id, ok=False, reason=reason)
+        log = make_dirs(self.cohort.output / "logs") / f"{slide.id}.log"
+        write_bytes_durably(log, "".join([f"{slide.id} ({slide.path}) failed: {reason}\n\n", *(details or [])]).encode())
+        self.progress.slide_finished(slide.id, ok=False, reason=f"{reason} (details: {log})")
 
     def forget(self, slide: SlideEntry) -> None:
         """Let go of a finished slide's futures and plan: chunk results must not pile up on
@@ -164,6 +186,7 @@ class CohortRun:
         outcome = self.report.slides[slide.id]
         self.ledger.mark_slide(slide.id, "maps", {"chunks": outcome.chunks})
         if self.ledger.slide_stage(slide.id, "instances") is not None:
+            outcome.tables_skipped = True
             self.slide_done(slide)
             return
         out = self.cohort.output
@@ -185,6 +208,26 @@ class CohortRun:
         outcome.seconds = time.time() - self.started[slide.id]
         self.forget(slide)
         self.progress.slide_finished(slide.id, ok=True)
+        if outcome.chunks_skipped or outcome.tables_skipped:
+            self.progress.note(f"{slide.id}: {resumed(outcome)}")
+
+
+def resumed(outcome: SlideOutcome) -> str:
+    """What an earlier run had already done for a slide, in words."""
+    said = f"{outcome.chunks_skipped} of {outcome.chunks} chunks already done"
+    return said + (", tables already written" if outcome.tables_skipped else "")
+
+
+def cohort_inputs(cohort: Cohort) -> dict[str, Path]:
+    """Every file and folder a run reads, named as a user would: the output must stay apart from them."""
+    inputs = {"cohort file": cohort.source}
+    if cohort.model.weights is not None:
+        inputs["model folder"] = cohort.model.weights
+    for slide in cohort.slides:
+        inputs[f"slide {slide.id}"] = slide.path
+        if slide.mask is not None:
+            inputs[f"mask of slide {slide.id}"] = slide.mask
+    return inputs
 
 
 def write_summary(cohort: Cohort, report: RunReport, ledger: Ledger) -> None:
@@ -198,24 +241,42 @@ def write_summary(cohort: Cohort, report: RunReport, ledger: Ledger) -> None:
         write_cohort_summary(cohort.output, rows)
 
 
-def run_cohort(cohort: Cohort, *, fresh: bool = False, show_progress: bool = True, cluster=None) -> RunReport:
-    """Run a validated cohort to the end; returns the report (also written to the output folder)."""
+def run_cohort(
+    cohort: Cohort, *, fresh: bool = False, allow_device_change: bool = False, show_progress: bool = True, cluster=None,
+) -> RunReport:
+    """Run a validated cohort to the end; returns the report (also written to the output folder).
+
+    The output folder is checked to stand apart from every input and locked against other runs
+    before anything is written to it.
+    """
+    with claim_output(cohort.output, cohort_inputs(cohort), "cerberus-batch run") as lock:
+        return _run_locked(cohort, fresh, allow_device_change, show_progress, cluster, lock.taken_over)
+
+
+def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_progress: bool, cluster, taken_over) -> RunReport:
     from cerberus_batch.cluster import start_cluster
 
     # Load the model here first: a broken checkpoint fails the run before any slide starts.
     # (on the CPU, where AMP does not apply: the workers use the cohort's device and AMP settings)
     predictor = build_predictor(cohort.model.model_copy(update={"amp": None}), cohort.processing, device="cpu")
-    check_run(cohort.output, fingerprint(cohort.model, cohort.processing, predictor), fresh=fresh)
-    del predictor
     report = RunReport(cohort=cohort.name, output=str(cohort.output))
     with ExitStack() as stack:
-        if cluster is None:
-            cluster, gpu = stack.enter_context(start_cluster(cohort.cluster))
-        else:
-            gpu = False
-        client = stack.enter_context(Client(cluster))
+        try:
+            if cluster is None:
+                cluster, gpu = stack.enter_context(start_cluster(cohort.cluster))
+            else:
+                gpu = False
+            client = stack.enter_context(Client(cluster))
+        except (OSError, TimeoutError, RuntimeError) as err:  # nobody answers at the address; dask-jobqueue missing
+            raise ClusterError(f"{cohort.source}: cluster: {first_line(err)}") from None
+        check_run(cohort.output, fingerprint(cohort.model, cohort.processing, predictor, gpu), fresh=fresh,
+                  allow_device_change=allow_device_change)
+        del predictor
+        client.register_plugin(QuietTaskFailures())
         report.dashboard = client.dashboard_link
         progress = stack.enter_context(RunProgress(len(cohort.slides), enabled=show_progress))
+        if taken_over is not None:
+            progress.note(f"WARNING {cohort.output}: took over the lock of a run that is gone ({taken_over.describe()})")
         progress.note(f"Dashboard: {report.dashboard}")
         run = CohortRun(cohort, client, report, progress, gpu)
         try:

@@ -22,8 +22,9 @@ from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CONTEXT, whole_cells
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.slides import Transform, open_slide
-from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, make_dirs
 from cerberus_batch.storage.maps import MapSpec, map_specs
+from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.overview import draw_instances
 from cerberus_batch.storage.tables import write_geoparquet
 from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
@@ -71,13 +72,7 @@ def tile_specs(predictor: Predictor) -> list[MapSpec]:
 
 def image_maps(image: np.ndarray, predictor: Predictor, specs: list[MapSpec]) -> dict[str, np.ndarray]:
     """Stored-form maps on the whole-cell grid; pixel maps are zero beyond the image."""
-    h, w = image.shape[:2]
-    stored = stored_maps(predictor.predict(reflect_padded(image)), specs, [])
-    for spec in specs:
-        if spec.downsample == 1:
-            stored[spec.name][..., h:, :] = 0
-            stored[spec.name][..., :, w:] = 0
-    return stored
+    return stored_maps(predictor.predict(reflect_padded(image)), specs, [], image.shape[:2])
 
 
 def read_image(path: Path, mpp: float | None) -> tuple[np.ndarray, np.ndarray, Transform, float]:
@@ -106,11 +101,11 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     # Post-processing sees the image only, as the reference crops before it (spec §7.3).
     inside = {s.name: stored[s.name][..., :h, :w] if s.downsample == 1 else stored[s.name] for s in specs}
     tables = slide_instances(
-        inside, slide_id=folder.name, transform=transform, mpp=image_mpp,
+        inside, slide_id=folder.name, transform=transform, mpp=image_mpp, bounds=(original.shape[1], original.shape[0]),
         kinds=cerberus_kinds("tile", predictor.class_names),
         tissue_classes=predictor.class_names.get("Patch-Class", TISSUE_CLASSES),
     )
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder.parent)
     with atomic_path(folder) as partial:
         partial.mkdir()
         group = create_slide_maps(partial / "maps.zarr", shape=whole_cells(image.shape), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
@@ -126,15 +121,35 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
 
 def run_tile_mode(
     input_dir: Path, output_dir: Path, predictor: Predictor, mpp: float | None = None,
-    on_image: Callable[[TileOutcome], None] | None = None,
+    on_image: Callable[[TileOutcome], None] | None = None, model_dir: Path | None = None,
 ) -> list[TileOutcome]:
-    """Every image of `input_dir` in turn; one that fails is reported and the others go on."""
+    """Every image of `input_dir` in turn; one that fails is reported and the others go on.
+
+    The output folder must stand apart from the input folder and `model_dir`, and no other run
+    may hold it (OutputError otherwise, before anything is written).
+    """
+    inputs = {"input folder": Path(input_dir)} | ({"model folder": Path(model_dir)} if model_dir else {})
+    with claim_output(Path(output_dir), inputs, "cerberus-batch tile"):
+        return _run_images(Path(input_dir), Path(output_dir), predictor, mpp, on_image)
+
+
+def _run_images(
+    input_dir: Path, output_dir: Path, predictor: Predictor, mpp: float | None, on_image: Callable[[TileOutcome], None] | None,
+) -> list[TileOutcome]:
+    images = find_images(input_dir)
+    folders = [output_dir / path.relative_to(input_dir).with_suffix("") for path in images]
+    # D/a.png and D/a/b.png: a's folder would hold b's, and replacing it would remove b's output.
+    holds = {
+        ancestor: path for folder, path in zip(folders, images)
+        for ancestor in folder.parents if ancestor != output_dir and ancestor.is_relative_to(output_dir)
+    }
     outcomes, claimed = [], {}
-    for path in find_images(input_dir):
-        folder = Path(output_dir) / path.relative_to(input_dir).with_suffix("")
+    for path, folder in zip(images, folders):
         outcome = TileOutcome(path, folder)
         if folder in claimed:
             outcome.error = f"{path}: same output folder {folder} as {claimed[folder]}"
+        elif folder in holds:
+            outcome.error = f"{path}: its output folder {folder} would hold the output of {holds[folder]}; rename one of them"
         else:
             claimed[folder] = path
             try:
@@ -161,7 +176,7 @@ def _attrs(
         "heads": list(predictor.heads),
         "class_names": {k: list(v) for k, v in predictor.class_names.items()},
         "mode": "tile",
-        "software": f"cerberus-batch {__version__}",
+        "software": f"{SOFTWARE} {__version__}",  # also what marks the group as ours
     }
 
 

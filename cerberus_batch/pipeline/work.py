@@ -12,21 +12,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cerberus_batch import __version__
 from cerberus_batch.grid import whole_cells
-from cerberus_batch.model.predictor import Predictor
+from cerberus_batch.model.predictor import Predictor, numerics
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
-from cerberus_batch.pipeline.ledger import Ledger
+from cerberus_batch.pipeline.ledger import NUMERICS, Ledger
 from cerberus_batch.pipeline.plan import plan_slide_chunks
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
-from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.slides.plan import plan_path
+from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, make_dirs
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.overview import write_overview
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import remove_slide_tables, write_slide_tables
 from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, maps_path, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
-from cerberus_batch.tasks.instances import TISSUE_CLASSES
+from cerberus_batch.tasks.instances import TISSUE_CLASSES, tissue_by_type
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 
@@ -81,7 +84,7 @@ def slide_attrs(slide: SlideEntry, plan: ChunkPlan, predictor: Predictor, proces
         "heads": list(predictor.heads),
         "class_names": {k: list(v) for k, v in predictor.class_names.items()},
         "processing": map_settings(processing),
-        "software": f"cerberus-batch {__version__}",
+        "software": f"{SOFTWARE} {__version__}",  # also what marks the group as ours
     }
 
 
@@ -89,15 +92,16 @@ def plan_slide(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, 
     """Open a slide, find its tissue, cut it into chunks and create its (empty) map group."""
     view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
     mask, plan = plan_slide_chunks(view, slide, processing)
-    masks = Path(output) / "masks"
-    masks.mkdir(parents=True, exist_ok=True)
-    mask.save_png(masks / f"{slide.id}.png")
-    plans = Path(output) / "plans"
-    plans.mkdir(parents=True, exist_ok=True)
-    with atomic_path(plans / f"{slide.id}.json") as partial:
+    with atomic_path(make_dirs(Path(output) / "masks") / f"{slide.id}.png") as partial:
+        mask.save_png(partial)
+    plan_file = plan_path(output, slide.id)
+    make_dirs(plan_file.parent)
+    with atomic_path(plan_file) as partial:
         partial.write_text(plan.to_json())
     predictor = _predictor(model, processing)
-    attrs = slide_attrs(slide, plan, predictor, processing)
+    # The slide's level-0 (w, h): maps are background past it and outlines are cut to it. Groups
+    # made before it was recorded held model output there, so they never match and are remade.
+    attrs = {**slide_attrs(slide, plan, predictor, processing), "slide_dimensions": list(view.slide.info.dimensions)}
     path = maps_path(output, slide.id)
     if not maps_match(path, attrs):
         # New slide, or its plan changed (another mask, mpp override or file): start it afresh,
@@ -119,26 +123,32 @@ def infer_chunk(
     outputs = predict_chunk(view.read, predictor, box)
     group = open_slide_maps(maps_path(output, slide.id), writable=True)
     specs = map_specs(predictor.heads, predictor.class_names)
-    write_chunk(group, box[0], box[1], stored_maps(outputs, specs, empty_cells, processing.dtype), specs)
+    x, y, w, h = box
+    inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
+    write_chunk(group, x, y, stored_maps(outputs, specs, empty_cells, inside, processing.dtype), specs)
     Ledger(output).mark_done(slide.id, chunk_index)
 
 
-def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predictor) -> dict[str, Any]:
-    """What determines the maps; a rerun into the same output must match it."""
+def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predictor, gpu_workers: bool) -> dict[str, Any]:
+    """What determines the maps; a rerun into the same output must match it.
+
+    Inference runs where the cohort's device says, else on the GPU workers when there are any."""
+    device = model.device.split(":")[0] if model.device else ("cuda" if gpu_workers else "cpu")  # "cuda:1" → "cuda"
     return {
-        "model_identity": predictor.identity, "heads": sorted(predictor.heads), "amp": model.amp,
+        "model_identity": predictor.identity, "heads": sorted(predictor.heads),
+        NUMERICS: numerics(predictor.kind, device, model.amp),
         "processing": map_settings(processing),
     }
 
 
 def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The slide's Zarr arrays (read lazily, window by window), its attributes, and where
-    its objects lie (slide id, level-0 transform, mpp, object kinds named for its model)."""
+    its objects lie (slide id, level-0 transform, mpp, level-0 bounds, object kinds named for its model)."""
     group = open_slide_maps(maps_path(output, slide_id))
     attrs = dict(group.attrs)
     place = {
         "slide_id": slide_id, "transform": Transform.from_dict(attrs["transform"]), "mpp": attrs["mpp"],
-        "kinds": cerberus_kinds("wsi", attrs["class_names"]),
+        "bounds": tuple(attrs["slide_dimensions"]), "kinds": cerberus_kinds("wsi", attrs["class_names"]),
     }
     return {name: group[name] for name in group.array_keys()}, attrs, place
 
@@ -150,10 +160,18 @@ def chunk_instances_task(slide_id: str, box: tuple[int, int, int, int], output: 
 
 
 def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list[ChunkResult]) -> dict[str, Any]:
-    """Join objects across chunk borders, write the slide's tables; returns its summary row."""
+    """Join objects across chunk borders, write the slide's tables; returns its summary row.
+
+    `tissue_mm2` is the plan's tissue area; the summary splits it by the tissue type of each cell.
+    """
     started = time.perf_counter()
     maps, attrs, place = _slide_maps(output, slide_id)
-    tables = merge_slide(maps, parts, tissue_classes=attrs["class_names"].get("Patch-Class", TISSUE_CLASSES), **place)
+    names = attrs["class_names"].get("Patch-Class", TISSUE_CLASSES)
+    tables = merge_slide(maps, parts, tissue_classes=names, **place)
     write_slide_tables(output, slide_id, tables)
     write_overview(output, slide_id)
-    return slide_summary(slide_id, tables, tissue_mm2, time.perf_counter() - started)
+    types = {}
+    if "tissue_class" in maps:
+        plan = ChunkPlan.from_json(plan_path(output, slide_id).read_text())
+        types = tissue_by_type(tissue_mm2, plan.tissue_cells(), np.asarray(maps["tissue_class"][:]), names)
+    return slide_summary(slide_id, tables, tissue_mm2, types, time.perf_counter() - started)

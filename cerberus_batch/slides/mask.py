@@ -55,7 +55,7 @@ class TissueMask:
 
     def save_png(self, path: str | Path) -> None:
         """Tissue white on black, one pixel per mask pixel (for QC)."""
-        Image.fromarray(self.array.astype(np.uint8) * 255).save(path)
+        Image.fromarray(self.array.astype(np.uint8) * 255).save(path, format="PNG")  # any name: atomic writes use *.part
 
 
 def tissue_mask(view: SlideView, source: str | Path = "auto", *, slide_path: str | Path | None = None) -> TissueMask:

@@ -5,6 +5,11 @@ them, so the last ones overhang the slide like the reference grid. Chunks are
 k x k cells; edge chunks are clipped to the cell grid. A cell holds tissue when
 any mask pixel touching any part of it is tissue, so no tissue pixel is ever
 left outside the plan.
+
+The slide's tissue area is the tissue mask's area on the slide: each tissue mask
+pixel counts the processing px it covers inside the slide's extent (the last mask
+pixels, like the last cells, may overhang it). The plan keeps it per cell, so the
+area can be split by the tissue type the model gives each cell.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +40,7 @@ class Chunk:
     w: int
     h: int
     empty_cells: list[tuple[int, int]] = field(default_factory=list)  # (row, col) within the chunk, without tissue
+    tissue_px: list[float] = field(default_factory=list)  # per cell, row-major: processing px² of tissue on the slide
 
 
 @dataclass
@@ -45,7 +52,7 @@ class ChunkPlan:
     chunks: list[Chunk]  # kept chunks, raster order
     grid: tuple[int, int]  # (rows, cols) of all chunks, kept or not
     cells: int  # cells with tissue
-    tissue_mm2: float
+    tissue_mm2: float  # the tissue mask's area on the slide
     mpp: float  # true µm per processing px
     transform: Transform  # processing px -> level-0 px
     mask_source: str = ""
@@ -68,6 +75,16 @@ class ChunkPlan:
                 "transform": Transform.from_dict(data["transform"]),
             }
         )
+
+    def tissue_cells(self) -> np.ndarray:
+        """Float (rows, cols): processing px² of tissue in each cell of the slide's grid."""
+        h, w = self.shape
+        cells = np.zeros((math.ceil(h / self.cell), math.ceil(w / self.cell)))
+        for c in self.chunks:
+            rows, cols = c.h // self.cell, c.w // self.cell
+            top, left = c.y // self.cell, c.x // self.cell
+            cells[top : top + rows, left : left + cols] = np.reshape(c.tissue_px, (rows, cols))
+        return cells
 
     def summary(self) -> dict[str, object]:
         """Tissue area, kept chunks and cells, and the work they imply in megapixels."""
@@ -93,7 +110,8 @@ def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = DEFAULT_CHUNK, s
     if chunk <= 0 or chunk % CELL:
         raise ValueError(f"chunk: {chunk} is not a positive multiple of the {CELL}-px cell")
     h, w = view.shape
-    tissue = cells_with_tissue(mask, (math.ceil(h / CELL), math.ceil(w / CELL)))
+    tissue_px = cell_tissue(mask, (h, w))
+    tissue = tissue_px > 0
     k = chunk // CELL
     grid = (math.ceil(tissue.shape[0] / k), math.ceil(tissue.shape[1] / k))
     chunks: list[Chunk] = []
@@ -102,11 +120,10 @@ def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = DEFAULT_CHUNK, s
             cells = tissue[row * k : (row + 1) * k, col * k : (col + 1) * k]
             if cells.any():
                 empty = [(int(r), int(c)) for r, c in np.argwhere(~cells)]
-                chunks.append(
-                    Chunk(len(chunks), row, col, col * chunk, row * chunk, cells.shape[1] * CELL, cells.shape[0] * CELL, empty)
-                )
+                px = tissue_px[row * k : (row + 1) * k, col * k : (col + 1) * k].ravel().tolist()
+                size = (cells.shape[1] * CELL, cells.shape[0] * CELL)
+                chunks.append(Chunk(len(chunks), row, col, col * chunk, row * chunk, *size, empty, px))
     mpp_x, mpp_y = view.mpp_xy
-    pixel_um2 = mask.downsample_x * mpp_x * mask.downsample * mpp_y
     return ChunkPlan(
         slide_id=slide_id,
         shape=(h, w),
@@ -115,7 +132,7 @@ def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = DEFAULT_CHUNK, s
         chunks=chunks,
         grid=grid,
         cells=int(tissue.sum()),
-        tissue_mm2=float(mask.array.sum() * pixel_um2 / 1e6),
+        tissue_mm2=float(tissue_px.sum() * mpp_x * mpp_y / 1e6),
         mpp=view.mpp,
         transform=view.transform,
         mask_source=mask.source,
@@ -124,27 +141,36 @@ def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = DEFAULT_CHUNK, s
 
 def cells_with_tissue(mask: TissueMask, cells: tuple[int, int]) -> np.ndarray:
     """Bool (rows, cols): cells that any tissue mask pixel touches."""
-    rows = _any_per_cell(mask.array, cells[0], mask.downsample, axis=0)
-    return _any_per_cell(rows, cells[1], mask.downsample_x, axis=1)
+    return cell_tissue(mask, (cells[0] * CELL, cells[1] * CELL)) > 0
 
 
-def _any_per_cell(array: np.ndarray, n_cells: int, downsample: float, axis: int) -> np.ndarray:
-    """Collapse `axis` from mask pixels to cells: a cell is True if any overlapping mask pixel is."""
+def cell_tissue(mask: TissueMask, shape: tuple[int, int]) -> np.ndarray:
+    """Float (rows, cols): processing px² of tissue mask in each cell of a slide of `shape` (h, w),
+    counting only what lies inside the slide. Positive exactly where a tissue mask pixel touches the cell."""
+    rows = _per_cell(mask.array, shape[0], mask.downsample, axis=0)
+    return _per_cell(rows, shape[1], mask.downsample_x, axis=1)
+
+
+def _per_cell(array: np.ndarray, extent: int, downsample: float, axis: int) -> np.ndarray:
+    """Collapse `axis` from mask pixels to the cells of `extent` processing px: each cell sums the
+    mask pixels overlapping it, each weighted by the processing px it shares with the cell there."""
     n_pixels = array.shape[axis]
-    out_shape = list(array.shape)
-    out_shape[axis] = n_cells
-    out = np.zeros(out_shape, bool)
+    n_cells = math.ceil(extent / CELL)
+    out = np.zeros((n_cells, array.shape[1 - axis]))
     for cell in range(n_cells):
         # Mask px j overlaps the cell iff j < end and j + 1 > start (in mask px).
-        start, end = (_snap(cell * CELL / downsample), _snap((cell + 1) * CELL / downsample))
+        start, end = _snap(cell * CELL / downsample), _snap(min((cell + 1) * CELL, extent) / downsample)
         lo, hi = min(math.floor(start), n_pixels), min(math.ceil(end), n_pixels)
         if lo < hi:
-            index = [slice(None)] * array.ndim
-            index[axis] = slice(lo, hi)
-            target = [slice(None)] * array.ndim
-            target[axis] = cell
-            out[tuple(target)] = array[tuple(index)].any(axis=axis)
-    return out
+            j = np.arange(lo, hi)
+            weight = (np.minimum(end, j + 1) - np.maximum(start, j)) * downsample
+            out[cell] = weight @ (array[lo:hi] if axis == 0 else array[:, lo:hi].T)
+    return out if axis == 0 else out.T
+
+
+def plan_path(output: str | Path, slide_id: str) -> Path:
+    """Where a run keeps a slide's plan (`ChunkPlan.to_json`)."""
+    return Path(output) / "plans" / f"{slide_id}.json"
 
 
 def _snap(position: float) -> float:

@@ -1,7 +1,14 @@
-"""Writes that are whole or absent: a crash never leaves a half-written file behind."""
+"""Writes that are whole or absent, durable once they return, and that never remove what we did not write.
+
+A crash never leaves a half-written file behind; once a write returns, its bytes and every
+directory entry naming it (up to a folder that already existed) survive a power cut, so a
+ledger marker written afterwards never promises work that could vanish.
+"""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import uuid
@@ -9,32 +16,112 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from cerberus_batch.errors import OutputError
+
+# Every folder atomic_path writes carries this file (a Zarr group: our name in its attributes,
+# as Zarr warns about files it does not know); only a folder so marked may be replaced.
+MARKER = ".cerberus-batch"
+SOFTWARE = "cerberus-batch"
+
+
+def is_ours(folder: Path) -> bool:
+    """Whether a folder carries our mark."""
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        attributes = json.loads((folder / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return str(attributes.get("software", "")).startswith(SOFTWARE)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's bytes, or a folder's entries, to stable storage."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0)
+    handle = os.open(path, flags)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def make_dirs(path: str | Path) -> Path:
+    """`mkdir -p` whose new folders survive a crash: each new folder and its parent are fsynced."""
+    path = Path(path)
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            break
+        if folder.exists():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        missing.append(folder)
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_path(folder)
+        fsync_path(folder.parent)
+    return path
+
+
+def fsync_tree(root: str | Path, below: str | Path) -> None:
+    """fsync `below` (a file or folder under `root`) and every folder from its parent up to `root`.
+
+    For files a library wrote with its own `mkdir -p` and rename (Zarr's chunk files): each
+    folder on the way may be new, and each holds an entry the next one needs.
+    """
+    root, below = Path(root), Path(below)
+    fsync_path(below)
+    for folder in below.parents:
+        fsync_path(folder)
+        if folder == root:
+            return
+    raise ValueError(f"{below} is not inside {root}")
+
+
+def _sync_written(partial: Path) -> None:
+    """Everything written under `partial` (a file, or a folder and all it holds) reaches the disk."""
+    if partial.is_dir():
+        for folder, _, files in os.walk(partial, topdown=False):
+            for name in files:
+                fsync_path(Path(folder) / name)
+            fsync_path(folder)
+    elif partial.exists():
+        fsync_path(partial)
+
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a hidden sibling to write to; it replaces `target` only if the block succeeds.
 
-    Works for files and folders; the sibling lives in the same folder, so the final
-    `os.replace` is a rename on one filesystem.
+    Works for files and folders; the sibling lives in the same folder, so the final rename is
+    atomic on one filesystem. What was written, and the rename, are fsynced before returning.
+    A folder is marked as ours, and an existing folder is replaced only if it carries that mark:
+    an unknown folder (a user's images, say) is refused, never removed.
     """
     target = Path(target)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
     try:
         yield partial
-        if partial.is_dir() and target.is_dir():
-            shutil.rmtree(target)  # a folder can only be renamed onto a missing or empty one
-        os.replace(partial, target)
-    finally:
         if partial.is_dir():
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            partial.unlink(missing_ok=True)
+            if not (partial / "zarr.json").is_file():
+                (partial / MARKER).write_bytes(b"")
+            if target.exists() and not is_ours(target):
+                raise OutputError(f"{target}: exists and was not written by cerberus-batch; refusing to replace it")
+        _sync_written(partial)
+        if partial.is_dir() and target.exists():
+            # A folder can only be renamed onto a missing one: move ours aside, then remove it.
+            os.replace(target, old)
+        os.replace(partial, target)
+        fsync_path(target.parent)
+    finally:
+        for leftover in (partial, old):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def write_bytes_durably(target: str | Path, data: bytes) -> None:
     """Atomic and fsynced: for records that promise work is done (the resume ledger)."""
     with atomic_path(target) as partial:
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        partial.write_bytes(data)

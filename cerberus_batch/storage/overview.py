@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cerberus_batch.grid import CELL
 from cerberus_batch.slides import Transform, open_slide
-from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.atomic import atomic_path, make_dirs
 from cerberus_batch.storage.colours import RGB, instance_colour, tissue_colours
 from cerberus_batch.storage.tables import table_dir, table_path
 from cerberus_batch.storage.zarr_maps import maps_path, open_slide_maps
@@ -63,7 +63,7 @@ def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
     title = f"{slide_id}: {counts['nuclei']} nuclei, {counts['glands']} glands, {counts['lumens']} lumens"
     canvas = compose(picture, tissue, legend_sections(attrs), title)
     target = overview_path(output, slide_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     with atomic_path(target) as partial:
         canvas.save(partial, format="PNG")
     return target

@@ -13,8 +13,12 @@ from cerberus_batch.storage.atomic import atomic_path
 OBJECT_KINDS = ("nuclei", "glands", "lumens")
 
 
-def slide_summary(slide_id: str, tables: Mapping[str, gpd.GeoDataFrame], tissue_mm2: float, seconds: float) -> dict[str, Any]:
-    """Counts per class, densities per mm² of tissue (the tissue mask's area) and tissue-type areas in mm²."""
+def slide_summary(
+    slide_id: str, tables: Mapping[str, gpd.GeoDataFrame], tissue_mm2: float, tissue_types: Mapping[str, float],
+    seconds: float,
+) -> dict[str, Any]:
+    """Counts per class, densities per mm² of tissue (the tissue mask's area on the slide) and that
+    area split by tissue type (`tasks.instances.tissue_by_type`), in mm²."""
     row: dict[str, Any] = {"slide_id": slide_id, "tissue_mm2": float(tissue_mm2), "postprocess_seconds": round(seconds, 3)}
     for kind in OBJECT_KINDS:
         table = tables.get(kind)
@@ -24,10 +28,8 @@ def slide_summary(slide_id: str, tables: Mapping[str, gpd.GeoDataFrame], tissue_
         if table is not None and count:
             for name, n in table["class_name"].value_counts().sort_index().items():
                 row[f"{kind}_{name}_count"] = int(n)
-    tissue = tables.get("tissue")
-    if tissue is not None and len(tissue):
-        for name, um2 in tissue.groupby("class_name")["area_um2"].sum().sort_index().items():
-            row[f"tissue_{name}_mm2"] = float(um2) / 1e6
+    for name, mm2 in sorted(tissue_types.items()):
+        row[f"tissue_{name}_mm2"] = mm2
     return row
 
 

@@ -15,7 +15,7 @@ import geopandas as gpd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.atomic import atomic_path, make_dirs
 
 TABLE_KINDS = ("nuclei", "glands", "lumens", "tissue")
 PART = "part-0.parquet"
@@ -42,7 +42,7 @@ def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[st
     written = []
     for kind, table in tables.items():
         path = table_path(output_dir, kind, slide_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         write_geoparquet(table.drop(columns="slide_id", errors="ignore"), path)
         written.append(path)
     return written

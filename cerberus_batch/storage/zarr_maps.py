@@ -7,7 +7,6 @@ resolution), so no two tasks ever write the same Zarr chunk.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,7 +14,7 @@ import numpy as np
 import zarr
 
 from cerberus_batch.grid import CELL
-from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.atomic import atomic_path, fsync_tree
 from cerberus_batch.storage.maps import MapSpec
 
 
@@ -69,8 +68,9 @@ def create_slide_maps(
 def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[MapSpec]) -> None:
     """Write one chunk task's maps, then flush them to disk; (x, y) is its processing-pixel origin.
 
-    Zarr renames chunk files into place but never fsyncs them; the resume ledger may
-    only record a chunk whose bytes would survive a power cut or a lost node.
+    Zarr renames chunk files into place, creating their folders (`c/0/<row>/`), but never
+    fsyncs either; the resume ledger may only record a chunk whose bytes and folder entries
+    would survive a power cut or a lost node.
     """
     for spec in specs:
         values = stored[spec.name]
@@ -82,19 +82,12 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
         array[window] = values
         side = array.chunks[-1]
         key = (0,) * (array.ndim - 2) + (ys // side, xs // side)
-        _fsync(Path(group.store.root) / group.path / spec.name / "c" / "/".join(map(str, key)))
-
-
-def _fsync(path: Path) -> None:
-    """Flush a written chunk file and the folder entry that names it (absent: an all-zero chunk)."""
-    if not path.is_file():
-        return
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
-        handle = os.open(target, flags)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
+        folder = Path(group.store.root) / group.path / spec.name
+        chunk_file = folder / "c" / "/".join(map(str, key))
+        # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
+        written = chunk_file if chunk_file.is_file() else chunk_file.parent
+        if written.exists():
+            fsync_tree(folder, written)
 
 
 def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:

@@ -36,14 +36,18 @@ def stored_maps(
     outputs: Mapping[str, np.ndarray],
     specs: list[MapSpec],
     empty_cells: Iterable[tuple[int, int]],
+    inside: tuple[int, int],
     dtype: str = "uint8",
 ) -> dict[str, np.ndarray]:
     """Model probabilities of one chunk → the arrays written to Zarr.
 
-    Glands and lumens are pooled to half resolution before anything else, and the
-    gland class is the argmax of the pooled class probabilities (the reference
-    averaged class labels instead, spec §11.7). Cells without tissue are zeroed,
-    as the reference never infers them.
+    Pixels past `inside` (h, w: the part of the chunk on the slide; the last cells
+    overhang it) are background — every probability 0 — before anything else, so no
+    object can reach past the slide and a half-resolution pixel on its edge averages
+    its outside half as background. Glands and lumens are then pooled to half
+    resolution, and the gland class is the argmax of the pooled class probabilities
+    (the reference averaged class labels instead, spec §11.7). Cells without tissue
+    are zeroed, as the reference never infers them.
     """
     wanted = {spec.name: spec for spec in specs}
     stored: dict[str, np.ndarray] = {}
@@ -55,6 +59,8 @@ def stored_maps(
             if spec is None:
                 continue
             prob = outputs[head]
+            if spec.downsample < CELL:  # per-cell maps (tissue type) keep the cells the slide only partly covers
+                prob = _background_past(prob, inside)
             if spec.downsample == 2:
                 prob = pool2(prob)
             stored[name] = quantise(prob, dtype) if form == "prob" else np.argmax(prob, axis=0).astype(np.uint8)
@@ -63,6 +69,16 @@ def stored_maps(
             side = CELL // spec.downsample
             stored[spec.name][..., row * side : (row + 1) * side, col * side : (col + 1) * side] = 0
     return stored
+
+
+def _background_past(prob: np.ndarray, inside: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) probabilities with every pixel at or past row h or column w set to 0."""
+    h, w = inside
+    if prob.shape[-2:] == (h, w):
+        return prob
+    kept = np.zeros_like(prob)
+    kept[..., :h, :w] = prob[..., :h, :w]
+    return kept
 
 
 def predict_chunk(read, predictor: Predictor, box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:

@@ -1,6 +1,8 @@
 """Instance records (spec §6.4) from a labelled map window: ids, classes, areas, outlines.
 
 Coordinates go map px → processing px (× downsample) → level-0 px (`transform.to_level0`).
+Given the slide's level-0 `bounds` (w, h), outlines are cut to the slide: the map grid's
+last cells overhang it, and so may its last processing pixel by a fraction of itself.
 Outlines trace pixel edges exactly and keep the outer boundary of the instance's
 first 4-connected part (the reference keeps one contour); an instance whose part
 is a single row or column is dropped, as the reference drops contours of < 3 points.
@@ -43,11 +45,12 @@ def vote(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def instance_table(
     labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, *, kind: ObjectKind, origin: tuple[int, int],
-    map_width: int, slide_id: str, transform: Any, mpp: float,
+    map_width: int, slide_id: str, transform: Any, mpp: float, bounds: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """One row per label in `ids` of the window `labels`, whose top-left map px is `origin` (y, x).
 
     `instance_id` is the map-px raster position (y * map_width + x) of the instance's first pixel.
+    Areas and centroids count the instance's pixels, a pixel the slide's edge cuts as a whole one.
     """
     ys, xs = np.nonzero(np.isin(labels, ids))
     if ys.size == 0:
@@ -85,13 +88,18 @@ def instance_table(
         "centroid_x": cx,
         "centroid_y": cy,
     }
-    return frame(columns, polygons([[ring] for ring in rings], down, transform))
+    outlines, _ = cut_to_slide(polygons([[ring] for ring in rings], down, transform), bounds)
+    return frame(columns, outlines)
 
 
 def tissue_table(
     tissue_class: np.ndarray, *, slide_id: str, transform: Any, mpp: float, names: Sequence[str] = TISSUE_CLASSES,
+    bounds: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
-    """One polygon (with holes) per 4-connected region of each tissue class; background 0 excluded."""
+    """One polygon (with holes) per 4-connected region of each tissue class; background 0 excluded.
+
+    A region the slide's edge cuts has the area and centroid of its part on the slide.
+    """
     rows, shapes = [], []
     width = tissue_class.shape[1]
     for value in np.unique(tissue_class[tissue_class > 0]):
@@ -105,7 +113,15 @@ def tissue_table(
             rows.append((int(value), (box[0].start + ys[0]) * width + box[1].start + xs[0], ys.size,
                          (xs + offset[0]).mean() + 0.5, (ys + offset[1]).mean() + 0.5))
     table = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    outlines, cut = cut_to_slide(polygons(shapes, CELL, transform), bounds)
     cx, cy = transform.to_level0(table[:, 3] * CELL, table[:, 4] * CELL)
+    area_px = table[:, 2] * CELL * CELL
+    area_um2 = table[:, 2] * (CELL * mpp) ** 2
+    if cut.any():
+        centre = shapely.centroid(outlines[cut])
+        cx[cut], cy[cut] = shapely.get_x(centre), shapely.get_y(centre)
+        area_px[cut] = shapely.area(outlines[cut]) / (transform.scale_x * transform.scale_y)
+        area_um2[cut] = area_px[cut] * mpp**2
     class_id = table[:, 0].astype(np.int32)
     columns = {
         "slide_id": slide_id,
@@ -113,12 +129,29 @@ def tissue_table(
         "class_id": class_id,
         "class_name": class_names(names, class_id),
         "class_prob": np.ones(len(rows)),
-        "area_px": table[:, 2].astype(np.int64) * CELL * CELL,
-        "area_um2": table[:, 2] * (CELL * mpp) ** 2,
+        "area_px": np.rint(area_px).astype(np.int64),
+        "area_um2": area_um2,
         "centroid_x": cx,
         "centroid_y": cy,
     }
-    return frame(columns, polygons(shapes, CELL, transform))
+    return frame(columns, outlines)
+
+
+def tissue_by_type(
+    tissue_mm2: float, tissue_px: np.ndarray, tissue_class: np.ndarray, names: Sequence[str],
+) -> dict[str, float]:
+    """The slide's tissue area split by the type of the cell each part of it lies in.
+
+    `tissue_px` (rows, cols) is the mask's tissue per cell (`ChunkPlan.tissue_cells`), `tissue_class`
+    the type map on the same cells; tissue in cells the model calls background keeps that name, so
+    the parts add up to `tissue_mm2`. Types without tissue are left out.
+    """
+    px = np.bincount(tissue_class.ravel(), weights=tissue_px.ravel())
+    total = px.sum()
+    if not total:
+        return {}
+    present = np.flatnonzero(px)
+    return dict(zip(class_names(names, present), (tissue_mm2 * px[present] / total).tolist()))
 
 
 def class_names(names: Sequence[str], class_id: np.ndarray) -> np.ndarray:
@@ -138,6 +171,23 @@ def polygons(shapes: list[list[np.ndarray]], downsample: int, transform: Any) ->
     starts = np.cumsum([0] + [len(shape) for shape in shapes])
     shells_and_holes = zip(starts[:-1], starts[1:])
     return np.array([shapely.Polygon(linear[a], linear[a + 1 : b]) for a, b in shells_and_holes], dtype=object)
+
+
+def cut_to_slide(outlines: np.ndarray, bounds: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 outlines cut to the slide's box (0, 0, w, h), and which of them were cut.
+
+    Outlines start inside the slide (no cell or pixel of the grid starts past it), so none
+    are lost, and cutting a strip off a pixel-edge outline keeps it one polygon.
+    Without `bounds` (maps of no slide) the grid is the image.
+    """
+    if bounds is None or not len(outlines):
+        return outlines, np.zeros(len(outlines), bool)
+    w, h = bounds
+    extent = shapely.bounds(outlines)
+    cut = (extent[:, 2] > w) | (extent[:, 3] > h)
+    outlines = outlines.copy()
+    outlines[cut] = shapely.intersection(outlines[cut], shapely.box(0, 0, w, h))
+    return outlines, cut
 
 
 def frame(columns: dict[str, Any], geometry: np.ndarray) -> gpd.GeoDataFrame:

@@ -13,10 +13,12 @@ Every result depends only on one connected foreground component of its kind (see
   later ones overwrite earlier ones exactly as on the whole map.
 
 Windows are read by slicing the maps; memory is bounded by window size, not slide size.
+Given the slide's level-0 `bounds` (w, h), every outline is cut to the slide (`instances.cut_to_slide`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Mapping, Sequence
@@ -36,6 +38,7 @@ from cerberus_batch.tasks.postprocess import (
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in map px, exclusive ends
 MERGE_TILE = 256  # map px; joined nuclei starting in one such tile are segmented from one window
+EDGE_ROUNDING = 1e-6  # map px
 EIGHT_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 FOUR_NEIGHBOURS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
 
@@ -61,7 +64,7 @@ class ChunkResult:
 
 def chunk_instances(
     maps: Mapping[str, Any], chunk_box: tuple[int, int, int, int], *, slide_id: str, transform: Any, mpp: float,
-    kinds: Sequence[ObjectKind] = cerberus_kinds(),
+    bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
 ) -> ChunkResult:
     """Finish the nuclei of one chunk and report everything else as fragments."""
     tables, fragments = {}, {}
@@ -78,7 +81,8 @@ def chunk_instances(
             done = np.unique(labels[(labels > 0) & ~_among(support, cut)])
             classes = _read_classes(maps, kind, core)
             tables[kind.name] = instance_table(labels, classes, done, kind=kind, origin=core[:2],
-                                               map_width=prob.shape[2], slide_id=slide_id, transform=transform, mpp=mpp)
+                                               map_width=prob.shape[2], slide_id=slide_id, transform=transform, mpp=mpp,
+                                               bounds=bounds)
             fragments[kind.name] = _fragments(support, cut, core[:2], prob.shape[2])
         else:
             components, n = ndimage.label(foreground(inner, contour, kind))
@@ -88,10 +92,11 @@ def chunk_instances(
 
 def merge_slide(
     maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], *, slide_id: str, transform: Any, mpp: float,
-    kinds: Sequence[ObjectKind] = cerberus_kinds(), tissue_classes: Sequence[str] = TISSUE_CLASSES,
+    bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
+    tissue_classes: Sequence[str] = TISSUE_CLASSES,
 ) -> dict[str, gpd.GeoDataFrame]:
     """All instance tables of a slide from its chunk results (any order), plus tissue regions."""
-    place = dict(slide_id=slide_id, transform=transform, mpp=mpp)
+    place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
     tables: dict[str, gpd.GeoDataFrame] = {}
     regions: dict[str, Regions] = {}
     for kind in kinds:
@@ -105,7 +110,8 @@ def merge_slide(
             finished = [result.tables[kind.name] for result in chunk_results]
             tables[kind.name] = _sorted(finished + _finish_nuclei(maps, kind, joined, shape, place))
         else:
-            regions[kind.name] = Regions(maps, kind, joined.keep(joined.area >= kind.min_area))
+            on_slide = _on_slide(shape, kind.downsample, transform, bounds)
+            regions[kind.name] = Regions(maps, kind, joined.keep(joined.area >= kind.min_area), on_slide)
     region_tables, contained = _region_tables(maps, kinds, regions, place)
     tables.update(region_tables)
     tables.update(_with_counts(tables, kinds, contained))
@@ -114,11 +120,11 @@ def merge_slide(
 
 
 def slide_instances(
-    maps: Mapping[str, Any], *, slide_id: str, transform: Any, mpp: float,
+    maps: Mapping[str, Any], *, slide_id: str, transform: Any, mpp: float, bounds: tuple[float, float] | None = None,
     kinds: Sequence[ObjectKind] = cerberus_kinds(), tissue_classes: Sequence[str] = TISSUE_CLASSES,
 ) -> dict[str, gpd.GeoDataFrame]:
     """The whole-slide reference: post-processing straight on the full maps, in memory."""
-    place = dict(slide_id=slide_id, transform=transform, mpp=mpp)
+    place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
     labelled: dict[str, np.ndarray] = {}
     contained: dict[str, np.ndarray] = {}  # container kind -> its instance_id once per contained object
     tables: dict[str, gpd.GeoDataFrame] = {}
@@ -131,6 +137,8 @@ def slide_instances(
             labels, _ = segment_nuclei(inner, contour, kind)
         else:
             labels = segment_regions(inner, contour, kind)
+            rows, cols = _on_slide(labels.shape, kind.downsample, transform, bounds)
+            labels[rows:] = labels[:, cols:] = 0  # dilated past the slide's edge: as `Regions.paint`
         if kind.inside is not None:
             if kind.inside not in labelled:
                 tables[kind.name] = empty_table()
@@ -223,10 +231,14 @@ def _finish_nuclei(
 
 
 class Regions:
-    """The kept glands (or lumens) of a slide, each painted from its own crop of the maps."""
+    """The kept glands (or lumens) of a slide, each painted from its own crop of the maps.
 
-    def __init__(self, maps: Mapping[str, Any], kind: ObjectKind, joined: Joined) -> None:
-        self.maps, self.kind, self.joined = maps, kind, joined
+    Painting stops at `on_slide` (map rows, cols on the slide): a dilation reaching past the slide's edge
+    paints nothing there, as the map's zero padding is no part of the slide.
+    """
+
+    def __init__(self, maps: Mapping[str, Any], kind: ObjectKind, joined: Joined, on_slide: tuple[int, int]) -> None:
+        self.maps, self.kind, self.joined, self.on_slide = maps, kind, joined, on_slide
         self.shape = maps[kind.prob_map].shape[1:]
         self.crops = np.array([crop_box(tuple(b), kind.pad, self.shape) for b in joined.boxes], np.int64).reshape(-1, 4)
         self.painted: Callable[[int], np.ndarray] = lru_cache(maxsize=256)(self._paint)
@@ -251,6 +263,8 @@ class Regions:
             ty0, tx0, ty1, tx1 = max(y0, window[0]), max(x0, window[1]), min(y1, window[2]), min(x1, window[3])
             part = self.painted(int(index))[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0]
             out[ty0 - window[0] : ty1 - window[0], tx0 - window[1] : tx1 - window[1]][part] = index + 1
+        out[max(self.on_slide[0] - window[0], 0) :] = 0
+        out[:, max(self.on_slide[1] - window[1], 0) :] = 0
         return out
 
 
@@ -316,6 +330,18 @@ def _tissue(maps: Mapping[str, Any], names: Sequence[str], place: dict[str, Any]
     if "tissue_class" not in maps:
         return empty_table()
     return tissue_table(np.asarray(maps["tissue_class"][:]), names=names, **place)
+
+
+def _on_slide(
+    shape: tuple[int, int], downsample: int, transform: Any, bounds: tuple[float, float] | None,
+) -> tuple[int, int]:
+    """Rows and columns of a map (processing px per map px: `downsample`) that cover part of the slide."""
+    if bounds is None:
+        return shape
+    x, y = transform.from_level0(*bounds)
+    # A map px reaching past the edge by float error alone (< 1e-6 px) is not on the slide.
+    rows, cols = (math.ceil(v / downsample - EDGE_ROUNDING) for v in (y, x))
+    return min(shape[0], rows), min(shape[1], cols)
 
 
 def _fragments(components: np.ndarray, report: np.ndarray, origin: tuple[int, int], map_width: int) -> Fragments:

@@ -1,0 +1,100 @@
+"""Durable writes all the way up: before a ledger marker is written, every folder created on the way
+to the data it vouches for, and every folder a file was renamed into, has been fsynced."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from cerberus_batch.pipeline.ledger import Ledger
+from cerberus_batch.storage.maps import map_specs
+from cerberus_batch.storage.tables import write_slide_tables
+from cerberus_batch.storage.zarr_maps import create_slide_maps, open_slide_maps, write_chunk
+
+
+class Recorder:
+    """os.mkdir, os.replace and os.fsync as they happen (passed through to the real calls), in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.events: list[tuple[str, Path, Path | None]] = []
+        self.lock = threading.Lock()  # Zarr writes from a thread pool
+        real_mkdir, real_replace, real_fsync = os.mkdir, os.replace, os.fsync
+
+        def mkdir(path, *args, **kwargs):
+            real_mkdir(path, *args, **kwargs)
+            self.add("mkdir", Path(os.path.abspath(path)))
+
+        def replace(src, dst, *args, **kwargs):
+            real_replace(src, dst, *args, **kwargs)
+            self.add("replace", Path(os.path.abspath(dst)), Path(os.path.abspath(src)))
+
+        def fsync(fd):
+            real_fsync(fd)
+            self.add("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")))
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def add(self, kind: str, path: Path, source: Path | None = None) -> None:
+        with self.lock:
+            self.events.append((kind, path, source))
+
+    def unsynced_before(self, marker: Path) -> list[str]:
+        """What was created or renamed into before `marker` appeared, and not fsynced in between."""
+        end = next(i for i, (kind, path, _) in enumerate(self.events) if kind == "replace" and path == marker)
+        synced_after = lambda i, path: any(k == "fsync" and p == path for k, p, _ in self.events[i + 1 : end])  # noqa: E731
+        problems = []
+        for i, (kind, path, source) in enumerate(self.events[:end]):
+            if kind == "mkdir":
+                problems += [f"new folder {path}"] * (not synced_after(i, path))
+                problems += [f"parent of new folder {path}"] * (not synced_after(i, path.parent))
+            elif kind == "replace":
+                problems += [f"folder renamed into: {path.parent}"] * (not synced_after(i, path.parent))
+                if path.is_file() and not synced_after(i, path):
+                    # the bytes: synced before the rename, under the name they were written with
+                    problems += [f"file {path}"] * (not any(k == "fsync" and p == source for k, p, _ in self.events[:i]))
+        # The marker itself is durable too once the ledger call returns.
+        after = self.events[end + 1 :]
+        problems += [f"folder of the marker {marker.parent}"] * (not any(k == "fsync" and p == marker.parent for k, p, _ in after))
+        return problems
+
+
+def test_a_chunk_write_is_durable_before_its_ledger_marker(tmp_path, monkeypatch):
+    specs = map_specs(["Nuclei-INST", "Nuclei-TYPE", "Patch-Class"], {"Patch-Class": ["bg", "tissue"]})
+    attrs = {"slide_id": "s", "mpp": 0.5}
+    path = tmp_path / "out" / "maps" / "s"
+    path.parent.mkdir(parents=True)
+    recorder = Recorder(monkeypatch)
+    create_slide_maps(path, shape=(576, 576), chunk=288, specs=specs, dtype="uint8", attrs=attrs)
+    rng = np.random.default_rng(0)
+    stored = {
+        "nuclei_prob": rng.integers(1, 255, (2, 288, 288), dtype=np.uint8),
+        "nuclei_class": rng.integers(1, 3, (288, 288), dtype=np.uint8),
+        "tissue_class": np.ones((2, 2), np.uint8),
+        "tissue_prob": rng.integers(1, 255, (2, 2, 2), dtype=np.uint8),
+    }
+    write_chunk(open_slide_maps(path, writable=True), 288, 288, stored, specs)
+    Ledger(tmp_path / "out").mark_done("s", 3)
+    marker = tmp_path / "out" / "ledger" / "s" / "chunk-3.done"
+    assert (path / "nuclei_prob" / "c" / "0" / "1" / "1").is_file()  # the chunk folders Zarr made
+    assert any(kind == "mkdir" and p == path / "nuclei_prob" / "c" / "0" / "1" for kind, p, _ in recorder.events)
+    assert recorder.unsynced_before(marker) == []
+
+
+def test_a_table_write_is_durable_before_its_ledger_marker(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    recorder = Recorder(monkeypatch)
+    table = gpd.GeoDataFrame({"instance_id": [1, 2]}, geometry=[box(0, 0, 4, 4), box(10, 10, 12, 13)])
+    write_slide_tables(tmp_path / "out", "s", {"nuclei": table, "glands": table.iloc[:0]})
+    Ledger(tmp_path / "out").mark_slide("s", "instances", {"nuclei": 2})
+    marker = tmp_path / "out" / "ledger" / "s" / "instances.json"
+    created = [p for kind, p, _ in recorder.events if kind == "mkdir"]
+    assert tmp_path / "out" / "tables" / "nuclei" / "slide_id=s" in created
+    assert recorder.unsynced_before(marker) == []
