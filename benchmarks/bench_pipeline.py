@@ -26,7 +26,7 @@ from cerberus_batch.pipeline.plan import plan_slide_chunks
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.pipeline.work import build_predictor
 from cerberus_batch.slides import open_slide
-from cerberus_batch.slides.synthetic import make_synthetic_slide
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 
 def peak_rss_mb() -> float:

@@ -19,7 +19,7 @@ from cerberus_batch.slides import Transform
 from cerberus_batch.storage.zarr_maps import open_slide_maps
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
-from cerberus_batch.tasks.synthetic_maps import synthetic_maps
+from cerberus_batch.testing.maps import synthetic_maps
 
 
 def main() -> None:

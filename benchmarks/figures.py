@@ -136,7 +136,7 @@ def stain_f1() -> None:
     from distributed import LocalCluster
     from test_instances_pipeline import run, test_stain_nuclei_match_ground_truth
 
-    from cerberus_batch.slides.synthetic import make_synthetic_slide
+    from cerberus_batch.testing.slides import make_synthetic_slide
 
     print("(c) stain baseline nuclei vs synthetic ground truth (seed 0, chunk 1008, 2 workers), IoU >= 0.5")
     with tempfile.TemporaryDirectory() as scratch:

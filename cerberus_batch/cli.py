@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cerberus_batch import __version__
-from cerberus_batch.errors import OutputError, first_line
+from cerberus_batch.errors import CheckpointError, CohortError, OutputError, SlideError, first_line
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +17,7 @@ def main() -> None:
 
 
 def _cohort(path: str):
-    from cerberus_batch.pipeline.config import CohortError, load_cohort
+    from cerberus_batch.pipeline.config import load_cohort
 
     try:
         return load_cohort(path)
@@ -130,7 +130,7 @@ def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: in
     from rich.console import Console
     from rich.table import Table
 
-    from cerberus_batch.slides import SlideError, open_slide, plan_chunks, tissue_mask
+    from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
 
     try:
         with open_slide(slide, mpp=mpp_override) as opened:
@@ -164,7 +164,7 @@ def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: in
 @click.option("--mpp-override", type=float, help="Level-0 µm/px, for slides without (or with wrong) metadata.")
 def mask(slide: str, output: str, mpp_override: float | None) -> None:
     """Detect tissue automatically and save the mask as a PNG for QC or editing."""
-    from cerberus_batch.slides import SlideError, open_slide, tissue_mask
+    from cerberus_batch.slides import open_slide, tissue_mask
 
     try:
         with open_slide(slide, mpp=mpp_override) as opened:
@@ -233,7 +233,7 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
     else:
         if model_dir is None:
             raise click.ClickException("--model is required for --model-kind cerberus")
-        from cerberus_batch.model import CerberusPredictor, CheckpointError
+        from cerberus_batch.model import CerberusPredictor
 
         try:
             predictor = CerberusPredictor(model_dir, mode=mode, batch_size=batch_size)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cerberus_batch.pipeline.config import CohortFile
-from cerberus_batch.slides.synthetic import make_synthetic_slide
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from cerberus_batch.cli import main
 from cerberus_batch.cluster.gpu_pin import pinned_devices
 from cerberus_batch.cluster.spec import ClusterSpec
-from cerberus_batch.pipeline.config import CohortError, load_cohort
+from cerberus_batch.errors import CohortError
+from cerberus_batch.pipeline.config import load_cohort
 from test_cluster_cohorts import small_cohort
 
 GPU_KUBERNETES = {

@@ -9,7 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from cerberus_batch.cli import main
-from cerberus_batch.pipeline.config import SAFE_ID, CohortError, load_cohort
+from cerberus_batch.errors import CohortError
+from cerberus_batch.pipeline.config import SAFE_ID, load_cohort
 
 
 def write_cohort(folder: Path, **overrides) -> Path:

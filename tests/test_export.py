@@ -14,7 +14,7 @@ from cerberus_batch.slides import Transform
 from cerberus_batch.storage.colours import INSTANCE_COLOURS, KIND_COLOURS
 from cerberus_batch.storage.tables import read_table, table_path, write_slide_tables
 from cerberus_batch.tasks.merge import slide_instances
-from cerberus_batch.tasks.synthetic_maps import synthetic_maps
+from cerberus_batch.testing.maps import synthetic_maps
 
 SLIDES = ("slide-a", "slide-b")
 KIND_OF = {"nuclei": "nucleus", "glands": "gland", "lumens": "lumen"}

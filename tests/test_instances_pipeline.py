@@ -16,10 +16,10 @@ from skimage.draw import polygon as fill_polygon
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import Transform
-from cerberus_batch.slides.synthetic import make_synthetic_slide
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 KINDS = ("nuclei", "glands", "lumens", "tissue")
 

@@ -12,7 +12,7 @@ import zarr
 from cerberus_batch.slides import Transform
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
-from cerberus_batch.tasks.synthetic_maps import synthetic_maps
+from cerberus_batch.testing.maps import synthetic_maps
 
 HEIGHT, WIDTH = 1152, 1584  # processing px: 8 × 11 cells
 PLACE = dict(slide_id="slide-1", transform=Transform(2.0, 2.0, 7.0, 3.0), mpp=0.5)

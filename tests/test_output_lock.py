@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from cerberus_batch.cli import main
 from cerberus_batch.errors import OutputError
-from cerberus_batch.slides.synthetic import make_synthetic_slide
 from cerberus_batch.storage.output_folder import LOCK_NAME, STALE_AFTER, OutputLock
+from cerberus_batch.testing.slides import make_synthetic_slide
 from test_cluster_cohorts import small_cohort
 
 

@@ -13,11 +13,12 @@ import zarr
 from PIL import Image
 
 from cerberus_batch.grid import CELL
+from cerberus_batch.overview import HEADER, LEGEND_WIDTH, MARGIN, SIZE, write_overview
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.work import chunk_instances_task, infer_chunk, merge_slide_task, plan_slide
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.colours import instance_colour, tissue_colours
-from cerberus_batch.storage.overview import HEADER, LEGEND_WIDTH, MARGIN, SIZE, overview_path, write_overview
+from cerberus_batch.storage.overview import overview_path
 from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.tasks.instances import empty_table
 

@@ -18,7 +18,7 @@ from cerberus_batch.tasks.postprocess import (
     cerberus_kinds, crop_box, dilate, ellipse_kernel, erode_cross, fill_own_holes, foreground, remove_small,
     segment_nuclei, segment_regions,
 )
-from cerberus_batch.tasks.synthetic_maps import synthetic_maps
+from cerberus_batch.testing.maps import synthetic_maps
 
 NUCLEI, GLANDS, LUMENS = cerberus_kinds("wsi")
 TILE_NUCLEI, TILE_GLANDS, TILE_LUMENS = cerberus_kinds("tile")

@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from cerberus_batch.slides import SlideError, open_slide, plan_chunks, tissue_mask
-from cerberus_batch.slides.synthetic import make_synthetic_slide
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 
 def assert_one_line_naming(err: pytest.ExceptionInfo, *paths) -> None:

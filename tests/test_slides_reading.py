@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cerberus_batch.slides import Transform, open_slide
-from cerberus_batch.slides.synthetic import make_synthetic_slide
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 
 def box_mean(image: np.ndarray, k: int) -> np.ndarray:

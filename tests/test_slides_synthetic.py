@@ -9,7 +9,7 @@ from scipy import ndimage
 from skimage.measure import regionprops
 
 from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
-from cerberus_batch.slides.synthetic import make_synthetic_slide
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 
 @pytest.fixture(scope="module")

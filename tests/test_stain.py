@@ -15,7 +15,7 @@ from skimage.segmentation import watershed
 
 from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.stain import StainPredictor, StainSettings
-from cerberus_batch.slides.synthetic import make_synthetic_slide
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 # Output region of the dermis/epidermis crop, (row, col) of its top-left slide pixel.
 DERMIS = (1872, 864)

@@ -12,7 +12,7 @@ import shapely
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.tables import read_table, table_path, write_slide_tables
 from cerberus_batch.tasks.merge import slide_instances
-from cerberus_batch.tasks.synthetic_maps import synthetic_maps
+from cerberus_batch.testing.maps import synthetic_maps
 
 SLIDES = ("slide-a", "slide-b")
 

@@ -9,15 +9,12 @@ from typing import Any, Iterable, Mapping
 import torch
 import yaml
 
+from cerberus_batch.errors import CheckpointError
 from cerberus_batch.model.network import CerberusNet
 
 WEIGHTS = "weights.tar"
 SETTINGS = "settings.yml"
 _SHOWN = 3  # keys listed in a missing/unexpected-keys message
-
-
-class CheckpointError(ValueError):
-    """A model directory that cannot be loaded; the message is one line naming the file."""
 
 
 class _SettingsLoader(yaml.SafeLoader):

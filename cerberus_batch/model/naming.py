@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from cerberus_batch.vocabulary import model_class_names
+
 PATCH_CLASS = "Patch-Class"
 RELEASED_TASKS = ("Nuclei", "Nuclei#TYPE", "Gland", "Gland#TYPE", "Lumen", PATCH_CLASS)
 SPELLINGS = {
@@ -12,6 +14,7 @@ SPELLINGS = {
     "lumen": ("Lumen",),
     "tissue": (PATCH_CLASS,),
 }
+CLASS_NAMES = model_class_names()  # per classifying head (spec §10, dataset.yml)
 
 
 def output_key(decoder: str, head: str) -> str:
@@ -40,20 +43,3 @@ def resolve_decoders(requested: Iterable[str] | None, decoder_heads: Mapping[str
             raise ValueError(f"unknown head {name!r}; expected one of {', '.join(known)}")
         wanted.update(found)
     return tuple(d for d in decoder_heads if d in wanted)
-
-# Spec §10 (dataset.yml), index = class value.
-CLASS_NAMES = {
-    "Nuclei-TYPE": ("nolabel", "neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective"),
-    "Gland-TYPE": ("nolabel", "gland", "surface-epi"),
-    PATCH_CLASS: (
-        "background",
-        "abnormal_epi",
-        "normal_epi",
-        "inflammatory",
-        "muscle",
-        "stroma",
-        "debris",
-        "mucous",
-        "adipose",
-    ),
-}

@@ -19,16 +19,12 @@ import yaml
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from cerberus_batch.cluster.spec import ClusterSpec, Strict
-from cerberus_batch.errors import first_line
+from cerberus_batch.errors import CohortError, first_line
 from cerberus_batch.grid import CELL
 
 # \A and \Z, not ^ and $: `$` also matches before a final newline, and "abc\n" is no folder name.
 SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 SLIDE_FIELDS = ("path", "id", "mask")  # the SlideSpec fields the slide checks name
-
-
-class CohortError(ValueError):
-    """A cohort file we refuse to run; the message has one line per problem, each naming file, line and field."""
 
 
 class SlideSpec(Strict):

@@ -12,14 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cerberus_batch.errors import RunMismatch
 from cerberus_batch.storage.atomic import make_dirs, write_bytes_durably
 
 
 NUMERICS = "numerics"  # the fingerprint key a resume may change with --allow-device-change
-
-
-class RunMismatch(ValueError):
-    """The output folder holds a run made with other settings."""
 
 
 class Ledger:

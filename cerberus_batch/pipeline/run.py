@@ -62,10 +62,6 @@ class RunReport:
         write_bytes_durably(Path(output) / "run_report.json", json.dumps(asdict(self), indent=2).encode())
 
 
-def one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {first_line(err)}"
-
-
 class QuietTaskFailures(WorkerPlugin):
     """Drops the workers' log records of task failures and of the cancellations that follow
     them (a multi-line "Compute Failed" block per try): the run reports each failed slide once,
@@ -132,7 +128,7 @@ class CohortRun:
                 on_done(slide, future)
             elif future.status == "error":
                 err = future.exception()
-                self.fail(slide, one_line(err), traceback.format_exception(type(err), err, future.traceback()))
+                self.fail(slide, first_line(err, typed=True), traceback.format_exception(type(err), err, future.traceback()))
             else:  # cancelled or lost: the slide cannot finish in this run
                 self.fail(slide, f"task {future.key} was {future.status}")
             future.release()

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cerberus_batch.pipeline.ledger import Ledger
+from cerberus_batch.vocabulary import GLANDS, NUCLEI
 
 
 def print_status(output: str | Path) -> None:
@@ -24,7 +25,7 @@ def print_status(output: str | Path) -> None:
         total = outcome.get("chunks", "?")
         maps = "complete" if ledger.slide_stage(slide_id, "maps") else ""
         instances = ledger.slide_stage(slide_id, "instances")
-        tables = f"{instances['nuclei_count']} nuclei, {instances['glands_count']} glands" if instances else ""
+        tables = ", ".join(f"{instances[kind.name + '_count']} {kind.name}" for kind in (NUCLEI, GLANDS)) if instances else ""
         table.add_row(
             slide_id, outcome.get("status", "unknown"), f"{len(ledger.done_chunks(slide_id))}/{total}",
             maps, tables, outcome.get("error") or "",

@@ -21,22 +21,21 @@ from cerberus_batch import __version__
 from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CONTEXT, whole_cells
 from cerberus_batch.model.predictor import Predictor
+from cerberus_batch.overview import draw_instances
 from cerberus_batch.slides import Transform, open_slide
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, make_dirs
 from cerberus_batch.storage.maps import MapSpec, map_specs
 from cerberus_batch.storage.output_folder import claim_output
-from cerberus_batch.storage.overview import draw_instances
 from cerberus_batch.storage.tables import write_geoparquet
 from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import stored_maps
-from cerberus_batch.tasks.instances import TISSUE_CLASSES
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
+from cerberus_batch.vocabulary import DRAWING_ORDER, TISSUE, class_names
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PROCESSING_MPP = 0.5
 MAP_CHUNK = 1008  # processing px per Zarr chunk side
-OBJECT_TABLES = ("glands", "lumens", "nuclei")  # also the overlay's drawing order, as the reference's
 
 
 @dataclass
@@ -103,7 +102,7 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     tables = slide_instances(
         inside, slide_id=folder.name, transform=transform, mpp=image_mpp, bounds=(original.shape[1], original.shape[0]),
         kinds=cerberus_kinds("tile", predictor.class_names),
-        tissue_classes=predictor.class_names.get("Patch-Class", TISSUE_CLASSES),
+        tissue_classes=class_names(TISSUE, predictor.class_names),
     )
     make_dirs(folder.parent)
     with atomic_path(folder) as partial:
@@ -112,11 +111,11 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
                                   attrs=_attrs(path, folder.name, predictor, transform, image_mpp, (h, w)))
         write_chunk(group, 0, 0, stored, specs)
         overlay = Image.fromarray(original)
-        for kind in OBJECT_TABLES:
-            write_geoparquet(tables[kind], partial / f"{kind}.parquet")
-            draw_instances(overlay, kind, [tables[kind]], 1.0, dots=False)
+        for kind in DRAWING_ORDER:
+            write_geoparquet(tables[kind.name], partial / f"{kind.name}.parquet")
+            draw_instances(overlay, kind.name, [tables[kind.name]], 1.0, dots=False)
         overlay.save(partial / "overlay.png")
-    return {kind: len(tables[kind]) for kind in OBJECT_TABLES}
+    return {kind.name: len(tables[kind.name]) for kind in DRAWING_ORDER}
 
 
 def run_tile_mode(
@@ -155,7 +154,7 @@ def _run_images(
             try:
                 outcome.counts = process_image(path, folder, predictor, mpp)
             except Exception as err:  # any failure is this image's alone; the run reports it and goes on
-                outcome.error = _one_line(path, err)
+                outcome.error = first_line(err, path=path)
         outcomes.append(outcome)
         if on_image is not None:
             on_image(outcome)
@@ -178,8 +177,3 @@ def _attrs(
         "mode": "tile",
         "software": f"{SOFTWARE} {__version__}",  # also what marks the group as ours
     }
-
-
-def _one_line(path: Path, err: Exception) -> str:
-    message = first_line(err)
-    return message if str(path) in message else f"{path}: {type(err).__name__}: {message}"

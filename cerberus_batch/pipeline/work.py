@@ -17,6 +17,7 @@ import numpy as np
 from cerberus_batch import __version__
 from cerberus_batch.grid import whole_cells
 from cerberus_batch.model.predictor import Predictor, numerics
+from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.ledger import NUMERICS, Ledger
 from cerberus_batch.pipeline.plan import plan_slide_chunks
@@ -24,14 +25,14 @@ from cerberus_batch.slides import ChunkPlan, Transform, open_slide
 from cerberus_batch.slides.plan import plan_path
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, make_dirs
 from cerberus_batch.storage.maps import map_specs
-from cerberus_batch.storage.overview import write_overview
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import remove_slide_tables, write_slide_tables
 from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, maps_path, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
-from cerberus_batch.tasks.instances import TISSUE_CLASSES, tissue_by_type
+from cerberus_batch.tasks.instances import tissue_by_type
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
+from cerberus_batch.vocabulary import TISSUE, class_names
 
 def build_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | None = None) -> Predictor:
     """The model a cohort asks for."""
@@ -166,7 +167,7 @@ def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list
     """
     started = time.perf_counter()
     maps, attrs, place = _slide_maps(output, slide_id)
-    names = attrs["class_names"].get("Patch-Class", TISSUE_CLASSES)
+    names = class_names(TISSUE, attrs["class_names"])
     tables = merge_slide(maps, parts, tissue_classes=names, **place)
     write_slide_tables(output, slide_id, tables)
     write_overview(output, slide_id)

@@ -1,6 +1,6 @@
 """Slides: reading at the processing resolution, tissue masks and chunk plans."""
 
-from cerberus_batch.slides.errors import SlideError
+from cerberus_batch.errors import SlideError
 from cerberus_batch.slides.mask import TissueMask, detect_tissue, tissue_mask
 from cerberus_batch.slides.plan import Chunk, ChunkPlan, cells_with_tissue, plan_chunks
 from cerberus_batch.slides.slide import DEFAULT_MPP, Slide, SlideInfo, open_slide

@@ -21,7 +21,7 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects
 
-from cerberus_batch.slides.errors import SlideError
+from cerberus_batch.errors import SlideError
 from cerberus_batch.slides.view import SlideView, render_whole
 
 MASK_MPP = 8.0  # µm per pixel of automatic and "none" masks

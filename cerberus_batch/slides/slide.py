@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cerberus_batch.slides.errors import SlideError
+from cerberus_batch.errors import SlideError
 from cerberus_batch.slides.sources import PixelSource, open_source
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView, best_level, render_whole, view_at_mpp

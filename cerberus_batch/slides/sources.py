@@ -18,8 +18,7 @@ import numpy as np
 import tiffslide
 from PIL import Image
 
-from cerberus_batch.errors import first_line
-from cerberus_batch.slides.errors import SlideError
+from cerberus_batch.errors import SlideError, first_line
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # Resolution tags outside this range are scanner-less defaults (72 dpi = 353 µm/px), not microscopy.
@@ -83,7 +82,7 @@ class TiffSource:
                 properties = self._slide.properties
                 level0 = self._slide.zarr_group["0"]
         except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
-            raise SlideError(path, f"not a readable slide ({type(err).__name__}: {first_line(err)})") from None
+            raise SlideError(path, f"not a readable slide ({first_line(err, typed=True)})") from None
         if problems.messages:
             # tifffile only logs a damaged page chain and carries on with the pages before it.
             raise SlideError(path, f"file is damaged or truncated ({problems.messages[0]})")
@@ -117,7 +116,7 @@ class TiffSource:
             # tiffslide keeps one zarr group per thread; looking it up per read keeps threaded workers safe.
             pixels = np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
         except Exception as err:  # a damaged tile surfaces as a codec error
-            raise SlideError(self.path, f"cannot decode level {level} region ({type(err).__name__}: {first_line(err)})") from None
+            raise SlideError(self.path, f"cannot decode level {level} region ({first_line(err, typed=True)})") from None
         return to_rgb(pixels, self.path)
 
     def close(self) -> None:
@@ -138,7 +137,7 @@ class PlainImageSource:
         except SlideError:
             raise
         except Exception as err:  # Pillow raises several types for damaged images
-            raise SlideError(path, f"not a readable image ({type(err).__name__}: {first_line(err)})") from None
+            raise SlideError(path, f"not a readable image ({first_line(err, typed=True)})") from None
         h, w = self._rgb.shape[:2]
         self.metadata = SourceMetadata(level_dimensions=((w, h),), mpp=None, vendor="image", objective_power=None)
 

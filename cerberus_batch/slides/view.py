@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from cerberus_batch.slides.errors import SlideError
+from cerberus_batch.errors import SlideError
 from cerberus_batch.slides.transform import Transform
 
 if TYPE_CHECKING:

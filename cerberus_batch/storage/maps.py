@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from cerberus_batch.grid import CELL
+from cerberus_batch.vocabulary import HEAD_MAPS, PER_CLASS
 
 
 @dataclass(frozen=True)
@@ -30,27 +30,16 @@ class MapSpec:
 
 
 def map_specs(heads: Iterable[str], class_names: Mapping[str, Sequence[str]]) -> list[MapSpec]:
-    """The maps a slide group holds for the model heads that ran.
-
-    Glands and lumens are kept at half resolution, as the reference's WSI mode
-    post-processes them there; tissue type is one value per output cell.
-    """
-    heads = set(heads)
-    specs: list[MapSpec] = []
-    if "Nuclei-INST" in heads:
-        specs.append(MapSpec("nuclei_prob", 2, 1, True))
-    if "Nuclei-TYPE" in heads:
-        specs.append(MapSpec("nuclei_class", None, 1, False))
-    if "Gland-INST" in heads:
-        specs.append(MapSpec("gland_prob", 2, 2, True))
-    if "Gland-TYPE" in heads:
-        specs.append(MapSpec("gland_class", None, 2, False))
-    if "Lumen-INST" in heads:
-        specs.append(MapSpec("lumen_prob", 2, 2, True))
-    if "Patch-Class" in heads:
-        specs.append(MapSpec("tissue_class", None, CELL, False))
-        specs.append(MapSpec("tissue_prob", len(class_names["Patch-Class"]), CELL, True))
-    return specs
+    """The maps a slide group holds for the model heads that ran, in the vocabulary's order."""
+    ran = set(heads)
+    return [
+        MapSpec(
+            stored.name, len(class_names[head]) if stored.channels == PER_CLASS else stored.channels,
+            stored.downsample, stored.form == "prob",
+        )
+        for head, maps in HEAD_MAPS.items() if head in ran
+        for stored in maps
+    ]
 
 
 def quantise(prob: np.ndarray, dtype: str = "uint8") -> np.ndarray:

@@ -18,10 +18,9 @@ import shapely
 
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.colours import instance_colour
-from cerberus_batch.storage.overview import table_batches
-from cerberus_batch.storage.tables import table_dir, table_path
+from cerberus_batch.storage.tables import table_batches, table_dir, table_path
+from cerberus_batch.vocabulary import DRAWING_ORDER, Kind
 
-OBJECT_KINDS = {"glands": "gland", "lumens": "lumen", "nuclei": "nucleus"}  # table → feature `kind`, drawing order
 MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")
 
 
@@ -29,9 +28,9 @@ def table_slides(output: str | Path) -> list[str]:
     """Slide ids that have nuclei, gland or lumen tables in an output folder, sorted."""
     found = {
         folder.name.removeprefix("slide_id=")
-        for kind in OBJECT_KINDS
-        if table_dir(output, kind).is_dir()
-        for folder in table_dir(output, kind).glob("slide_id=*")
+        for kind in DRAWING_ORDER
+        if table_dir(output, kind.name).is_dir()
+        for folder in table_dir(output, kind.name).glob("slide_id=*")
     }
     return sorted(found)
 
@@ -41,7 +40,7 @@ def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) 
 
     The file appears whole or not at all. Raises FileNotFoundError when the slide has no tables.
     """
-    paths = {kind: table_path(output, kind, slide_id) for kind in OBJECT_KINDS}
+    paths = {kind: table_path(output, kind.name, slide_id) for kind in DRAWING_ORDER}  # features in drawing order
     if not any(path.is_file() for path in paths.values()):
         raise FileNotFoundError(f"{Path(output) / 'tables'}: no tables for slide {slide_id!r}")
     target = Path(target)
@@ -56,7 +55,7 @@ def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) 
     return count
 
 
-def _features(kind: str, path: Path) -> Iterator[str]:
+def _features(kind: Kind, path: Path) -> Iterator[str]:
     """One compact GeoJSON feature string per table row."""
     present = set(pq.ParquetFile(path).schema_arrow.names)
     measured = [name for name in MEASUREMENTS if name in present]
@@ -66,10 +65,10 @@ def _features(kind: str, path: Path) -> Iterator[str]:
             name = str(row.class_name)
             properties = {
                 "objectType": "detection",
-                "classification": {"name": name, "color": list(instance_colour(kind, name))},
+                "classification": {"name": name, "color": list(instance_colour(kind.name, name))},
                 "isLocked": False,
                 "measurements": {m: _number(getattr(row, m)) for m in measured},
-                "kind": OBJECT_KINDS[kind],
+                "kind": kind.one,
             }
             yield f'{{"type": "Feature", "geometry": {geometry}, "properties": {json.dumps(properties)}}}'
 

@@ -9,8 +9,7 @@ import geopandas as gpd
 import pandas as pd
 
 from cerberus_batch.storage.atomic import atomic_path
-
-OBJECT_KINDS = ("nuclei", "glands", "lumens")
+from cerberus_batch.vocabulary import OBJECTS
 
 
 def slide_summary(
@@ -20,14 +19,14 @@ def slide_summary(
     """Counts per class, densities per mm² of tissue (the tissue mask's area on the slide) and that
     area split by tissue type (`tasks.instances.tissue_by_type`), in mm²."""
     row: dict[str, Any] = {"slide_id": slide_id, "tissue_mm2": float(tissue_mm2), "postprocess_seconds": round(seconds, 3)}
-    for kind in OBJECT_KINDS:
-        table = tables.get(kind)
+    for kind in OBJECTS:
+        table = tables.get(kind.name)
         count = 0 if table is None else len(table)
-        row[f"{kind}_count"] = count
-        row[f"{kind}_per_mm2"] = count / tissue_mm2 if tissue_mm2 else 0.0
+        row[f"{kind.name}_count"] = count
+        row[f"{kind.name}_per_mm2"] = count / tissue_mm2 if tissue_mm2 else 0.0
         if table is not None and count:
             for name, n in table["class_name"].value_counts().sort_index().items():
-                row[f"{kind}_{name}_count"] = int(n)
+                row[f"{kind.name}_{name}_count"] = int(n)
     for name, mm2 in sorted(tissue_types.items()):
         row[f"tissue_{name}_mm2"] = mm2
     return row

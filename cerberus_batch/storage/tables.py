@@ -9,16 +9,20 @@ back into the `slide_id` column.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import geopandas as gpd
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import shapely
 
 from cerberus_batch.storage.atomic import atomic_path, make_dirs
+from cerberus_batch.vocabulary import KINDS
 
-TABLE_KINDS = ("nuclei", "glands", "lumens", "tissue")
 PART = "part-0.parquet"
+BATCH_ROWS = 65_536
 
 
 def table_dir(output_dir: str | Path, kind: str) -> Path:
@@ -31,8 +35,8 @@ def table_path(output_dir: str | Path, kind: str, slide_id: str) -> Path:
 
 def remove_slide_tables(output_dir: str | Path, slide_id: str) -> None:
     """Drop one slide's part of every kind's dataset (before it is recomputed)."""
-    for kind in TABLE_KINDS:
-        table_path(output_dir, kind, slide_id).unlink(missing_ok=True)
+    for kind in KINDS:
+        table_path(output_dir, kind.name, slide_id).unlink(missing_ok=True)
 
 
 def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[str, gpd.GeoDataFrame]) -> list[Path]:
@@ -71,3 +75,12 @@ def read_table(
     table = gpd.read_parquet(folder, filters=filters, bbox=bbox, partitioning=partitioning)
     table["slide_id"] = table["slide_id"].astype(str)
     return table[["slide_id"] + [c for c in table.columns if c not in ("slide_id", "bbox")]]
+
+
+def table_batches(path: Path, columns: Sequence[str] = ("class_name", "centroid_x", "centroid_y", "geometry")) -> Iterator[pd.DataFrame]:
+    """A table file in row batches, geometries decoded to shapely."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
+        frame = batch.to_pandas()
+        if "geometry" in frame:
+            frame["geometry"] = shapely.from_wkb(frame["geometry"].to_numpy())
+        yield frame

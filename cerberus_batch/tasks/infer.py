@@ -9,16 +9,7 @@ import numpy as np
 from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.storage.maps import MapSpec, quantise
-
-# Which map each model head becomes, and whether it is kept as probabilities or a class index.
-HEAD_MAPS: dict[str, list[tuple[str, str]]] = {
-    "Nuclei-INST": [("nuclei_prob", "prob")],
-    "Nuclei-TYPE": [("nuclei_class", "class")],
-    "Gland-INST": [("gland_prob", "prob")],
-    "Gland-TYPE": [("gland_class", "class")],
-    "Lumen-INST": [("lumen_prob", "prob")],
-    "Patch-Class": [("tissue_class", "class"), ("tissue_prob", "prob")],
-}
+from cerberus_batch.vocabulary import HEAD_MAPS
 
 
 def read_chunk(read, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -54,8 +45,8 @@ def stored_maps(
     for head, maps in HEAD_MAPS.items():
         if head not in outputs:
             continue
-        for name, form in maps:
-            spec = wanted.get(name)
+        for head_map in maps:
+            spec = wanted.get(head_map.name)
             if spec is None:
                 continue
             prob = outputs[head]
@@ -63,7 +54,7 @@ def stored_maps(
                 prob = _background_past(prob, inside)
             if spec.downsample == 2:
                 prob = pool2(prob)
-            stored[name] = quantise(prob, dtype) if form == "prob" else np.argmax(prob, axis=0).astype(np.uint8)
+            stored[spec.name] = quantise(prob, dtype) if spec.probability else np.argmax(prob, axis=0).astype(np.uint8)
     for row, col in empty_cells:
         for spec in specs:
             side = CELL // spec.downsample

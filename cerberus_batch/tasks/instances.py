@@ -21,10 +21,8 @@ from scipy import ndimage
 from cerberus_batch.grid import CELL
 from cerberus_batch.tasks.outline import hole_rings, instance_ring, outer_ring
 from cerberus_batch.tasks.postprocess import ObjectKind
+from cerberus_batch.vocabulary import TISSUE
 
-TISSUE_CLASSES = (
-    "background", "abnormal_epi", "normal_epi", "inflammatory", "muscle", "stroma", "debris", "mucous", "adipose",
-)
 COLUMNS = {
     "slide_id": "object", "instance_id": "int64", "class_id": "int32", "class_name": "object",
     "class_prob": "float64", "area_px": "int64", "area_um2": "float64",
@@ -93,7 +91,7 @@ def instance_table(
 
 
 def tissue_table(
-    tissue_class: np.ndarray, *, slide_id: str, transform: Any, mpp: float, names: Sequence[str] = TISSUE_CLASSES,
+    tissue_class: np.ndarray, *, slide_id: str, transform: Any, mpp: float, names: Sequence[str] = TISSUE.classes,
     bounds: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """One polygon (with holes) per 4-connected region of each tissue class; background 0 excluded.

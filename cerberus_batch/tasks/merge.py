@@ -31,10 +31,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cerberus_batch.storage.maps import dequantise
-from cerberus_batch.tasks.instances import TISSUE_CLASSES, empty_table, instance_table, tissue_table
+from cerberus_batch.tasks.instances import empty_table, instance_table, tissue_table
 from cerberus_batch.tasks.postprocess import (
     ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_nuclei, segment_regions,
 )
+from cerberus_batch.vocabulary import TISSUE
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in map px, exclusive ends
 MERGE_TILE = 256  # map px; joined nuclei starting in one such tile are segmented from one window
@@ -93,7 +94,7 @@ def chunk_instances(
 def merge_slide(
     maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], *, slide_id: str, transform: Any, mpp: float,
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
-    tissue_classes: Sequence[str] = TISSUE_CLASSES,
+    tissue_classes: Sequence[str] = TISSUE.classes,
 ) -> dict[str, gpd.GeoDataFrame]:
     """All instance tables of a slide from its chunk results (any order), plus tissue regions."""
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
@@ -121,7 +122,7 @@ def merge_slide(
 
 def slide_instances(
     maps: Mapping[str, Any], *, slide_id: str, transform: Any, mpp: float, bounds: tuple[float, float] | None = None,
-    kinds: Sequence[ObjectKind] = cerberus_kinds(), tissue_classes: Sequence[str] = TISSUE_CLASSES,
+    kinds: Sequence[ObjectKind] = cerberus_kinds(), tissue_classes: Sequence[str] = TISSUE.classes,
 ) -> dict[str, gpd.GeoDataFrame]:
     """The whole-slide reference: post-processing straight on the full maps, in memory."""
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)

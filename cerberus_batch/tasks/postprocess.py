@@ -14,12 +14,15 @@ its own 8-connected foreground component, so chunked and whole-slide runs agree:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
+
+from cerberus_batch import vocabulary
+from cerberus_batch.vocabulary import GLANDS, LUMENS, NUCLEI, Kind
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 EIGHT = np.ones((3, 3), bool)
@@ -47,41 +50,40 @@ class ObjectKind:
         return 2 * self.kernel
 
 
-NUCLEUS_CLASSES = ("nolabel", "neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective")
-GLAND_CLASSES = ("nolabel", "gland", "surface-epi")
-LUMEN_CLASSES = ("nolabel", "lumen")
-
-
-def region_kind(
-    name: str, prob_map: str, class_map: str | None, downsample: int, *, base_kernel: int, base_area: int,
-    threshold: float, ds: float, class_names: tuple[str, ...], inside: str | None = None,
-) -> ObjectKind:
-    """A gland-like kind scaled the reference's way for post-processing at `ds` of full resolution."""
-    return ObjectKind(
-        name, "regions", prob_map, class_map, downsample, threshold, int(base_area * ds * ds),
-        kernel=int((base_kernel - 1) * ds), inside=inside, class_names=class_names,
-    )
-
-
 def cerberus_kinds(
     mode: Literal["wsi", "tile"] = "wsi", class_names: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[ObjectKind, ObjectKind, ObjectKind]:
-    """Nuclei, glands, lumens. WSI mode post-processes glands on half-resolution maps (ds 0.5).
+    """Nuclei, glands, lumens. WSI mode post-processes glands and lumens on their half-resolution maps
+    (ds 0.5), tile mode at full resolution.
 
     `class_names` (per model head) renames the classes for the model that made the maps.
     """
-    ds, down = (0.5, 2) if mode == "wsi" else (1.0, 1)
-    nuclei = ObjectKind("nuclei", "watershed", "nuclei_prob", "nuclei_class", 1, 0.5, 8, class_names=NUCLEUS_CLASSES)
-    glands = region_kind("glands", "gland_prob", "gland_class", down, base_kernel=11, base_area=1000,
-                         threshold=0.55, ds=ds, class_names=GLAND_CLASSES)
-    lumens = region_kind("lumens", "lumen_prob", None, down, base_kernel=3, base_area=150,
-                         threshold=0.5, ds=ds, class_names=LUMEN_CLASSES, inside="glands")
-    names = class_names or {}
-    nuclei, glands, lumens = (
-        replace(kind, class_names=tuple(names[head])) if head in names else kind
-        for kind, head in zip((nuclei, glands, lumens), ("Nuclei-TYPE", "Gland-TYPE", "Lumen-INST"))
+    nuclei, glands, lumens = (_maps_of(kind, mode, class_names or {}) for kind in (NUCLEI, GLANDS, LUMENS))
+    return (
+        ObjectKind(method="watershed", threshold=0.5, min_area=8, **nuclei),
+        region_kind(glands, base_kernel=11, base_area=1000, threshold=0.55),
+        region_kind(lumens, base_kernel=3, base_area=150, threshold=0.5, inside=GLANDS.name),
     )
-    return nuclei, glands, lumens
+
+
+def _maps_of(kind: Kind, mode: str, class_names: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The ObjectKind fields the vocabulary gives: its maps, their resolution in `mode`, its classes."""
+    class_map = kind.class_map
+    return dict(
+        name=kind.name, prob_map=kind.prob_map.name, class_map=class_map.name if class_map else None,
+        downsample=kind.prob_map.downsample if mode == "wsi" else 1, class_names=vocabulary.class_names(kind, class_names),
+    )
+
+
+def region_kind(
+    maps: dict[str, Any], *, base_kernel: int, base_area: int, threshold: float, inside: str | None = None,
+) -> ObjectKind:
+    """A gland-like kind, the reference's parameters scaled to the resolution of its maps (ds = 1 / downsample)."""
+    ds = 1 / maps["downsample"]
+    return ObjectKind(
+        method="regions", threshold=threshold, min_area=int(base_area * ds * ds), kernel=int((base_kernel - 1) * ds),
+        inside=inside, **maps,
+    )
 
 
 def ellipse_kernel(k: int) -> np.ndarray:

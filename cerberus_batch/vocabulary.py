@@ -1,0 +1,91 @@
+"""The model's vocabulary, written once: its heads, the maps each is stored as, the kinds of
+object they make and the names of their classes.
+
+Inference, map storage, post-processing, the overview, the QuPath export and the cohort
+summary all read it, so a new head is added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+from cerberus_batch.grid import CELL
+
+PER_CLASS = "per class"  # channels: one per class the model names for the head
+
+
+@dataclass(frozen=True)
+class StoredMap:
+    """One map a head is stored as."""
+
+    name: str
+    channels: int | Literal["per class"] | None  # None: a single 2-D map of class indices
+    form: Literal["prob", "class"]  # quantised probabilities, or the most likely class
+    downsample: int  # processing px per map px
+
+
+# Model head → its maps, in the order a slide's maps are laid out. Glands and lumens are kept at half
+# resolution, as the reference's WSI mode post-processes them there; tissue type is one value per cell.
+HEAD_MAPS: dict[str, tuple[StoredMap, ...]] = {
+    "Nuclei-INST": (StoredMap("nuclei_prob", 2, "prob", 1),),
+    "Nuclei-TYPE": (StoredMap("nuclei_class", None, "class", 1),),
+    "Gland-INST": (StoredMap("gland_prob", 2, "prob", 2),),
+    "Gland-TYPE": (StoredMap("gland_class", None, "class", 2),),
+    "Lumen-INST": (StoredMap("lumen_prob", 2, "prob", 2),),
+    "Patch-Class": (StoredMap("tissue_class", None, "class", CELL), StoredMap("tissue_prob", PER_CLASS, "prob", CELL)),
+}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of object the model finds: its table, the heads that make it and its classes."""
+
+    name: str  # table name
+    one: str  # one object, as exports call it
+    outline_head: str  # the head whose probability map outlines the objects
+    class_head: str | None  # the head whose class map classifies them; None: every object is class 1
+    classes: tuple[str, ...]  # class index → name, as the reference's dataset names them (spec §10)
+
+    @property
+    def names_head(self) -> str:
+        """The head a model names this kind's classes under."""
+        return self.class_head or self.outline_head
+
+    @property
+    def prob_map(self) -> StoredMap:
+        return _map(self.outline_head, "prob")
+
+    @property
+    def class_map(self) -> StoredMap | None:
+        return _map(self.class_head, "class") if self.class_head else None
+
+
+NUCLEI = Kind(
+    "nuclei", "nucleus", "Nuclei-INST", "Nuclei-TYPE",
+    ("nolabel", "neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective"),
+)
+GLANDS = Kind("glands", "gland", "Gland-INST", "Gland-TYPE", ("nolabel", "gland", "surface-epi"))
+LUMENS = Kind("lumens", "lumen", "Lumen-INST", None, ("nolabel", "lumen"))
+TISSUE = Kind(
+    "tissue", "tissue region", "Patch-Class", "Patch-Class",
+    ("background", "abnormal_epi", "normal_epi", "inflammatory", "muscle", "stroma", "debris", "mucous", "adipose"),
+)
+OBJECTS = (NUCLEI, GLANDS, LUMENS)  # the instance kinds, in table order; lumens after the glands holding them
+KINDS = (*OBJECTS, TISSUE)
+# Outlines of the big objects first, so smaller ones stay visible on top, as the reference draws them.
+DRAWING_ORDER = (GLANDS, LUMENS, NUCLEI)
+
+
+def model_class_names() -> dict[str, tuple[str, ...]]:
+    """What the class index of each classifying head means, for a Cerberus model."""
+    return {kind.class_head: kind.classes for kind in KINDS if kind.class_head}
+
+
+def class_names(kind: Kind, model_names: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The names the model that made the maps gives this kind's classes, else the reference's."""
+    return tuple(model_names.get(kind.names_head, kind.classes))
+
+
+def _map(head: str, form: str) -> StoredMap:
+    return next(stored for stored in HEAD_MAPS[head] if stored.form == form)
