@@ -22,9 +22,9 @@ import yaml
 from distributed import Client, LocalCluster
 
 from cerberus_batch.pipeline.config import load_cohort
-from cerberus_batch.pipeline.plan import plan_slide_chunks
+from cerberus_batch.pipeline.plan import plan_slide
 from cerberus_batch.pipeline.run import run_cohort
-from cerberus_batch.pipeline.work import build_predictor
+from cerberus_batch.pipeline.work import cohort_predictor
 from cerberus_batch.slides import open_slide
 from cerberus_batch.testing.slides import make_synthetic_slide
 
@@ -53,8 +53,8 @@ def model_only(cohort) -> tuple[float, float]:
     """Seconds and processing megapixels of the model alone over the slide's kept chunks."""
     slide = cohort.slides[0]
     view = open_slide(slide.path, mpp=slide.mpp).at_mpp(cohort.processing.mpp)
-    _, plan = plan_slide_chunks(view, slide, cohort.processing)
-    predictor = build_predictor(cohort.model, cohort.processing)
+    _, plan = plan_slide(view, slide, cohort.processing)
+    predictor = cohort_predictor(cohort.model, cohort.processing)
     boxes = [(c.x, c.y, c.w, c.h) for c in plan.chunks]
     inputs = {box: view.read(box[0] - 152, box[1] - 152, box[2] + 304, box[3] + 304) for box in boxes}
     started = time.perf_counter()

@@ -35,6 +35,7 @@ def run(cohort_file: str, fresh: bool, allow_device_change: bool, no_progress: b
     """Run a cohort: slides → chunk tasks → maps (and tables) under the cohort's output folder."""
     cohort = _cohort(cohort_file)
     from cerberus_batch.pipeline.run import run_cohort
+    from cerberus_batch.storage.layout import OutputLayout
 
     try:
         report = run_cohort(cohort, fresh=fresh, allow_device_change=allow_device_change, show_progress=not no_progress)
@@ -44,7 +45,7 @@ def run(cohort_file: str, fresh: bool, allow_device_change: bool, no_progress: b
         raise click.ClickException(f"{err.filename or cohort.output}: {err.strerror or first_line(err)}") from None
     slides = report.slides.values()
     done, failed = sum(s.status == "done" for s in slides), sum(s.status == "failed" for s in slides)
-    click.echo(f"{done}/{len(slides)} slides done{f', {failed} failed' if failed else ''}; report: {cohort.output / 'run_report.json'}")
+    click.echo(f"{done}/{len(slides)} slides done{f', {failed} failed' if failed else ''}; report: {OutputLayout(cohort.output).run_report}")
     chunks, tables = sum(s.chunks_skipped for s in slides), sum(s.tables_skipped for s in slides)
     if chunks or tables:
         click.echo(f"Resumed: {chunks} of {sum(s.chunks for s in slides)} chunks and {tables} slides' tables were done by an earlier run")
@@ -226,19 +227,14 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
         raise click.ClickException(f"--mpp {mpp}: must be positive")
     if not find_images(Path(input_dir)):
         raise click.ClickException(f"{input_dir}: no PNG, JPEG or TIFF images found")
-    if model_kind == "stain":
-        from cerberus_batch.model.stain import StainPredictor
+    if model_kind == "cerberus" and model_dir is None:
+        raise click.ClickException("--model is required for --model-kind cerberus")
+    from cerberus_batch.model.factory import build_predictor
 
-        predictor = StainPredictor()
-    else:
-        if model_dir is None:
-            raise click.ClickException("--model is required for --model-kind cerberus")
-        from cerberus_batch.model import CerberusPredictor
-
-        try:
-            predictor = CerberusPredictor(model_dir, mode=mode, batch_size=batch_size)
-        except CheckpointError as err:
-            raise click.ClickException(str(err)) from None
+    try:
+        predictor = build_predictor(model_kind, model_dir, mode=mode, batch_size=batch_size)
+    except CheckpointError as err:
+        raise click.ClickException(str(err)) from None
 
     def report(outcome) -> None:
         if outcome.error is None:

@@ -21,8 +21,9 @@ from cerberus_batch.grid import CELL
 from cerberus_batch.slides import Transform, open_slide
 from cerberus_batch.storage.colours import RGB, instance_colour, tissue_colours
 from cerberus_batch.storage.overview import save_overview
-from cerberus_batch.storage.tables import table_batches, table_path
-from cerberus_batch.storage.zarr_maps import maps_path, open_slide_maps
+from cerberus_batch.storage.tables import table_batches
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.zarr_maps import open_slide_maps
 from cerberus_batch.vocabulary import DRAWING_ORDER, GLANDS, KINDS, LUMENS, NUCLEI, OBJECTS, TISSUE, class_names
 
 SIZE = 1024  # thumbnail px along the slide's longer side
@@ -37,7 +38,7 @@ FONT_SIZE = 12
 
 def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
     """Draw the slide's QC overview from its maps and tables; the PNG appears whole or not at all."""
-    group = open_slide_maps(maps_path(Path(output), slide_id))
+    group = open_slide_maps(OutputLayout(output).maps(slide_id))
     attrs = dict(group.attrs)
     with open_slide(attrs["slide_path"]) as slide:
         width, height = slide.info.dimensions
@@ -46,7 +47,7 @@ def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
     picture = Image.fromarray(thumbnail)
     counts = {}
     for kind in DRAWING_ORDER:
-        path = table_path(output, kind.name, slide_id)
+        path = OutputLayout(output).table_part(kind.name, slide_id)
         counts[kind.name] = pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
         if counts[kind.name]:
             draw_instances(picture, kind.name, table_batches(path), factor)

@@ -13,6 +13,7 @@ from typing import Literal, Mapping, Sequence
 from cerberus_batch.grid import CELL
 
 PER_CLASS = "per class"  # channels: one per class the model names for the head
+RGB = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Kind:
     outline_head: str  # the head whose probability map outlines the objects
     class_head: str | None  # the head whose class map classifies them; None: every object is class 1
     classes: tuple[str, ...]  # class index → name, as the reference's dataset names them (spec §10)
+    colours: tuple[RGB, ...]  # display colour per class index (index 0 too, though instances never have it)
+    colour: RGB  # the kind's colour, for a class it does not name (e.g. the stain baseline's "nucleus")
 
     @property
     def names_head(self) -> str:
@@ -61,15 +64,23 @@ class Kind:
         return _map(self.class_head, "class") if self.class_head else None
 
 
+# Instance colours are the reference's overlay colours (spec §10); tissue types have none there, so
+# theirs are our own. A `nolabel` class is never drawn; its colour is the kind's.
 NUCLEI = Kind(
     "nuclei", "nucleus", "Nuclei-INST", "Nuclei-TYPE",
     ("nolabel", "neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective"),
+    ((0, 255, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (176, 244, 230), (0, 191, 255), (255, 165, 0)),
+    (0, 255, 0),
 )
-GLANDS = Kind("glands", "gland", "Gland-INST", "Gland-TYPE", ("nolabel", "gland", "surface-epi"))
-LUMENS = Kind("lumens", "lumen", "Lumen-INST", None, ("nolabel", "lumen"))
+GLANDS = Kind("glands", "gland", "Gland-INST", "Gland-TYPE", ("nolabel", "gland", "surface-epi"),
+              ((255, 255, 0), (255, 255, 0), (177, 52, 235)), (255, 255, 0))
+LUMENS = Kind("lumens", "lumen", "Lumen-INST", None, ("nolabel", "lumen"), ((255, 0, 255), (131, 235, 52)), (255, 0, 255))
 TISSUE = Kind(
     "tissue", "tissue region", "Patch-Class", "Patch-Class",
     ("background", "abnormal_epi", "normal_epi", "inflammatory", "muscle", "stroma", "debris", "mucous", "adipose"),
+    ((240, 240, 240), (220, 20, 60), (255, 105, 180), (30, 144, 255), (139, 69, 19), (255, 160, 122), (128, 128, 128),
+     (0, 206, 209), (255, 215, 0)),
+    (240, 240, 240),
 )
 OBJECTS = (NUCLEI, GLANDS, LUMENS)  # the instance kinds, in table order; lumens after the glands holding them
 KINDS = (*OBJECTS, TISSUE)

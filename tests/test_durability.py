@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from cerberus_batch.pipeline.ledger import Ledger
+from cerberus_batch.storage.ledger import Ledger
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.tables import write_slide_tables
 from cerberus_batch.storage.zarr_maps import create_slide_maps, open_slide_maps, write_chunk

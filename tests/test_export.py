@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from cerberus_batch.cli import main
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.colours import INSTANCE_COLOURS, KIND_COLOURS
-from cerberus_batch.storage.tables import read_table, table_path, write_slide_tables
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.testing.maps import synthetic_maps
 
@@ -77,8 +78,8 @@ def test_several_slides_need_a_slide_id(output, tmp_path):
 def test_a_single_slide_output_needs_no_slide_id(output, tmp_path):
     single = tmp_path / "single"
     for kind in ("nuclei", "glands", "lumens"):
-        source = table_path(output, kind, "slide-b")
-        destination = table_path(single, kind, "slide-b")
+        source = OutputLayout(output).table_part(kind, "slide-b")
+        destination = OutputLayout(single).table_part(kind, "slide-b")
         destination.parent.mkdir(parents=True)
         shutil.copyfile(source, destination)
     target = tmp_path / "b.geojson"

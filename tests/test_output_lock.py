@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from cerberus_batch.cli import main
 from cerberus_batch.errors import OutputError
-from cerberus_batch.storage.output_folder import LOCK_NAME, STALE_AFTER, OutputLock
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.output_folder import STALE_AFTER, OutputLock
 from cerberus_batch.testing.slides import make_synthetic_slide
 from test_cluster_cohorts import small_cohort
 
@@ -31,7 +32,7 @@ def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
     # A slide large enough that the first run is still working when the second one starts.
     make_synthetic_slide(tmp_path / "synthetic.svs", size=(5000, 4000), seed=3)
     cohort = small_cohort(tmp_path, {"kind": "local", "workers": 1, "dashboard_address": ":0"})
-    lock = tmp_path / "out" / LOCK_NAME
+    lock = OutputLayout(tmp_path / "out").lock
     first = cli_run(cohort)
     deadline = time.time() + 120
     while not (tmp_path / "out" / "ledger").is_dir():  # holding the lock and computing
@@ -64,8 +65,9 @@ def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
 def lock_file(output, host: str, age: float) -> None:
     output.mkdir(parents=True, exist_ok=True)
     holder = {"host": host, "pid": 12345, "started": time.time() - age, "command": "cerberus-batch run", "token": "t"}
-    (output / LOCK_NAME).write_text(json.dumps(holder))
-    os.utime(output / LOCK_NAME, (time.time() - age, time.time() - age))
+    lock = OutputLayout(output).lock
+    lock.write_text(json.dumps(holder))
+    os.utime(lock, (time.time() - age, time.time() - age))
 
 
 def test_a_lock_from_another_host_is_stale_only_once_its_heartbeat_stops(tmp_path):
@@ -76,8 +78,8 @@ def test_a_lock_from_another_host_is_stale_only_once_its_heartbeat_stops(tmp_pat
     lock_file(tmp_path / "out", "gpu-node-7", age=STALE_AFTER + 60)
     with OutputLock(tmp_path / "out", "cerberus-batch run") as lock:
         assert lock.taken_over is not None and lock.taken_over.host == "gpu-node-7"
-        assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["pid"] == os.getpid()
-    assert not (tmp_path / "out" / LOCK_NAME).exists()
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not lock.path.exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # the stale lock was not left aside
 
 

@@ -15,10 +15,10 @@ from PIL import Image
 from cerberus_batch.grid import CELL
 from cerberus_batch.overview import HEADER, LEGEND_WIDTH, MARGIN, SIZE, write_overview
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
-from cerberus_batch.pipeline.work import chunk_instances_task, infer_chunk, merge_slide_task, plan_slide
+from cerberus_batch.pipeline.work import chunk_instances_task, infer_chunk_task, merge_slide_task, plan_slide_task
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.colours import instance_colour, tissue_colours
-from cerberus_batch.storage.overview import overview_path
+from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.tasks.instances import empty_table
 
@@ -33,9 +33,9 @@ def cmu_output(tmp_path_factory, cmu_slide) -> Path:
     output = tmp_path_factory.mktemp("overview")
     slide = SlideEntry(id="cmu", path=cmu_slide)
     model, processing = ModelSpec(kind="stain"), ProcessingSpec(chunk=1008)
-    plan = plan_slide(slide, model, processing, output)
+    plan = plan_slide_task(slide, model, processing, output)
     for chunk in plan.chunks:
-        infer_chunk(slide, chunk.index, (chunk.x, chunk.y, chunk.w, chunk.h), chunk.empty_cells, model, processing, output)
+        infer_chunk_task(slide, chunk.index, (chunk.x, chunk.y, chunk.w, chunk.h), chunk.empty_cells, model, processing, output)
     parts = [chunk_instances_task("cmu", (c.x, c.y, c.w, c.h), output) for c in plan.chunks]
     merge_slide_task("cmu", output, plan.tissue_mm2, parts)
     return output
@@ -46,7 +46,7 @@ def colours_in(pixels: np.ndarray) -> set[tuple[int, int, int]]:
 
 
 def test_merge_task_writes_overview_of_expected_size(cmu_output):
-    path = overview_path(cmu_output, "cmu")
+    path = OutputLayout(cmu_output).overview("cmu")
     assert path == cmu_output / "tables" / "overview" / "cmu.png"
     with Image.open(path) as picture:
         assert picture.format == "PNG" and picture.mode == "RGB"
@@ -56,7 +56,7 @@ def test_merge_task_writes_overview_of_expected_size(cmu_output):
 
 
 def test_thumbnail_shows_tissue_and_a_dot_on_every_nucleus(cmu_output):
-    pixels = np.asarray(Image.open(overview_path(cmu_output, "cmu")))
+    pixels = np.asarray(Image.open(OutputLayout(cmu_output).overview("cmu")))
     thumb = pixels[HEADER : HEADER + SIZE, MARGIN : MARGIN + THUMB_W].astype(int)
     assert thumb.std() > 20, "thumbnail panel is blank"
     # H&E: pink/purple tissue (red above green) on a good share of the picture.
@@ -70,7 +70,7 @@ def test_thumbnail_shows_tissue_and_a_dot_on_every_nucleus(cmu_output):
 
 
 def test_tissue_panel_and_legend_carry_the_class_colours(cmu_output):
-    pixels = np.asarray(Image.open(overview_path(cmu_output, "cmu")))
+    pixels = np.asarray(Image.open(OutputLayout(cmu_output).overview("cmu")))
     group = zarr.open_group(cmu_output / "maps" / "cmu", mode="r")
     cells = group["tissue_class"][:]
     assert set(np.unique(cells)) == {0, 1}
@@ -100,7 +100,7 @@ def test_gland_outlines_are_drawn_in_their_class_colour(cmu_output):
     write_slide_tables(cmu_output, "cmu", {"glands": glands})
     try:
         write_overview(cmu_output, "cmu")
-        pixels = np.asarray(Image.open(overview_path(cmu_output, "cmu")))
+        pixels = np.asarray(Image.open(OutputLayout(cmu_output).overview("cmu")))
     finally:
         write_slide_tables(cmu_output, "cmu", {"glands": empty_table()})
         write_overview(cmu_output, "cmu")

@@ -24,7 +24,7 @@ from cerberus_batch.cli import main
 from cerberus_batch.grid import CELL
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, load_cohort
 from cerberus_batch.pipeline.run import run_cohort
-from cerberus_batch.pipeline.work import build_predictor
+from cerberus_batch.pipeline.work import cohort_predictor
 from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
 from cerberus_batch.storage.maps import quantise
 from cerberus_batch.storage.tables import read_table
@@ -139,7 +139,7 @@ def test_cerberus_maps_are_background_past_the_slide(cmu_slide, parity_model_dir
     assert group["nuclei_prob"].shape[1:] == (21 * CELL, 16 * CELL)
     corner = (2160, 2880, 144, 144)  # the last cell: 60 x 87 px of it on the slide
     raw = predict_chunk(open_slide(cmu_slide).at_mpp(0.5).read,
-                        build_predictor(ModelSpec(kind="cerberus", weights=parity_model_dir), ProcessingSpec(tile=432)),
+                        cohort_predictor(ModelSpec(kind="cerberus", weights=parity_model_dir), ProcessingSpec(tile=432)),
                         corner)
     past = np.zeros((144, 144), bool)
     past[h - corner[1] :, :] = past[:, w - corner[0] :] = True

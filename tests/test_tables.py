@@ -10,7 +10,8 @@ import pytest
 import shapely
 
 from cerberus_batch.slides import Transform
-from cerberus_batch.storage.tables import read_table, table_path, write_slide_tables
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.testing.maps import synthetic_maps
 
@@ -29,7 +30,7 @@ def output(tmp_path_factory):
 
 def test_files_are_geoparquet_1_1_with_bbox_covering(output) -> None:
     for kind in ("nuclei", "glands", "lumens", "tissue"):
-        meta = json.loads(pq.read_schema(table_path(output, kind, "slide-a")).metadata[b"geo"])
+        meta = json.loads(pq.read_schema(OutputLayout(output).table_part(kind, "slide-a")).metadata[b"geo"])
         assert meta["version"] == "1.1.0"
         column = meta["columns"][meta["primary_column"]]
         assert column["encoding"] == "WKB"

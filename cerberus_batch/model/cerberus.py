@@ -11,28 +11,26 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 import torch
 
-from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.grid import CELL, CONTEXT, Tile
 from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model
 from cerberus_batch.model.fusion import fuse_batchnorms
 from cerberus_batch.model.naming import CLASS_NAMES, PATCH_CLASS
 from cerberus_batch.model.predictor import output_size
 
-Tile = tuple[int, int, int, int]  # output y, x, height, width
-
 
 def _tiles(height: int, width: int, size: int) -> list[Tile]:
     """Output tiles of at most `size` px, grouped by shape so equal shapes batch together."""
     tiles = [
-        (y, x, min(size, height - y), min(size, width - x))
+        Tile(y, x, min(size, height - y), min(size, width - x))
         for y in range(0, height, size)
         for x in range(0, width, size)
     ]
-    return sorted(tiles, key=lambda t: (t[2], t[3]))
+    return sorted(tiles, key=lambda t: (t.h, t.w))
 
 
 def _batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
-    for _, same_shape in groupby(tiles, key=lambda t: (t[2], t[3])):
+    for _, same_shape in groupby(tiles, key=lambda t: (t.h, t.w)):
         group = list(same_shape)
         for start in range(0, len(group), batch_size):
             yield group[start : start + batch_size]

@@ -9,8 +9,10 @@ from cerberus_batch.pipeline.config import Cohort, ProcessingSpec, SlideEntry
 from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, open_slide, plan_chunks, tissue_mask
 
 
-def plan_slide_chunks(view: SlideView, slide: SlideEntry, processing: ProcessingSpec) -> tuple[TissueMask, ChunkPlan]:
-    """The tissue mask a slide gets (its own file wins over the cohort default) and its chunks."""
+def plan_slide(view: SlideView, slide: SlideEntry, processing: ProcessingSpec) -> tuple[TissueMask, ChunkPlan]:
+    """Plan a cohort's slide: the tissue mask it gets (its own file wins over the cohort default) and its chunks.
+
+    The one planning step of `validate`, `run` and the benchmarks; `slides.plan_chunks` does the cutting."""
     source = slide.mask or ("none" if processing.tissue_mask == "none" else "auto")
     mask = tissue_mask(view, source, slide_path=slide.path)
     return mask, plan_chunks(view, mask, chunk=processing.chunk, slide_id=slide.id)
@@ -21,7 +23,7 @@ def plan_cohort(cohort: Cohort) -> Iterator[tuple[SlideEntry, ChunkPlan | None, 
     for slide in cohort.slides:
         try:
             view = open_slide(slide.path, mpp=slide.mpp).at_mpp(cohort.processing.mpp)
-            _, plan = plan_slide_chunks(view, slide, cohort.processing)
+            _, plan = plan_slide(view, slide, cohort.processing)
         except (SlideError, OSError, ValueError) as err:
             yield slide, None, first_line(err)
             continue

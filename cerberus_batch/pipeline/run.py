@@ -24,13 +24,14 @@ from distributed import Client, Future, WorkerPlugin, as_completed
 from cerberus_batch.cluster.placement import placement
 from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
-from cerberus_batch.pipeline.ledger import Ledger, check_run
 from cerberus_batch.pipeline.progress import RunProgress
 from cerberus_batch.pipeline.work import (
-    build_predictor, chunk_instances_task, fingerprint, infer_chunk, merge_slide_task, plan_slide,
+    chunk_instances_task, cohort_predictor, fingerprint, infer_chunk_task, merge_slide_task, plan_slide_task,
 )
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.atomic import make_dirs, write_bytes_durably
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.ledger import Ledger, check_run
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.summary import write_cohort_summary
 
@@ -59,7 +60,7 @@ class RunReport:
     slides: dict[str, SlideOutcome] = field(default_factory=dict)
 
     def write(self, output: Path) -> None:
-        write_bytes_durably(Path(output) / "run_report.json", json.dumps(asdict(self), indent=2).encode())
+        write_bytes_durably(OutputLayout(output).run_report, json.dumps(asdict(self), indent=2).encode())
 
 
 class QuietTaskFailures(WorkerPlugin):
@@ -115,7 +116,7 @@ class CohortRun:
         for slide in c.slides:
             self.report.slides[slide.id] = SlideOutcome()
             self.started[slide.id] = time.time()
-            self.submit(slide, self.on_plan, plan_slide, slide, c.model, c.processing, c.output, key=f"plan-{slide.id}", resources=self.cpu_resources)
+            self.submit(slide, self.on_plan, plan_slide_task, slide, c.model, c.processing, c.output, key=f"plan-{slide.id}", resources=self.cpu_resources)
 
     def loop(self) -> None:
         for future in self.futures:
@@ -139,7 +140,8 @@ class CohortRun:
         outcome.seconds = time.time() - self.started[slide.id]
         self.client.cancel(list(self.pending.get(slide.id, ())))
         self.forget(slide)
-        log = make_dirs(self.cohort.output / "logs") / f"{slide.id}.log"
+        log = OutputLayout(self.cohort.output).log(slide.id)
+        make_dirs(log.parent)
         write_bytes_durably(log, "".join([f"{slide.id} ({slide.path}) failed: {reason}\n\n", *(details or [])]).encode())
         self.progress.slide_finished(slide.id, ok=False, reason=f"{reason} (details: {log})")
 
@@ -162,9 +164,8 @@ class CohortRun:
         self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
         c = self.cohort
         for chunk in todo:
-            box = (chunk.x, chunk.y, chunk.w, chunk.h)
             self.submit(
-                slide, self.on_chunk, infer_chunk, slide, chunk.index, box, chunk.empty_cells,
+                slide, self.on_chunk, infer_chunk_task, slide, chunk.index, chunk.box, chunk.empty_cells,
                 c.model, c.processing, c.output,
                 key=f"infer-{slide.id}-{chunk.index}", resources=self.infer_resources, retries=2,
             )
@@ -187,7 +188,7 @@ class CohortRun:
             return
         out = self.cohort.output
         parts = [
-            self.submit(slide, None, chunk_instances_task, slide.id, (c.x, c.y, c.w, c.h), out,
+            self.submit(slide, None, chunk_instances_task, slide.id, c.box, out,
                         key=f"instances-{slide.id}-{c.index}", resources=self.cpu_resources)
             for c in self.plans[slide.id].chunks
         ]
@@ -254,7 +255,7 @@ def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_pro
 
     # Load the model here first: a broken checkpoint fails the run before any slide starts.
     # (on the CPU, where AMP does not apply: the workers use the cohort's device and AMP settings)
-    predictor = build_predictor(cohort.model.model_copy(update={"amp": None}), cohort.processing, device="cpu")
+    predictor = cohort_predictor(cohort.model.model_copy(update={"amp": None}), cohort.processing, device="cpu")
     report = RunReport(cohort=cohort.name, output=str(cohort.output))
     with ExitStack() as stack:
         try:

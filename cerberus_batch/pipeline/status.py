@@ -8,13 +8,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cerberus_batch.pipeline.ledger import Ledger
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.ledger import Ledger
 from cerberus_batch.vocabulary import GLANDS, NUCLEI
 
 
 def print_status(output: str | Path) -> None:
     output = Path(output)
-    report_path = output / "run_report.json"
+    report_path = OutputLayout(output).run_report
     report = json.loads(report_path.read_text()) if report_path.is_file() else {"slides": {}}
     ledger = Ledger(output)
     table = Table(title=f"{output} (last run: {report.get('status', 'unknown')})")

@@ -1,7 +1,7 @@
 """`cerberus-batch tile`: a folder of image tiles → maps, instance tables and an overlay per image.
 
-Each image becomes `<output>/<relative path without suffix>/` holding `maps.zarr`,
-`nuclei.parquet`, `glands.parquet`, `lumens.parquet` and `overlay.png`. As in the
+Each image becomes `<output>/<relative path without suffix>/` holding its maps, a table per
+object kind and an overlay (`storage.layout.ImageLayout`). As in the
 reference's tile mode (spec §7), an image is padded with numpy `reflect` to whole
 144-px cells plus the 152-px context, and glands and lumens are post-processed at
 full resolution (ds = 1). Tables are in the image's own pixels. Images run one
@@ -12,18 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from cerberus_batch import __version__
 from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CONTEXT, whole_cells
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.overview import draw_instances
+from cerberus_batch.pipeline.work import map_attributes
 from cerberus_batch.slides import Transform, open_slide
-from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, make_dirs
+from cerberus_batch.storage.atomic import atomic_path, make_dirs
+from cerberus_batch.storage.layout import ImageLayout
 from cerberus_batch.storage.maps import MapSpec, map_specs
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.tables import write_geoparquet
@@ -107,14 +108,16 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     make_dirs(folder.parent)
     with atomic_path(folder) as partial:
         partial.mkdir()
-        group = create_slide_maps(partial / "maps.zarr", shape=whole_cells(image.shape), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
-                                  attrs=_attrs(path, folder.name, predictor, transform, image_mpp, (h, w)))
+        written = ImageLayout(partial)
+        group = create_slide_maps(written.maps, shape=whole_cells(image.shape), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
+                                  attrs=map_attributes(folder.name, path, image_mpp, transform, predictor,
+                                                       image_shape=[h, w], mode="tile"))
         write_chunk(group, 0, 0, stored, specs)
         overlay = Image.fromarray(original)
         for kind in DRAWING_ORDER:
-            write_geoparquet(tables[kind.name], partial / f"{kind.name}.parquet")
+            write_geoparquet(tables[kind.name], written.table(kind.name))
             draw_instances(overlay, kind.name, [tables[kind.name]], 1.0, dots=False)
-        overlay.save(partial / "overlay.png")
+        overlay.save(written.overlay)
     return {kind.name: len(tables[kind.name]) for kind in DRAWING_ORDER}
 
 
@@ -159,21 +162,3 @@ def _run_images(
         if on_image is not None:
             on_image(outcome)
     return outcomes
-
-
-def _attrs(
-    path: Path, name: str, predictor: Predictor, transform: Transform, mpp: float, shape: tuple[int, int],
-) -> dict[str, Any]:
-    return {
-        "slide_id": name,
-        "slide_path": str(path),
-        "image_shape": list(shape),  # processing px (h, w) of the image; maps beyond it are zero
-        "mpp": mpp,
-        "transform": transform.to_dict(),
-        "model_kind": predictor.kind,
-        "model_identity": predictor.identity,
-        "heads": list(predictor.heads),
-        "class_names": {k: list(v) for k, v in predictor.class_names.items()},
-        "mode": "tile",
-        "software": f"{SOFTWARE} {__version__}",  # also what marks the group as ours
-    }

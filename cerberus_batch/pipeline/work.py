@@ -1,4 +1,5 @@
-"""What each Dask task does on a worker: plan a slide, infer a chunk.
+"""What each Dask task does on a worker: plan a slide, infer a chunk, find a chunk's instances,
+merge a slide. Tasks are named `<what>_task`; the pure work they wrap lives in tasks/ and slides/.
 
 Models and open slides are cached per worker process, so a worker loads the
 model once and opens each slide once however many chunks it runs.
@@ -15,41 +16,31 @@ from typing import Any
 import numpy as np
 
 from cerberus_batch import __version__
-from cerberus_batch.grid import whole_cells
+from cerberus_batch.grid import ChunkBox, whole_cells
+from cerberus_batch.model.factory import build_predictor
 from cerberus_batch.model.predictor import Predictor, numerics
 from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
-from cerberus_batch.pipeline.ledger import NUMERICS, Ledger
-from cerberus_batch.pipeline.plan import plan_slide_chunks
+from cerberus_batch.pipeline.plan import plan_slide
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
-from cerberus_batch.slides.plan import plan_path
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, make_dirs
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import remove_slide_tables, write_slide_tables
-from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, maps_path, open_slide_maps, write_chunk
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.ledger import NUMERICS, Ledger
+from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import tissue_by_type
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.vocabulary import TISSUE, class_names
 
-def build_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | None = None) -> Predictor:
+def cohort_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | None = None) -> Predictor:
     """The model a cohort asks for."""
-    if model.kind == "stain":
-        from cerberus_batch.model.stain import StainPredictor
-
-        return StainPredictor()
-    from cerberus_batch.model import CerberusPredictor
-
-    return CerberusPredictor(
-        model.weights,
-        heads=model.heads,
-        mode=processing.mode,
-        tile=processing.tile,
-        batch_size=processing.batch_size,
-        device=device or model.device,
-        amp=model.amp,
+    return build_predictor(
+        model.kind, model.weights, heads=model.heads, mode=processing.mode, tile=processing.tile,
+        batch_size=processing.batch_size, device=device or model.device, amp=model.amp,
     )
 
 
@@ -60,7 +51,7 @@ def _predictor(model: ModelSpec, processing: ProcessingSpec) -> Predictor:
 
 @lru_cache(maxsize=2)
 def _cached_predictor(model_json: str, processing_json: str) -> Predictor:
-    return build_predictor(ModelSpec.model_validate_json(model_json), ProcessingSpec.model_validate_json(processing_json))
+    return cohort_predictor(ModelSpec.model_validate_json(model_json), ProcessingSpec.model_validate_json(processing_json))
 
 
 def map_settings(processing: ProcessingSpec) -> dict[str, Any]:
@@ -73,37 +64,44 @@ def _cached_view(path: str, mpp_override: float | None, target_mpp: float):
     return open_slide(path, mpp=mpp_override).at_mpp(target_mpp)
 
 
-def slide_attrs(slide: SlideEntry, plan: ChunkPlan, predictor: Predictor, processing: ProcessingSpec) -> dict[str, Any]:
+def map_attributes(
+    slide_id: str, path: Path, mpp: float, transform: Transform, predictor: Predictor, **specific: Any,
+) -> dict[str, Any]:
+    """What a map group records of its slide and model, in run and tile mode, plus each mode's own."""
     return {
-        "slide_id": slide.id,
-        "slide_path": str(slide.path),
-        "mpp": plan.mpp,  # true µm per processing px (e.g. 0.499 for a natively read 0.499 level)
-        "transform": plan.transform.to_dict(),
-        "plan": hashlib.sha256(plan.to_json().encode()).hexdigest(),
+        "slide_id": slide_id,
+        "slide_path": str(path),
+        "mpp": mpp,  # true µm per processing px (e.g. 0.499 for a natively read 0.499 level)
+        "transform": transform.to_dict(),
         "model_kind": predictor.kind,
         "model_identity": predictor.identity,
         "heads": list(predictor.heads),
         "class_names": {k: list(v) for k, v in predictor.class_names.items()},
-        "processing": map_settings(processing),
+        **specific,
         "software": f"{SOFTWARE} {__version__}",  # also what marks the group as ours
     }
 
 
-def plan_slide(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> ChunkPlan:
+def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> ChunkPlan:
     """Open a slide, find its tissue, cut it into chunks and create its (empty) map group."""
     view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
-    mask, plan = plan_slide_chunks(view, slide, processing)
-    with atomic_path(make_dirs(Path(output) / "masks") / f"{slide.id}.png") as partial:
+    mask, plan = plan_slide(view, slide, processing)
+    layout = OutputLayout(output)
+    make_dirs(layout.mask(slide.id).parent)
+    with atomic_path(layout.mask(slide.id)) as partial:
         mask.save_png(partial)
-    plan_file = plan_path(output, slide.id)
-    make_dirs(plan_file.parent)
-    with atomic_path(plan_file) as partial:
+    make_dirs(layout.plan(slide.id).parent)
+    with atomic_path(layout.plan(slide.id)) as partial:
         partial.write_text(plan.to_json())
     predictor = _predictor(model, processing)
     # The slide's level-0 (w, h): maps are background past it and outlines are cut to it. Groups
     # made before it was recorded held model output there, so they never match and are remade.
-    attrs = {**slide_attrs(slide, plan, predictor, processing), "slide_dimensions": list(view.slide.info.dimensions)}
-    path = maps_path(output, slide.id)
+    attrs = map_attributes(
+        slide.id, slide.path, plan.mpp, plan.transform, predictor,
+        plan=hashlib.sha256(plan.to_json().encode()).hexdigest(), processing=map_settings(processing),
+        slide_dimensions=list(view.slide.info.dimensions),
+    )
+    path = layout.maps(slide.id)
     if not maps_match(path, attrs):
         # New slide, or its plan changed (another mask, mpp override or file): start it afresh,
         # so no chunk recorded against the old plan is ever taken for one of the new.
@@ -114,15 +112,15 @@ def plan_slide(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, 
     return plan
 
 
-def infer_chunk(
-    slide: SlideEntry, chunk_index: int, box: tuple[int, int, int, int], empty_cells: list[tuple[int, int]],
+def infer_chunk_task(
+    slide: SlideEntry, chunk_index: int, box: ChunkBox, empty_cells: list[tuple[int, int]],
     model: ModelSpec, processing: ProcessingSpec, output: Path,
 ) -> None:
     """Infer one chunk, write its maps, then record it in the ledger."""
     view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
     predictor = _predictor(model, processing)
     outputs = predict_chunk(view.read, predictor, box)
-    group = open_slide_maps(maps_path(output, slide.id), writable=True)
+    group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
     specs = map_specs(predictor.heads, predictor.class_names)
     x, y, w, h = box
     inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
@@ -145,7 +143,7 @@ def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predict
 def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The slide's Zarr arrays (read lazily, window by window), its attributes, and where
     its objects lie (slide id, level-0 transform, mpp, level-0 bounds, object kinds named for its model)."""
-    group = open_slide_maps(maps_path(output, slide_id))
+    group = open_slide_maps(OutputLayout(output).maps(slide_id))
     attrs = dict(group.attrs)
     place = {
         "slide_id": slide_id, "transform": Transform.from_dict(attrs["transform"]), "mpp": attrs["mpp"],
@@ -154,7 +152,7 @@ def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, 
     return {name: group[name] for name in group.array_keys()}, attrs, place
 
 
-def chunk_instances_task(slide_id: str, box: tuple[int, int, int, int], output: Path) -> ChunkResult:
+def chunk_instances_task(slide_id: str, box: ChunkBox, output: Path) -> ChunkResult:
     """Finish the objects that lie inside one chunk; report those crossing its borders."""
     maps, _, place = _slide_maps(output, slide_id)
     return chunk_instances(maps, box, **place)
@@ -173,6 +171,6 @@ def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list
     write_overview(output, slide_id)
     types = {}
     if "tissue_class" in maps:
-        plan = ChunkPlan.from_json(plan_path(output, slide_id).read_text())
+        plan = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text())
         types = tissue_by_type(tissue_mm2, plan.tissue_cells(), np.asarray(maps["tissue_class"][:]), names)
     return slide_summary(slide_id, tables, tissue_mm2, types, time.perf_counter() - started)

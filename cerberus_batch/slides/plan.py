@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.grid import CELL, CONTEXT, ChunkBox
 from cerberus_batch.slides.mask import TissueMask
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView
@@ -41,6 +40,10 @@ class Chunk:
     h: int
     empty_cells: list[tuple[int, int]] = field(default_factory=list)  # (row, col) within the chunk, without tissue
     tissue_px: list[float] = field(default_factory=list)  # per cell, row-major: processing px² of tissue on the slide
+
+    @property
+    def box(self) -> ChunkBox:
+        return ChunkBox(self.x, self.y, self.w, self.h)
 
 
 @dataclass
@@ -166,11 +169,6 @@ def _per_cell(array: np.ndarray, extent: int, downsample: float, axis: int) -> n
             weight = (np.minimum(end, j + 1) - np.maximum(start, j)) * downsample
             out[cell] = weight @ (array[lo:hi] if axis == 0 else array[:, lo:hi].T)
     return out if axis == 0 else out.T
-
-
-def plan_path(output: str | Path, slide_id: str) -> Path:
-    """Where a run keeps a slide's plan (`ChunkPlan.to_json`)."""
-    return Path(output) / "plans" / f"{slide_id}.json"
 
 
 def _snap(position: float) -> float:

@@ -24,8 +24,8 @@ from typing import Iterator, Mapping
 
 from cerberus_batch.errors import OutputError
 from cerberus_batch.storage.atomic import fsync_path, make_dirs
+from cerberus_batch.storage.layout import OutputLayout
 
-LOCK_NAME = ".cerberus-batch.lock"
 HEARTBEAT = 30.0  # seconds between touches of the lock file
 STALE_AFTER = 180.0  # a lock untouched this long has lost its holder (generous for clock skew)
 
@@ -81,7 +81,7 @@ class OutputLock:
 
     def __init__(self, output: Path, command: str):
         self.output = Path(output)
-        self.path = self.output / LOCK_NAME
+        self.path = OutputLayout(output).lock
         self.me = Holder(socket.gethostname(), os.getpid(), time.time(), command, uuid.uuid4().hex)
         self.taken_over: Holder | None = None
         self._stop = threading.Event()
@@ -154,7 +154,7 @@ class OutputLock:
         return holder.host == self.me.host and holder.pid > 0 and not _alive(holder.pid)
 
     def _take_over(self, stale: Holder) -> None:
-        aside = self.path.with_name(f"{LOCK_NAME}.{uuid.uuid4().hex}.stale")
+        aside = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.stale")
         try:
             os.replace(self.path, aside)
         except FileNotFoundError:

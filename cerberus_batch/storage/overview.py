@@ -1,4 +1,4 @@
-"""Where a slide's QC overview lives, `<output>/tables/overview/<slide_id>.png`, and writing it."""
+"""Writing a slide's QC overview (`OutputLayout.overview`)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ from pathlib import Path
 from PIL import Image
 
 from cerberus_batch.storage.atomic import atomic_path, make_dirs
-from cerberus_batch.storage.tables import table_dir
-
-
-def overview_path(output: str | Path, slide_id: str) -> Path:
-    return table_dir(output, "overview") / f"{slide_id}.png"
+from cerberus_batch.storage.layout import OutputLayout
 
 
 def save_overview(output: str | Path, slide_id: str, picture: Image.Image) -> Path:
     """Write the slide's overview PNG; it appears whole or not at all."""
-    target = overview_path(output, slide_id)
+    target = OutputLayout(output).overview(slide_id)
     make_dirs(target.parent)
     with atomic_path(target) as partial:
         picture.save(partial, format="PNG")

@@ -18,7 +18,8 @@ import shapely
 
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.colours import instance_colour
-from cerberus_batch.storage.tables import table_batches, table_dir, table_path
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.tables import table_batches
 from cerberus_batch.vocabulary import DRAWING_ORDER, Kind
 
 MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")
@@ -26,11 +27,12 @@ MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")
 
 def table_slides(output: str | Path) -> list[str]:
     """Slide ids that have nuclei, gland or lumen tables in an output folder, sorted."""
+    layout = OutputLayout(output)
     found = {
         folder.name.removeprefix("slide_id=")
         for kind in DRAWING_ORDER
-        if table_dir(output, kind.name).is_dir()
-        for folder in table_dir(output, kind.name).glob("slide_id=*")
+        if layout.tables(kind.name).is_dir()
+        for folder in layout.tables(kind.name).glob("slide_id=*")
     }
     return sorted(found)
 
@@ -40,9 +42,10 @@ def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) 
 
     The file appears whole or not at all. Raises FileNotFoundError when the slide has no tables.
     """
-    paths = {kind: table_path(output, kind.name, slide_id) for kind in DRAWING_ORDER}  # features in drawing order
+    layout = OutputLayout(output)
+    paths = {kind: layout.table_part(kind.name, slide_id) for kind in DRAWING_ORDER}  # features in drawing order
     if not any(path.is_file() for path in paths.values()):
-        raise FileNotFoundError(f"{Path(output) / 'tables'}: no tables for slide {slide_id!r}")
+        raise FileNotFoundError(f"{layout.tables('*')}: no tables for slide {slide_id!r}")
     target = Path(target)
     count = 0
     with atomic_path(target) as partial, open(partial, "w", encoding="utf-8") as file:

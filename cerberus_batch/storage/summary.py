@@ -9,6 +9,7 @@ import geopandas as gpd
 import pandas as pd
 
 from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.vocabulary import OBJECTS
 
 
@@ -33,9 +34,8 @@ def slide_summary(
 
 
 def write_cohort_summary(output: Path, rows: list[dict[str, Any]]) -> None:
-    """`summary.parquet` and `summary.csv`, replaced atomically; missing counts are 0."""
+    """The summary as Parquet and CSV, each replaced atomically; missing counts are 0."""
     frame = pd.DataFrame(rows).fillna(0)
-    for name, write in (("summary.parquet", frame.to_parquet), ("summary.csv", frame.to_csv)):
-        target = Path(output) / name
+    for target, write in zip(OutputLayout(output).summaries, (frame.to_parquet, frame.to_csv)):
         with atomic_path(target) as partial:
             write(partial, index=False)

@@ -1,6 +1,6 @@
 """Instance tables of a cohort: GeoParquet 1.1 with a bbox covering, one hive-partitioned dataset per kind.
 
-Layout: ``<output>/tables/<kind>/slide_id=<id>/part-0.parquet``. Geometries are in
+One dataset per kind (`OutputLayout.tables`), a file per slide. Geometries are in
 level-0 pixel coordinates (x right, y down), so no CRS is set. The slide id lives in
 the partition path, which readers (geopandas, DuckDB with hive partitioning) turn
 back into the `slide_id` column.
@@ -19,24 +19,16 @@ import pyarrow.parquet as pq
 import shapely
 
 from cerberus_batch.storage.atomic import atomic_path, make_dirs
+from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.vocabulary import KINDS
 
-PART = "part-0.parquet"
 BATCH_ROWS = 65_536
-
-
-def table_dir(output_dir: str | Path, kind: str) -> Path:
-    return Path(output_dir) / "tables" / kind
-
-
-def table_path(output_dir: str | Path, kind: str, slide_id: str) -> Path:
-    return table_dir(output_dir, kind) / f"slide_id={slide_id}" / PART
 
 
 def remove_slide_tables(output_dir: str | Path, slide_id: str) -> None:
     """Drop one slide's part of every kind's dataset (before it is recomputed)."""
     for kind in KINDS:
-        table_path(output_dir, kind.name, slide_id).unlink(missing_ok=True)
+        OutputLayout(output_dir).table_part(kind.name, slide_id).unlink(missing_ok=True)
 
 
 def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[str, gpd.GeoDataFrame]) -> list[Path]:
@@ -45,7 +37,7 @@ def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[st
         raise ValueError(f"slide_id {slide_id!r}: not usable as a partition folder name")
     written = []
     for kind, table in tables.items():
-        path = table_path(output_dir, kind, slide_id)
+        path = OutputLayout(output_dir).table_part(kind, slide_id)
         make_dirs(path.parent)
         write_geoparquet(table.drop(columns="slide_id", errors="ignore"), path)
         written.append(path)
@@ -66,7 +58,7 @@ def read_table(
     bbox: tuple[float, float, float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """One kind's table across slides; `bbox` (xmin, ymin, xmax, ymax, level-0 px) uses the covering column."""
-    folder = table_dir(output_dir, kind)
+    folder = OutputLayout(output_dir).tables(kind)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no {kind} table written")
     filters = ds.field("slide_id").isin(list(slide_ids)) if slide_ids is not None else None

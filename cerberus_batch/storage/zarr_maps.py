@@ -1,4 +1,4 @@
-"""The Zarr store of a slide's probability maps: `<output>/maps/<slide_id>/`, Zarr format 3.
+"""The Zarr store of a slide's probability maps (`OutputLayout.maps`), Zarr format 3.
 
 Each array is chunked exactly like the pipeline's chunk tasks (scaled to its
 resolution), so no two tasks ever write the same Zarr chunk.
@@ -16,10 +16,6 @@ import zarr
 from cerberus_batch.grid import CELL
 from cerberus_batch.storage.atomic import atomic_path, fsync_tree
 from cerberus_batch.storage.maps import MapSpec
-
-
-def maps_path(output: Path, slide_id: str) -> Path:
-    return Path(output) / "maps" / slide_id
 
 
 def maps_match(path: Path, attrs: Mapping[str, Any]) -> bool:

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.grid import CELL, CONTEXT, ChunkBox
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.storage.maps import MapSpec, quantise
 from cerberus_batch.vocabulary import HEAD_MAPS
@@ -72,7 +72,7 @@ def _background_past(prob: np.ndarray, inside: tuple[int, int]) -> np.ndarray:
     return kept
 
 
-def predict_chunk(read, predictor: Predictor, box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
-    """Run the model on one chunk's output box (x, y, w, h) in processing pixels."""
+def predict_chunk(read, predictor: Predictor, box: ChunkBox) -> dict[str, np.ndarray]:
+    """Run the model on one chunk's output box."""
     x, y, w, h = box
     return predictor.predict(read_chunk(read, x, y, w, h))

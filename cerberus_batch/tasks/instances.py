@@ -10,7 +10,7 @@ is a single row or column is dropped, as the reference drops contours of < 3 poi
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -22,6 +22,9 @@ from cerberus_batch.grid import CELL
 from cerberus_batch.tasks.outline import hole_rings, instance_ring, outer_ring
 from cerberus_batch.tasks.postprocess import ObjectKind
 from cerberus_batch.vocabulary import TISSUE
+
+if TYPE_CHECKING:  # annotations only: tasks need not load the slide readers
+    from cerberus_batch.slides.transform import Transform
 
 COLUMNS = {
     "slide_id": "object", "instance_id": "int64", "class_id": "int32", "class_name": "object",
@@ -43,7 +46,7 @@ def vote(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def instance_table(
     labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, *, kind: ObjectKind, origin: tuple[int, int],
-    map_width: int, slide_id: str, transform: Any, mpp: float, bounds: tuple[float, float] | None = None,
+    map_width: int, slide_id: str, transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """One row per label in `ids` of the window `labels`, whose top-left map px is `origin` (y, x).
 
@@ -91,7 +94,7 @@ def instance_table(
 
 
 def tissue_table(
-    tissue_class: np.ndarray, *, slide_id: str, transform: Any, mpp: float, names: Sequence[str] = TISSUE.classes,
+    tissue_class: np.ndarray, *, slide_id: str, transform: Transform, mpp: float, names: Sequence[str] = TISSUE.classes,
     bounds: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
     """One polygon (with holes) per 4-connected region of each tissue class; background 0 excluded.
@@ -157,7 +160,7 @@ def class_names(names: Sequence[str], class_id: np.ndarray) -> np.ndarray:
     return lookup[class_id]
 
 
-def polygons(shapes: list[list[np.ndarray]], downsample: int, transform: Any) -> np.ndarray:
+def polygons(shapes: list[list[np.ndarray]], downsample: int, transform: Transform) -> np.ndarray:
     """Polygons from rings in map px ([shell, *holes] per shape), placed in level-0 px."""
     if not shapes:
         return np.array([], dtype=object)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -30,6 +30,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from cerberus_batch.grid import ChunkBox, Window
 from cerberus_batch.storage.maps import dequantise
 from cerberus_batch.tasks.instances import empty_table, instance_table, tissue_table
 from cerberus_batch.tasks.postprocess import (
@@ -37,7 +38,9 @@ from cerberus_batch.tasks.postprocess import (
 )
 from cerberus_batch.vocabulary import TISSUE
 
-Box = tuple[int, int, int, int]  # y0, x0, y1, x1 in map px, exclusive ends
+if TYPE_CHECKING:  # annotations only: tasks need not load the slide readers
+    from cerberus_batch.slides.transform import Transform
+
 MERGE_TILE = 256  # map px; joined nuclei starting in one such tile are segmented from one window
 EDGE_ROUNDING = 1e-6  # map px
 EIGHT_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
@@ -49,7 +52,7 @@ class Fragments:
     """Foreground components of one kind inside a chunk core, in slide map px."""
 
     first: np.ndarray  # (n,) int64 raster position y * W + x of each component's first pixel
-    boxes: np.ndarray  # (n, 4) int64 y0, x0, y1, x1
+    boxes: np.ndarray  # (n, 4) int64, one Window per row
     area: np.ndarray  # (n,) int64 px inside the core
     edge_pixels: np.ndarray  # (m, 3) int64 y, x, component row: its pixels on the core's edges
 
@@ -58,13 +61,13 @@ class Fragments:
 class ChunkResult:
     """What one chunk task sends to the slide reduction."""
 
-    box: tuple[int, int, int, int]  # the chunk, processing px (x, y, w, h)
+    box: ChunkBox  # the chunk
     tables: dict[str, gpd.GeoDataFrame]  # finished instances per kind
     fragments: dict[str, Fragments]  # components cut by (or, for glands and lumens, all within) the core
 
 
 def chunk_instances(
-    maps: Mapping[str, Any], chunk_box: tuple[int, int, int, int], *, slide_id: str, transform: Any, mpp: float,
+    maps: Mapping[str, Any], chunk_box: ChunkBox, *, slide_id: str, transform: Transform, mpp: float,
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
 ) -> ChunkResult:
     """Finish the nuclei of one chunk and report everything else as fragments."""
@@ -88,11 +91,11 @@ def chunk_instances(
         else:
             components, n = ndimage.label(foreground(inner, contour, kind))
             fragments[kind.name] = _fragments(components, np.arange(1, n + 1), core[:2], prob.shape[2])
-    return ChunkResult(tuple(chunk_box), tables, fragments)
+    return ChunkResult(ChunkBox(*chunk_box), tables, fragments)
 
 
 def merge_slide(
-    maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], *, slide_id: str, transform: Any, mpp: float,
+    maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], *, slide_id: str, transform: Transform, mpp: float,
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
     tissue_classes: Sequence[str] = TISSUE.classes,
 ) -> dict[str, gpd.GeoDataFrame]:
@@ -121,8 +124,9 @@ def merge_slide(
 
 
 def slide_instances(
-    maps: Mapping[str, Any], *, slide_id: str, transform: Any, mpp: float, bounds: tuple[float, float] | None = None,
-    kinds: Sequence[ObjectKind] = cerberus_kinds(), tissue_classes: Sequence[str] = TISSUE.classes,
+    maps: Mapping[str, Any], *, slide_id: str, transform: Transform, mpp: float,
+    bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
+    tissue_classes: Sequence[str] = TISSUE.classes,
 ) -> dict[str, gpd.GeoDataFrame]:
     """The whole-slide reference: post-processing straight on the full maps, in memory."""
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
@@ -151,7 +155,7 @@ def slide_instances(
             outer_id[found] = first  # first-pixel raster position = the container's instance_id
             contained[kind.inside] = outer_id[_overlaps(container, labels)]
         labelled[kind.name] = labels
-        classes = _read_classes(maps, kind, (0, 0) + labels.shape)
+        classes = _read_classes(maps, kind, Window(0, 0, *labels.shape))
         tables[kind.name] = _sorted([instance_table(labels, classes, np.unique(labels[labels > 0]), kind=kind,
                                                     origin=(0, 0), map_width=labels.shape[1], **place)])
     tables.update(_with_counts(tables, kinds, contained))
@@ -241,20 +245,21 @@ class Regions:
     def __init__(self, maps: Mapping[str, Any], kind: ObjectKind, joined: Joined, on_slide: tuple[int, int]) -> None:
         self.maps, self.kind, self.joined, self.on_slide = maps, kind, joined, on_slide
         self.shape = maps[kind.prob_map].shape[1:]
-        self.crops = np.array([crop_box(tuple(b), kind.pad, self.shape) for b in joined.boxes], np.int64).reshape(-1, 4)
+        crops = [crop_box(Window(*b), kind.pad, self.shape) for b in joined.boxes]
+        self.crops = np.array(crops, np.int64).reshape(-1, 4)
         self.painted: Callable[[int], np.ndarray] = lru_cache(maxsize=256)(self._paint)
 
     def __len__(self) -> int:
         return len(self.joined.first)
 
     def _paint(self, index: int) -> np.ndarray:
-        crop = tuple(int(v) for v in self.crops[index])
+        crop = Window(*(int(v) for v in self.crops[index]))
         inner, contour = _read(self.maps[self.kind.prob_map], crop)
         components, _ = ndimage.label(foreground(inner, contour, self.kind))
         own = components == components.ravel()[_local(self.joined.first[index : index + 1], crop, self.shape[1])[0]]
         return paint_region(own, self.kind)
 
-    def paint(self, window: Box) -> np.ndarray:
+    def paint(self, window: Window) -> np.ndarray:
         """Label map of the window: index + 1 of the last (in raster order) region covering each px."""
         out = np.zeros((window[2] - window[0], window[3] - window[1]), np.int32)
         c = self.crops
@@ -288,7 +293,7 @@ def _region_tables(
         parts, under_each = [], []
         ids[kind.name] = np.full(len(own), -1, np.int64)
         for index in range(len(own)):
-            window = tuple(int(v) for v in own.crops[index])
+            window = Window(*(int(v) for v in own.crops[index]))
             labels = (own.paint(window) == index + 1).astype(np.int32)
             if container is not None:
                 under = container.paint(window)
@@ -334,7 +339,7 @@ def _tissue(maps: Mapping[str, Any], names: Sequence[str], place: dict[str, Any]
 
 
 def _on_slide(
-    shape: tuple[int, int], downsample: int, transform: Any, bounds: tuple[float, float] | None,
+    shape: tuple[int, int], downsample: int, transform: Transform, bounds: tuple[float, float] | None,
 ) -> tuple[int, int]:
     """Rows and columns of a map (processing px per map px: `downsample`) that cover part of the slide."""
     if bounds is None:
@@ -375,33 +380,33 @@ def _among(labels: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     return table[labels]
 
 
-def _core(chunk_box: tuple[int, int, int, int], downsample: int, shape: tuple[int, int]) -> Box:
+def _core(chunk_box: ChunkBox, downsample: int, shape: tuple[int, int]) -> Window:
     x, y, w, h = chunk_box
     return _clip((y // downsample, x // downsample, (y + h) // downsample, (x + w) // downsample), shape)
 
 
-def _clip(box: Sequence[int], shape: tuple[int, int]) -> Box:
+def _clip(box: Sequence[int], shape: tuple[int, int]) -> Window:
     y0, x0, y1, x1 = box
-    return max(int(y0), 0), max(int(x0), 0), min(int(y1), shape[0]), min(int(x1), shape[1])
+    return Window(max(int(y0), 0), max(int(x0), 0), min(int(y1), shape[0]), min(int(x1), shape[1]))
 
 
-def _image_edges(window: Box, shape: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
+def _image_edges(window: Window, shape: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
     return window[0] == 0, window[2] == shape[0], window[1] == 0, window[3] == shape[1]
 
 
-def _local(first: np.ndarray, window: Box, map_width: int) -> np.ndarray:
+def _local(first: np.ndarray, window: Window, map_width: int) -> np.ndarray:
     """Slide raster positions to flat positions inside the window."""
     y, x = np.divmod(first, map_width)
     return (y - window[0]) * (window[3] - window[1]) + x - window[1]
 
 
-def _read(prob: Any, window: Box) -> tuple[np.ndarray, np.ndarray]:
+def _read(prob: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
     y0, x0, y1, x1 = window
     inner_contour = dequantise(np.asarray(prob[:, y0:y1, x0:x1]))
     return inner_contour[0], inner_contour[1]
 
 
-def _read_classes(maps: Mapping[str, Any], kind: ObjectKind, window: Box) -> np.ndarray | None:
+def _read_classes(maps: Mapping[str, Any], kind: ObjectKind, window: Window) -> np.ndarray | None:
     if kind.class_map is None or kind.class_map not in maps:
         return None
     y0, x0, y1, x1 = window

@@ -22,6 +22,7 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from cerberus_batch import vocabulary
+from cerberus_batch.grid import Window
 from cerberus_batch.vocabulary import GLANDS, LUMENS, NUCLEI, Kind
 
 FOUR = ndimage.generate_binary_structure(2, 1)
@@ -193,15 +194,15 @@ def _tie_order(support_of_seed: np.ndarray) -> np.ndarray:
     return later.astype(np.float64)
 
 
-def crop_box(box: tuple[int, int, int, int], pad: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Pad (y0, x0, y1, x1) by `pad`, skipping any side where the reference would leave the image.
+def crop_box(box: Window, pad: int, shape: tuple[int, int]) -> Window:
+    """Pad `box` by `pad`, skipping any side where the reference would leave the image.
 
     The reference keeps a side unpadded unless the padded low edge is >= 0 or the
     padded (exclusive) high edge is <= size - 1, so it never reaches the last row/column.
     """
     y0, x0, y1, x1 = box
     h, w = shape
-    return (
+    return Window(
         y0 - pad if y0 - pad >= 0 else y0,
         x0 - pad if x0 - pad >= 0 else x0,
         y1 + pad if y1 + pad <= h - 1 else y1,
@@ -219,7 +220,7 @@ def segment_regions(inner: np.ndarray, contour: np.ndarray, kind: ObjectKind) ->
     labels, _ = ndimage.label(remove_small(foreground(inner, contour, kind), kind.min_area))
     out = np.zeros(labels.shape, np.int32)
     for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
-        y0, x0, y1, x1 = crop_box((rows.start, cols.start, rows.stop, cols.stop), kind.pad, labels.shape)
+        y0, x0, y1, x1 = crop_box(Window(rows.start, cols.start, rows.stop, cols.stop), kind.pad, labels.shape)
         painted = paint_region(labels[y0:y1, x0:x1] == index, kind)
         out[y0:y1, x0:x1][painted] = index
     return out

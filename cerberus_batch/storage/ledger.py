@@ -14,6 +14,7 @@ from typing import Any
 
 from cerberus_batch.errors import RunMismatch
 from cerberus_batch.storage.atomic import make_dirs, write_bytes_durably
+from cerberus_batch.storage.layout import OutputLayout
 
 
 NUMERICS = "numerics"  # the fingerprint key a resume may change with --allow-device-change
@@ -21,7 +22,7 @@ NUMERICS = "numerics"  # the fingerprint key a resume may change with --allow-de
 
 class Ledger:
     def __init__(self, output: Path):
-        self.root = Path(output) / "ledger"
+        self.root = OutputLayout(output).ledger
 
     def _slide(self, slide_id: str) -> Path:
         return self.root / slide_id
@@ -58,7 +59,8 @@ def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_d
     `allow_device_change`, maps made with other numerics (device kind, precision) may be
     continued; they agree only within the precision of the coarser one.
     """
-    path = Path(output) / "run.json"
+    layout = OutputLayout(output)
+    path = layout.run_settings
     if path.is_file() and not fresh:
         previous = json.loads(path.read_text())
         changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
@@ -74,7 +76,7 @@ def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_d
                 "use another output folder or pass --fresh to recompute it"
             )
     if fresh and path.is_file():  # only a folder that holds our run.json is ours to clear
-        for stale in ("ledger", "maps", "tables", "plans", "masks", "logs"):
-            shutil.rmtree(Path(output) / stale, ignore_errors=True)
+        for stale in layout.run_folders:
+            shutil.rmtree(stale, ignore_errors=True)
     make_dirs(output)
     write_bytes_durably(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
