@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from cerberus_batch.cli import main
 from cerberus_batch.errors import OutputError
@@ -100,3 +102,17 @@ def test_run_and_validate_name_an_unwritable_output_folder(tmp_path):
     validate = CliRunner().invoke(main, ["validate", str(cohort)], terminal_width=200)
     assert validate.exit_code == 1
     assert f"PROBLEM output: {expected}" in validate.output
+
+
+def test_tile_takes_over_a_stale_lock_with_a_warning(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((300, 300, 3), 230, np.uint8)).save(images / "a.png")
+    lock_file(tmp_path / "out", "gpu-node-7", age=STALE_AFTER + 60)
+    # A process of its own: the warning goes through logging, which pytest would capture.
+    result = subprocess.run([sys.executable, "-m", "cerberus_batch.cli", "tile", "--model-kind", "stain",
+                             "--input-dir", str(images), "--output-dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "took over the lock of a run that is gone (cerberus-batch run on gpu-node-7, pid 12345" in result.stderr
+    assert not OutputLayout(tmp_path / "out").lock.exists()

@@ -10,6 +10,7 @@ after another in this process; no Dask.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,8 @@ from cerberus_batch.tasks.infer import stored_maps
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.vocabulary import DRAWING_ORDER, TISSUE, class_names
+
+log = logging.getLogger("cerberus_batch")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PROCESSING_MPP = 0.5
@@ -131,7 +134,9 @@ def run_tile_mode(
     may hold it (OutputError otherwise, before anything is written).
     """
     inputs = {"input folder": Path(input_dir)} | ({"model folder": Path(model_dir)} if model_dir else {})
-    with claim_output(Path(output_dir), inputs, "cerberus-batch tile"):
+    with claim_output(Path(output_dir), inputs, "cerberus-batch tile") as lock:
+        if lock.taken_over is not None:
+            log.warning("WARNING %s: took over the lock of a run that is gone (%s)", output_dir, lock.taken_over.describe())
         return _run_images(Path(input_dir), Path(output_dir), predictor, mpp, on_image)
 
 
