@@ -21,8 +21,8 @@ from cerberus_batch.grid import CELL
 from cerberus_batch.slides import Transform, open_slide
 from cerberus_batch.storage.colours import RGB, instance_colour, tissue_colours
 from cerberus_batch.storage.overview import save_overview
-from cerberus_batch.storage.tables import table_batches
 from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.tables import table_batches
 from cerberus_batch.storage.zarr_maps import open_slide_maps
 from cerberus_batch.vocabulary import DRAWING_ORDER, GLANDS, KINDS, LUMENS, NUCLEI, OBJECTS, TISSUE, class_names
 
@@ -52,8 +52,8 @@ def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
         if counts[kind.name]:
             draw_instances(picture, kind.name, table_batches(path), factor)
     tissue = None
-    if "tissue_class" in group.array_keys():
-        cells = np.asarray(group["tissue_class"][:])
+    if TISSUE.class_map.name in group.array_keys():
+        cells = np.asarray(group[TISSUE.class_map.name][:])
         names = class_names(TISSUE, attrs["class_names"])
         tissue = tissue_panel(cells, names, Transform.from_dict(attrs["transform"]), factor, thumbnail.shape[:2])
     title = f"{slide_id}: " + ", ".join(f"{counts[kind.name]} {kind.name}" for kind in OBJECTS)

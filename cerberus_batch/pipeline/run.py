@@ -29,7 +29,7 @@ from cerberus_batch.pipeline.work import (
     chunk_instances_task, cohort_predictor, fingerprint, infer_chunk_task, merge_slide_task, plan_slide_task,
 )
 from cerberus_batch.slides import ChunkPlan
-from cerberus_batch.storage.atomic import make_dirs, write_bytes_durably
+from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import Ledger, check_run
 from cerberus_batch.storage.output_folder import claim_output
@@ -141,7 +141,6 @@ class CohortRun:
         self.client.cancel(list(self.pending.get(slide.id, ())))
         self.forget(slide)
         log = OutputLayout(self.cohort.output).log(slide.id)
-        make_dirs(log.parent)
         write_bytes_durably(log, "".join([f"{slide.id} ({slide.path}) failed: {reason}\n\n", *(details or [])]).encode())
         self.progress.slide_finished(slide.id, ok=False, reason=f"{reason} (details: {log})")
 

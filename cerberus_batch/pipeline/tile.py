@@ -24,7 +24,7 @@ from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.overview import draw_instances
 from cerberus_batch.pipeline.work import map_attributes
 from cerberus_batch.slides import Transform, open_slide
-from cerberus_batch.storage.atomic import atomic_path, make_dirs
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.layout import ImageLayout
 from cerberus_batch.storage.maps import MapSpec, map_specs
 from cerberus_batch.storage.output_folder import claim_output
@@ -108,7 +108,6 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
         kinds=cerberus_kinds("tile", predictor.class_names),
         tissue_classes=class_names(TISSUE, predictor.class_names),
     )
-    make_dirs(folder.parent)
     with atomic_path(folder) as partial:
         partial.mkdir()
         written = ImageLayout(partial)

@@ -23,18 +23,19 @@ from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.plan import plan_slide
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
-from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, make_dirs
+from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
 from cerberus_batch.storage.maps import map_specs
-from cerberus_batch.storage.summary import slide_summary
-from cerberus_batch.storage.tables import remove_slide_tables, write_slide_tables
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import NUMERICS, Ledger
+from cerberus_batch.storage.summary import slide_summary
+from cerberus_batch.storage.tables import remove_slide_tables, write_slide_tables
 from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import tissue_by_type
 from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.vocabulary import TISSUE, class_names
+
 
 def cohort_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | None = None) -> Predictor:
     """The model a cohort asks for."""
@@ -87,10 +88,8 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
     view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
     mask, plan = plan_slide(view, slide, processing)
     layout = OutputLayout(output)
-    make_dirs(layout.mask(slide.id).parent)
     with atomic_path(layout.mask(slide.id)) as partial:
         mask.save_png(partial)
-    make_dirs(layout.plan(slide.id).parent)
     with atomic_path(layout.plan(slide.id)) as partial:
         partial.write_text(plan.to_json())
     predictor = _predictor(model, processing)
@@ -170,7 +169,7 @@ def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list
     write_slide_tables(output, slide_id, tables)
     write_overview(output, slide_id)
     types = {}
-    if "tissue_class" in maps:
+    if TISSUE.class_map.name in maps:
         plan = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text())
-        types = tissue_by_type(tissue_mm2, plan.tissue_cells(), np.asarray(maps["tissue_class"][:]), names)
+        types = tissue_by_type(tissue_mm2, plan.tissue_cells(), np.asarray(maps[TISSUE.class_map.name][:]), names)
     return slide_summary(slide_id, tables, tissue_mm2, types, time.perf_counter() - started)

@@ -2,7 +2,7 @@
 
 from cerberus_batch.errors import SlideError
 from cerberus_batch.slides.mask import TissueMask, detect_tissue, tissue_mask
-from cerberus_batch.slides.plan import Chunk, ChunkPlan, cells_with_tissue, plan_chunks
+from cerberus_batch.slides.plan import Chunk, ChunkPlan, cell_tissue, plan_chunks
 from cerberus_batch.slides.slide import DEFAULT_MPP, Slide, SlideInfo, open_slide
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView
@@ -17,7 +17,7 @@ __all__ = [
     "SlideView",
     "TissueMask",
     "Transform",
-    "cells_with_tissue",
+    "cell_tissue",
     "detect_tissue",
     "open_slide",
     "plan_chunks",

@@ -142,11 +142,6 @@ def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = DEFAULT_CHUNK, s
     )
 
 
-def cells_with_tissue(mask: TissueMask, cells: tuple[int, int]) -> np.ndarray:
-    """Bool (rows, cols): cells that any tissue mask pixel touches."""
-    return cell_tissue(mask, (cells[0] * CELL, cells[1] * CELL)) > 0
-
-
 def cell_tissue(mask: TissueMask, shape: tuple[int, int]) -> np.ndarray:
     """Float (rows, cols): processing px² of tissue mask in each cell of a slide of `shape` (h, w),
     counting only what lies inside the slide. Positive exactly where a tissue mask pixel touches the cell."""

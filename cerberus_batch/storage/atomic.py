@@ -92,12 +92,13 @@ def _sync_written(partial: Path) -> None:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a hidden sibling to write to; it replaces `target` only if the block succeeds.
 
-    Works for files and folders; the sibling lives in the same folder, so the final rename is
-    atomic on one filesystem. What was written, and the rename, are fsynced before returning.
+    Works for files and folders; the sibling lives in the same folder (created, durably, if
+    missing), so the final rename is atomic on one filesystem. What was written, and the rename, are fsynced before returning.
     A folder is marked as ours, and an existing folder is replaced only if it carries that mark:
     an unknown folder (a user's images, say) is refused, never removed.
     """
     target = Path(target)
+    make_dirs(target.parent)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cerberus_batch.errors import RunMismatch
-from cerberus_batch.storage.atomic import make_dirs, write_bytes_durably
+from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
 
 
@@ -32,7 +32,7 @@ class Ledger:
         shutil.rmtree(self._slide(slide_id), ignore_errors=True)
 
     def mark_done(self, slide_id: str, chunk_index: int) -> None:
-        write_bytes_durably(make_dirs(self._slide(slide_id)) / f"chunk-{chunk_index}.done", b"")
+        write_bytes_durably(self._slide(slide_id) / f"chunk-{chunk_index}.done", b"")
 
     def done_chunks(self, slide_id: str) -> set[int]:
         folder = self._slide(slide_id)
@@ -42,7 +42,7 @@ class Ledger:
 
     def mark_slide(self, slide_id: str, stage: str, info: dict[str, Any]) -> None:
         """Record a finished stage of a slide (e.g. 'maps', 'instances') with what it produced."""
-        write_bytes_durably(make_dirs(self._slide(slide_id)) / f"{stage}.json", json.dumps(info).encode())
+        write_bytes_durably(self._slide(slide_id) / f"{stage}.json", json.dumps(info).encode())
 
     def slide_stage(self, slide_id: str, stage: str) -> dict[str, Any] | None:
         path = self._slide(slide_id) / f"{stage}.json"
@@ -78,5 +78,4 @@ def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_d
     if fresh and path.is_file():  # only a folder that holds our run.json is ours to clear
         for stale in layout.run_folders:
             shutil.rmtree(stale, ignore_errors=True)
-    make_dirs(output)
     write_bytes_durably(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())

@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import shapely
 
-from cerberus_batch.storage.atomic import atomic_path, make_dirs
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.vocabulary import KINDS
 
@@ -38,7 +38,6 @@ def write_slide_tables(output_dir: str | Path, slide_id: str, tables: Mapping[st
     written = []
     for kind, table in tables.items():
         path = OutputLayout(output_dir).table_part(kind, slide_id)
-        make_dirs(path.parent)
         write_geoparquet(table.drop(columns="slide_id", errors="ignore"), path)
         written.append(path)
     return written

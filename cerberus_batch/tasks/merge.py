@@ -333,9 +333,9 @@ def _with_counts(
 
 
 def _tissue(maps: Mapping[str, Any], names: Sequence[str], place: dict[str, Any]) -> gpd.GeoDataFrame:
-    if "tissue_class" not in maps:
+    if TISSUE.class_map.name not in maps:
         return empty_table()
-    return tissue_table(np.asarray(maps["tissue_class"][:]), names=names, **place)
+    return tissue_table(np.asarray(maps[TISSUE.class_map.name][:]), names=names, **place)
 
 
 def _on_slide(
