@@ -99,7 +99,11 @@ def merge_slide(
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
     tissue_classes: Sequence[str] = TISSUE.classes,
 ) -> dict[str, gpd.GeoDataFrame]:
-    """All instance tables of a slide from its chunk results (any order), plus tissue regions."""
+    """All instance tables of a slide from its chunk results (any order), plus tissue regions.
+
+    Nuclei finished in the chunks are included as far as the results still carry them (a chunk
+    task that stored its own table part sends fragments only): the rest are the border nuclei.
+    """
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
     tables: dict[str, gpd.GeoDataFrame] = {}
     regions: dict[str, Regions] = {}
@@ -111,7 +115,7 @@ def merge_slide(
         found = [result.fragments[kind.name] for result in chunk_results]
         joined = _join(found, shape, EIGHT_NEIGHBOURS if kind.method == "watershed" else FOUR_NEIGHBOURS)
         if kind.method == "watershed":
-            finished = [result.tables[kind.name] for result in chunk_results]
+            finished = [result.tables[kind.name] for result in chunk_results if kind.name in result.tables]
             tables[kind.name] = _sorted(finished + _finish_nuclei(maps, kind, joined, shape, place))
         else:
             on_slide = _on_slide(shape, kind.downsample, transform, bounds)
