@@ -47,10 +47,10 @@ def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
     picture = Image.fromarray(thumbnail)
     counts = {}
     for kind in DRAWING_ORDER:
-        path = OutputLayout(output).table_part(kind.name, slide_id)
-        counts[kind.name] = pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
+        parts = OutputLayout(output).table_files(kind.name, slide_id)
+        counts[kind.name] = sum(pq.ParquetFile(path).metadata.num_rows for path in parts)
         if counts[kind.name]:
-            draw_instances(picture, kind.name, table_batches(path), factor)
+            draw_instances(picture, kind.name, table_batches(parts), factor)
     tissue = None
     if TISSUE.class_map.name in group.array_keys():
         cells = np.asarray(group[TISSUE.class_map.name][:])

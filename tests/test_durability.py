@@ -14,7 +14,8 @@ from shapely.geometry import box
 
 from cerberus_batch.storage.ledger import Ledger
 from cerberus_batch.storage.maps import map_specs
-from cerberus_batch.storage.tables import write_slide_tables
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.tables import stage_table_part, write_slide_tables
 from cerberus_batch.storage.zarr_maps import create_slide_maps, open_slide_maps, write_chunk
 
 
@@ -88,13 +89,19 @@ def test_a_chunk_write_is_durable_before_its_ledger_marker(tmp_path, monkeypatch
     assert recorder.unsynced_before(marker) == []
 
 
-def test_a_table_write_is_durable_before_its_ledger_marker(tmp_path, monkeypatch):
+def test_a_table_commit_is_durable_before_its_ledger_marker(tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
-    recorder = Recorder(monkeypatch)
     table = gpd.GeoDataFrame({"instance_id": [1, 2]}, geometry=[box(0, 0, 4, 4), box(10, 10, 12, 13)])
-    write_slide_tables(tmp_path / "out", "s", {"nuclei": table, "glands": table.iloc[:0]})
-    Ledger(tmp_path / "out").mark_slide("s", "instances", {"nuclei": 2})
+    write_slide_tables(tmp_path / "out", "s", {"nuclei": table.iloc[:1]})  # an earlier run's tables, replaced below
+    recorder = Recorder(monkeypatch)
+    stage_table_part(tmp_path / "out", "s", "run1", "nuclei", 0, table)  # a chunk task's part
+    write_slide_tables(tmp_path / "out", "s", {"nuclei": table, "glands": table.iloc[:0]}, token="run1")
+    Ledger(tmp_path / "out").mark_slide("s", "instances", {"nuclei": 4})
     marker = tmp_path / "out" / "ledger" / "s" / "instances.json"
+    layout = OutputLayout(tmp_path / "out")
     created = [p for kind, p, _ in recorder.events if kind == "mkdir"]
-    assert tmp_path / "out" / "tables" / "nuclei" / "slide_id=s" in created
+    assert layout.staged_parts("nuclei", "s", "run1") in created
+    renamed = [p for kind, p, _ in recorder.events if kind == "replace"]
+    assert layout.table_folder("nuclei", "s") in renamed and layout.table_folder("glands", "s") in renamed
+    assert layout.replaced_tables("nuclei", "s") in renamed  # the earlier folder, moved aside
     assert recorder.unsynced_before(marker) == []

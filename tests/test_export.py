@@ -78,10 +78,7 @@ def test_several_slides_need_a_slide_id(output, tmp_path):
 def test_a_single_slide_output_needs_no_slide_id(output, tmp_path):
     single = tmp_path / "single"
     for kind in ("nuclei", "glands", "lumens"):
-        source = OutputLayout(output).table_part(kind, "slide-b")
-        destination = OutputLayout(single).table_part(kind, "slide-b")
-        destination.parent.mkdir(parents=True)
-        shutil.copyfile(source, destination)
+        shutil.copytree(OutputLayout(output).table_folder(kind, "slide-b"), OutputLayout(single).table_folder(kind, "slide-b"))
     target = tmp_path / "b.geojson"
     result = export(str(single), "-o", str(target))
     assert result.exit_code == 0, result.output

@@ -36,8 +36,8 @@ def cmu_output(tmp_path_factory, cmu_slide) -> Path:
     plan = plan_slide_task(slide, model, processing, output)
     for chunk in plan.chunks:
         infer_chunk_task(slide, chunk.index, (chunk.x, chunk.y, chunk.w, chunk.h), chunk.empty_cells, model, processing, output)
-    parts = [chunk_instances_task("cmu", (c.x, c.y, c.w, c.h), output) for c in plan.chunks]
-    merge_slide_task("cmu", output, plan.tissue_mm2, parts)
+    parts = [chunk_instances_task("cmu", c.index, (c.x, c.y, c.w, c.h), output, "0123abcd") for c in plan.chunks]
+    merge_slide_task("cmu", output, plan.tissue_mm2, "0123abcd", parts)
     return output
 
 
@@ -63,6 +63,7 @@ def test_thumbnail_shows_tissue_and_a_dot_on_every_nucleus(cmu_output):
     assert ((thumb[..., 0] - thumb[..., 1]) > 30).mean() > 0.2
     nuclei = read_table(cmu_output, "nuclei", ["cmu"])
     assert len(nuclei) > 1000
+    assert len(OutputLayout(cmu_output).table_files("nuclei", "cmu")) > 2, "drawn from the chunks' parts and the merge's"
     x = np.floor(nuclei["centroid_x"].to_numpy() / FACTOR).astype(int)
     y = np.floor(nuclei["centroid_y"].to_numpy() / FACTOR).astype(int)
     dot = instance_colour("nuclei", "nucleus")

@@ -10,12 +10,14 @@ import pytest
 import shapely
 
 from cerberus_batch.slides import Transform
+from cerberus_batch.storage.atomic import MARKER
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.testing.maps import synthetic_maps
 
 SLIDES = ("slide-a", "slide-b")
+KINDS = ("nuclei", "glands", "lumens", "tissue")
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,9 @@ def output(tmp_path_factory):
 
 
 def test_files_are_geoparquet_1_1_with_bbox_covering(output) -> None:
-    for kind in ("nuclei", "glands", "lumens", "tissue"):
-        meta = json.loads(pq.read_schema(OutputLayout(output).table_part(kind, "slide-a")).metadata[b"geo"])
+    for kind in KINDS:
+        [part] = OutputLayout(output).table_files(kind, "slide-a")
+        meta = json.loads(pq.read_schema(part).metadata[b"geo"])
         assert meta["version"] == "1.1.0"
         column = meta["columns"][meta["primary_column"]]
         assert column["encoding"] == "WKB"
@@ -42,7 +45,7 @@ def test_columns_and_valid_geometries(output) -> None:
     assert {"slide_id", "instance_id", "class_id", "class_name", "class_prob", "area_px", "area_um2",
             "centroid_x", "centroid_y", "geometry"} <= set(nuclei.columns)
     assert "lumen_count" in read_table(output, "glands").columns
-    for kind in ("nuclei", "glands", "lumens", "tissue"):
+    for kind in KINDS:
         table = read_table(output, kind)
         assert len(table) > 0 and table.geometry.is_valid.all() and set(table["slide_id"]) == set(SLIDES)
 
@@ -77,7 +80,9 @@ def test_rewrite_is_atomic_and_leaves_no_temp_files(output) -> None:
     before = read_table(output, "lumens", slide_ids=["slide-a"])
     write_slide_tables(output, "slide-a", {"lumens": before.iloc[:1]})
     assert len(read_table(output, "lumens", slide_ids=["slide-a"])) == 1
-    leftovers = [p for p in (output / "tables").rglob("*") if p.is_file() and p.name != "part-0.parquet"]
+    layout = OutputLayout(output)
+    committed = {path for kind in KINDS for slide_id in SLIDES for path in layout.table_files(kind, slide_id)}
+    leftovers = [p for p in (output / "tables").rglob("*") if p.is_file() and p not in committed and p.name != MARKER]
     assert leftovers == []
     write_slide_tables(output, "slide-a", {"lumens": before})
 

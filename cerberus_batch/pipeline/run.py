@@ -2,9 +2,11 @@
 
 Each slide moves through stages: plan (tissue mask, chunks, map group) → one
 inference task per kept chunk not yet in the ledger → one instance task per
-chunk (finishes the objects inside it) → one merge task (joins objects across
-chunk borders, writes the slide's tables). A failure anywhere marks only that
-slide as failed; every other slide goes on.
+chunk, started as soon as that chunk's maps are written (finishes the objects
+inside it and stages them as the chunk's table part) → one merge task (joins
+objects across chunk borders, commits the slide's tables). Slides enter the
+graph as others leave it. A failure anywhere marks only that slide as failed;
+every other slide goes on.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import logging
 import time
 import traceback
 import uuid
+from collections import deque
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from distributed import Client, Future, WorkerPlugin, as_completed
 
@@ -80,8 +83,20 @@ def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return not (message.startswith("Compute Failed") or ("Async instruction" in message and "CancelledError" in message))
 
 
+def slides_in_flight(client: Client) -> int:
+    """How many slides may be in the graph at once: enough that every worker thread has work while
+    a slide plans or merges (2 per thread, plus one), and at least 2."""
+    return max(2, 2 * sum(client.nthreads().values()) + 1)
+
+
 class CohortRun:
-    """Drives one cohort on a Dask client, reacting to each finished task."""
+    """Drives one cohort on a Dask client, reacting to each finished task.
+
+    Slides enter the graph as others leave it, at most `slides_in_flight` (looked at again whenever
+    a slide is planned or finishes, as workers come and go) at a time, each with
+    at most a plan, an inference and an instance task per chunk, and a merge. A finished slide leaves
+    no futures, plan or chunk results behind, so the client's memory does not grow with the cohort.
+    """
 
     def __init__(self, cohort: Cohort, client: Client, report: RunReport, progress: RunProgress, gpu: bool):
         self.cohort = cohort
@@ -91,12 +106,15 @@ class CohortRun:
         self.ledger = Ledger(cohort.output)
         where = placement(gpu)
         self.infer_resources, self.cpu_resources = where.inference, where.cpu
+        self.waiting = deque(cohort.slides)  # not yet in the graph
         self.pending: dict[str, set[Future]] = {}
-        self.started: dict[str, float] = {}
+        self.started: dict[str, float] = {}  # the slides in the graph, and when each entered
         self.handlers: dict[str, tuple[SlideEntry, Callable[[SlideEntry, Future], None]]] = {}
-        self.plans: dict[str, ChunkPlan] = {}
         self.futures = as_completed()
         self.token = uuid.uuid4().hex[:8]
+        for slide in cohort.slides:
+            report.slides[slide.id] = SlideOutcome()
+        self.records = RunRecords(cohort, report, self.ledger)
 
     def submit(self, slide: SlideEntry, on_done: Callable[[SlideEntry, Future], None] | None, fn, *args, key: str, **kwargs) -> Future:
         """Submit a task of a slide; `on_done` runs when it finishes (None: a dependency of one that has it).
@@ -112,18 +130,22 @@ class CohortRun:
         return future
 
     def start(self) -> None:
+        self.admit()
+
+    def admit(self) -> None:
+        """Let waiting slides into the graph while there is room."""
+        room = slides_in_flight(self.client)
         c = self.cohort
-        for slide in c.slides:
-            self.report.slides[slide.id] = SlideOutcome()
+        while self.waiting and len(self.started) < room:
+            slide = self.waiting.popleft()
             self.started[slide.id] = time.time()
             self.submit(slide, self.on_plan, plan_slide_task, slide, c.model, c.processing, c.output, key=f"plan-{slide.id}", resources=self.cpu_resources)
 
     def loop(self) -> None:
         for future in self.futures:
             slide, on_done = self.handlers.pop(future.key)
-            self.pending.get(slide.id, set()).discard(future)
             outcome = self.report.slides[slide.id]
-            if outcome.status == "failed":
+            if outcome.status != "pending":  # failed (or done) already: the rest of its tasks do not count
                 pass
             elif future.status == "finished":
                 on_done(slide, future)
@@ -132,44 +154,69 @@ class CohortRun:
                 self.fail(slide, first_line(err, typed=True), traceback.format_exception(type(err), err, future.traceback()))
             else:  # cancelled or lost: the slide cannot finish in this run
                 self.fail(slide, f"task {future.key} was {future.status}")
+            # Still pending while it is handled: a slide that leaves lets go of it with the rest,
+            # before the next slide enters.
+            self.pending.get(slide.id, set()).discard(future)
             future.release()
+            self.records.write()
 
     def fail(self, slide: SlideEntry, reason: str, details: list[str] | None = None) -> None:
         outcome = self.report.slides[slide.id]
         outcome.status, outcome.error = "failed", reason
-        outcome.seconds = time.time() - self.started[slide.id]
         self.client.cancel(list(self.pending.get(slide.id, ())))
-        self.forget(slide)
         log = OutputLayout(self.cohort.output).log(slide.id)
         write_bytes_durably(log, "".join([f"{slide.id} ({slide.path}) failed: {reason}\n\n", *(details or [])]).encode())
         self.progress.slide_finished(slide.id, ok=False, reason=f"{reason} (details: {log})")
+        self.leave(slide)
 
-    def forget(self, slide: SlideEntry) -> None:
-        """Let go of a finished slide's futures and plan: chunk results must not pile up on
-        the workers over a 1,000-slide cohort."""
+    def leave(self, slide: SlideEntry) -> None:
+        """A slide is done or failed: let go of its futures (chunk results must not pile up on the
+        workers over a 1,000-slide cohort), record it, and let the next slide in."""
+        self.report.slides[slide.id].seconds = time.time() - self.started.pop(slide.id)
         for future in self.pending.pop(slide.id, ()):
             future.release()
-        self.plans.pop(slide.id, None)
+        self.records.slide_finished(slide.id)
+        self.admit()
 
     def on_plan(self, slide: SlideEntry, future: Future) -> None:
-        plan = self.plans[slide.id] = future.result()
+        plan = future.result()
         outcome = self.report.slides[slide.id]
         done = self.ledger.done_chunks(slide.id)
-        todo = [chunk for chunk in plan.chunks if chunk.index not in done]
         outcome.chunks, outcome.tissue_mm2 = len(plan.chunks), plan.tissue_mm2
         if not plan.chunks:
             outcome.note = "no tissue found: nothing to infer (check the slide's mask)"
-        outcome.chunks_skipped = len(plan.chunks) - len(todo)
-        self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
         c = self.cohort
-        for chunk in todo:
-            self.submit(
+        inferred = {
+            chunk.index: self.submit(
                 slide, self.on_chunk, infer_chunk_task, slide, chunk.index, chunk.box, chunk.empty_cells,
                 c.model, c.processing, c.output,
                 key=f"infer-{slide.id}-{chunk.index}", resources=self.infer_resources, retries=2,
             )
-        if not todo:
+            for chunk in plan.chunks if chunk.index not in done
+        }
+        outcome.chunks_skipped = len(plan.chunks) - len(inferred)
+        self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
+        outcome.tables_skipped = self.ledger.slide_stage(slide.id, "instances") is not None
+        if not outcome.tables_skipped:
+            self.find_instances(slide, plan, inferred)
+        if not inferred:
             self.maps_done(slide)
+        self.admit()  # workers may have joined since the last look
+
+    def find_instances(self, slide: SlideEntry, plan: ChunkPlan, inferred: dict[int, Future]) -> None:
+        """An instance task per chunk, each starting as soon as its chunk's maps are written (at once
+        for chunks an earlier run inferred), and the merge, which reads across chunk borders, after all.
+
+        Both go before inference waiting in the queue (priority): a slide that finishes frees its place.
+        """
+        out = self.cohort.output
+        parts = [
+            self.submit(slide, None, chunk_instances_task, slide.id, c.index, c.box, out, self.token, inferred=inferred.get(c.index),
+                        key=f"instances-{slide.id}-{c.index}", resources=self.cpu_resources, priority=1)
+            for c in plan.chunks
+        ]
+        self.submit(slide, self.on_merged, merge_slide_task, slide.id, out, plan.tissue_mm2, self.token, parts,
+                    key=f"merge-{slide.id}", resources=self.cpu_resources, priority=1)
 
     def on_chunk(self, slide: SlideEntry, future: Future) -> None:
         outcome = self.report.slides[slide.id]
@@ -179,20 +226,9 @@ class CohortRun:
             self.maps_done(slide)
 
     def maps_done(self, slide: SlideEntry) -> None:
-        outcome = self.report.slides[slide.id]
-        self.ledger.mark_slide(slide.id, "maps", {"chunks": outcome.chunks})
-        if self.ledger.slide_stage(slide.id, "instances") is not None:
-            outcome.tables_skipped = True
+        self.ledger.mark_slide(slide.id, "maps", {"chunks": self.report.slides[slide.id].chunks})
+        if self.report.slides[slide.id].tables_skipped:
             self.slide_done(slide)
-            return
-        out = self.cohort.output
-        parts = [
-            self.submit(slide, None, chunk_instances_task, slide.id, c.box, out,
-                        key=f"instances-{slide.id}-{c.index}", resources=self.cpu_resources)
-            for c in self.plans[slide.id].chunks
-        ]
-        self.submit(slide, self.on_merged, merge_slide_task, slide.id, out, outcome.tissue_mm2, parts,
-                    key=f"merge-{slide.id}", resources=self.cpu_resources)
 
     def on_merged(self, slide: SlideEntry, future: Future) -> None:
         self.ledger.mark_slide(slide.id, "instances", future.result())
@@ -201,11 +237,50 @@ class CohortRun:
     def slide_done(self, slide: SlideEntry) -> None:
         outcome = self.report.slides[slide.id]
         outcome.status = "done"
-        outcome.seconds = time.time() - self.started[slide.id]
-        self.forget(slide)
         self.progress.slide_finished(slide.id, ok=True)
         if outcome.chunks_skipped or outcome.tables_skipped:
             self.progress.note(f"{slide.id}: {resumed(outcome)}")
+        self.leave(slide)
+
+
+REPORT_EVERY = 1.0  # seconds: the least time between two rewrites of the report and summary while slides finish
+REPORT_SHARE = 0.05  # and at most this share of the run's time goes into rewriting them
+
+
+class RunRecords:
+    """`run_report.json` and the cohort summary, rewritten as slides finish, so a run that dies leaves
+    both for every slide finished until moments before. Each rewrite costs time in proportion to the
+    cohort, so they are spaced out by `REPORT_EVERY`, or longer where one took more than
+    `REPORT_SHARE` of that (a 1,000-slide cohort must not cost a million rows written); and at the end.
+
+    The summary covers every slide whose tables exist, this run's or an earlier one's (the ledger's
+    rows, read once at the start and again for each slide that finishes).
+    """
+
+    def __init__(self, cohort: Cohort, report: RunReport, ledger: Ledger) -> None:
+        self.cohort, self.report, self.ledger = cohort, report, ledger
+        self.rows: dict[str, dict[str, Any]] = {}
+        for slide in cohort.slides:
+            self.slide_finished(slide.id)
+        self.due = 0.0  # time.monotonic() from which the next rewrite may happen
+
+    def slide_finished(self, slide_id: str) -> None:
+        row = self.ledger.slide_stage(slide_id, "instances")
+        if row is None:
+            self.rows.pop(slide_id, None)
+        else:
+            self.rows[slide_id] = row
+
+    def write(self, final: bool = False) -> None:
+        began = time.monotonic()
+        if not final and began < self.due:
+            return
+        rows = [{**self.rows[s.id], "wall_seconds": round(self.report.slides[s.id].seconds, 3)}
+                for s in self.cohort.slides if s.id in self.rows]
+        if rows:  # before the report: a slide the report calls done always has its summary row
+            write_cohort_summary(self.cohort.output, rows)
+        self.report.write(self.cohort.output)
+        self.due = time.monotonic() + max(REPORT_EVERY, (time.monotonic() - began) / REPORT_SHARE)
 
 
 def resumed(outcome: SlideOutcome) -> str:
@@ -224,17 +299,6 @@ def cohort_inputs(cohort: Cohort) -> dict[str, Path]:
         if slide.mask is not None:
             inputs[f"mask of slide {slide.id}"] = slide.mask
     return inputs
-
-
-def write_summary(cohort: Cohort, report: RunReport, ledger: Ledger) -> None:
-    """The cohort summary over every slide whose tables exist, this run's or an earlier one's."""
-    rows = []
-    for slide in cohort.slides:
-        row = ledger.slide_stage(slide.id, "instances")
-        if row is not None:
-            rows.append({**row, "wall_seconds": round(report.slides[slide.id].seconds, 3)})
-    if rows:
-        write_cohort_summary(cohort.output, rows)
 
 
 def run_cohort(
@@ -284,6 +348,7 @@ def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_pro
             client.cancel([f for futures in run.pending.values() for f in futures])
         finally:
             report.finished = time.time()
-            report.write(cohort.output)
-            write_summary(cohort, report, run.ledger)
+            for slide_id in run.started:  # unfinished: a replanned slide's earlier row is gone from the ledger
+                run.records.slide_finished(slide_id)
+            run.records.write(final=True)
     return report

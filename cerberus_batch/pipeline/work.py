@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import NUMERICS, Ledger
 from cerberus_batch.storage.summary import slide_summary
-from cerberus_batch.storage.tables import remove_slide_tables, write_slide_tables
+from cerberus_batch.storage.tables import recover_slide_tables, stage_table_part, write_slide_tables
 from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import tissue_by_type
@@ -101,11 +102,12 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
         slide_dimensions=list(view.slide.info.dimensions),
     )
     path = layout.maps(slide.id)
+    recover_slide_tables(output, slide.id)  # before this run stages any part of the slide
     if not maps_match(path, attrs):
         # New slide, or its plan changed (another mask, mpp override or file): start it afresh,
-        # so no chunk recorded against the old plan is ever taken for one of the new.
+        # so no chunk recorded against the old plan is ever taken for one of the new. Its
+        # tables stay readable until the new ones replace them, each kind whole.
         Ledger(output).forget(slide.id)
-        remove_slide_tables(output, slide.id)
         specs = map_specs(predictor.heads, predictor.class_names)
         create_slide_maps(path, shape=whole_cells(view.shape), chunk=processing.chunk, specs=specs, dtype=processing.dtype, attrs=attrs)
     return plan
@@ -151,25 +153,36 @@ def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, 
     return {name: group[name] for name in group.array_keys()}, attrs, place
 
 
-def chunk_instances_task(slide_id: str, box: ChunkBox, output: Path) -> ChunkResult:
-    """Finish the objects that lie inside one chunk; report those crossing its borders."""
+def chunk_instances_task(
+    slide_id: str, chunk_index: int, box: ChunkBox, output: Path, token: str, inferred: None = None,
+) -> ChunkResult:
+    """Finish the objects that lie inside one chunk and stage them as its table part (run `token`);
+    return only the fragments crossing its borders, so the merge never receives the chunk's objects.
+
+    It reads only the chunk's own maps. `inferred` is the chunk's inference task when this run
+    computes it: Dask starts this task as soon as that one is done, while other chunks still infer.
+    """
     maps, _, place = _slide_maps(output, slide_id)
-    return chunk_instances(maps, box, **place)
+    result = chunk_instances(maps, box, **place)
+    for kind, table in result.tables.items():
+        if len(table):
+            stage_table_part(output, slide_id, token, kind, chunk_index, table)
+    return replace(result, tables={})
 
 
-def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, parts: list[ChunkResult]) -> dict[str, Any]:
-    """Join objects across chunk borders, write the slide's tables; returns its summary row.
+def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, token: str, parts: list[ChunkResult]) -> dict[str, Any]:
+    """Join objects across chunk borders and commit the slide's tables (the parts its chunk tasks
+    staged under `token`, and the merge's); returns its summary row, counted from the committed tables.
 
     `tissue_mm2` is the plan's tissue area; the summary splits it by the tissue type of each cell.
     """
     started = time.perf_counter()
     maps, attrs, place = _slide_maps(output, slide_id)
     names = class_names(TISSUE, attrs["class_names"])
-    tables = merge_slide(maps, parts, tissue_classes=names, **place)
-    write_slide_tables(output, slide_id, tables)
+    write_slide_tables(output, slide_id, merge_slide(maps, parts, tissue_classes=names, **place), token)
     write_overview(output, slide_id)
     types = {}
     if TISSUE.class_map.name in maps:
         plan = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text())
         types = tissue_by_type(tissue_mm2, plan.tissue_cells(), np.asarray(maps[TISSUE.class_map.name][:]), names)
-    return slide_summary(slide_id, tables, tissue_mm2, types, time.perf_counter() - started)
+    return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started)

@@ -104,22 +104,38 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield partial
         if partial.is_dir():
-            if not (partial / "zarr.json").is_file():
-                (partial / MARKER).write_bytes(b"")
-            if target.exists() and not is_ours(target):
-                raise OutputError(f"{target}: exists and was not written by cerberus-batch; refusing to replace it")
-        _sync_written(partial)
-        if partial.is_dir() and target.exists():
-            # A folder can only be renamed onto a missing one: move ours aside, then remove it.
-            os.replace(target, old)
-        os.replace(partial, target)
-        fsync_path(target.parent)
+            replace_folder(partial, target, old)
+        else:
+            _sync_written(partial)
+            os.replace(partial, target)
+            fsync_path(target.parent)
     finally:
         for leftover in (partial, old):
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
+
+
+def replace_folder(built: Path, target: Path, aside: Path) -> None:
+    """Rename the finished folder `built` to `target` (both on one filesystem), marked as ours.
+
+    A folder can only be renamed onto a missing one: the folder at `target` (refused unless
+    ours) is first renamed to `aside` (a missing path whose parent exists) and removed after.
+    A reader finds the old folder whole, then for the moment between the two renames none,
+    then the new one whole. What `built` holds and both renames are fsynced before returning.
+    """
+    if not (built / "zarr.json").is_file():
+        (built / MARKER).write_bytes(b"")
+    if target.exists() and not is_ours(target):
+        raise OutputError(f"{target}: exists and was not written by cerberus-batch; refusing to replace it")
+    _sync_written(built)
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(built, target)
+    for folder in {target.parent, built.parent, aside.parent}:
+        fsync_path(folder)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_bytes_durably(target: str | Path, data: bytes) -> None:

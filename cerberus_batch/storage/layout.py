@@ -3,7 +3,8 @@
 ```
 OUT/run.json  run_report.json  summary.parquet  summary.csv  .cerberus-batch.lock
 OUT/maps/<slide>/                                   Zarr group of the slide's maps
-OUT/tables/<kind>/slide_id=<slide>/part-0.parquet   GeoParquet, hive-partitioned by slide
+OUT/tables/<kind>/slide_id=<slide>/part-*.parquet   GeoParquet, hive-partitioned by slide, a part per chunk + the merge's
+OUT/tables/<kind>/.staging/slide_id=<slide>/<run token>/   a run's parts of the slide until its commit renames them into place
 OUT/tables/overview/<slide>.png                     QC picture
 OUT/masks/<slide>.png  OUT/plans/<slide>.json  OUT/logs/<slide>.log
 OUT/ledger/<slide>/                                 resume markers
@@ -15,7 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 MAPS, TABLES, LEDGER, MASKS, PLANS, LOGS = "maps", "tables", "ledger", "masks", "plans", "logs"
-TABLE_PART = "part-0.parquet"
+PARTITION = "slide_id="  # hive partitioning: readers turn the folder name back into the slide_id column
+TABLE_PART = "part-{}.parquet"  # {}: the chunk's index, or MERGE_PART
+MERGE_PART = "merge"
+# Hidden ("." names: pyarrow and geopandas skip them) and three levels deep, so DuckDB's
+# `<kind>/*/*.parquet` never reaches it either (its globs do match "." names).
+STAGING = ".staging"
+REPLACED = "replaced"  # beside the run tokens (8 hex digits), never one of them
 
 
 class OutputLayout:
@@ -54,8 +61,34 @@ class OutputLayout:
         """One kind's dataset, partitioned by slide."""
         return self.root / TABLES / kind
 
-    def table_part(self, kind: str, slide_id: str) -> Path:
-        return self.tables(kind) / f"slide_id={slide_id}" / TABLE_PART
+    def table_folder(self, kind: str, slide_id: str) -> Path:
+        """One slide's committed partition of a kind's dataset."""
+        return self.tables(kind) / f"{PARTITION}{slide_id}"
+
+    def table_files(self, kind: str, slide_id: str = "*") -> list[Path]:
+        """The slide's committed part files of a kind (every slide's with "*"; ids hold no other
+        glob character), sorted by path; empty when there are none."""
+        return sorted(self.tables(kind).glob(f"{PARTITION}{slide_id}/{TABLE_PART.format('*')}"))
+
+    def table_slides(self, kind: str) -> list[str]:
+        """Slide ids with a committed partition of a kind."""
+        return [folder.name.removeprefix(PARTITION) for folder in self.tables(kind).glob(f"{PARTITION}*")]
+
+    def table_staging(self, kind: str, slide_id: str) -> Path:
+        """The slide's work area of a kind: the parts each run stages, and the folder a commit replaces."""
+        return self.tables(kind) / STAGING / f"{PARTITION}{slide_id}"
+
+    def staged_parts(self, kind: str, slide_id: str, token: str) -> Path:
+        """The slide's parts of a kind written by the run with this token, before its commit."""
+        return self.table_staging(kind, slide_id) / token
+
+    def staged_part(self, kind: str, slide_id: str, token: str, part: int | str) -> Path:
+        """One staged part: a chunk's (its index) or the merge's (MERGE_PART)."""
+        return self.staged_parts(kind, slide_id, token) / TABLE_PART.format(part)
+
+    def replaced_tables(self, kind: str, slide_id: str) -> Path:
+        """Where a commit moves the slide's previous partition for the moment between its two renames."""
+        return self.table_staging(kind, slide_id) / REPLACED
 
     def overview(self, slide_id: str) -> Path:
         return self.tables("overview") / f"{slide_id}.png"

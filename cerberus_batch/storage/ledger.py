@@ -48,6 +48,15 @@ class Ledger:
         path = self._slide(slide_id) / f"{stage}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def mark_commit(self, slide_id: str, kind: str, token: str) -> None:
+        """Record that the run with this token has staged all of a slide's parts of a kind and commits them."""
+        write_bytes_durably(self._slide(slide_id) / f"commit-{kind}.token", token.encode())
+
+    def commit_token(self, slide_id: str, kind: str) -> str | None:
+        """The token of the run that last began to commit the slide's table of a kind."""
+        path = self._slide(slide_id) / f"commit-{kind}.token"
+        return path.read_text() if path.is_file() else None
+
     def slides(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 

@@ -28,13 +28,7 @@ MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")
 def table_slides(output: str | Path) -> list[str]:
     """Slide ids that have nuclei, gland or lumen tables in an output folder, sorted."""
     layout = OutputLayout(output)
-    found = {
-        folder.name.removeprefix("slide_id=")
-        for kind in DRAWING_ORDER
-        if layout.tables(kind.name).is_dir()
-        for folder in layout.tables(kind.name).glob("slide_id=*")
-    }
-    return sorted(found)
+    return sorted({slide_id for kind in DRAWING_ORDER for slide_id in layout.table_slides(kind.name)})
 
 
 def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) -> int:
@@ -43,26 +37,26 @@ def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) 
     The file appears whole or not at all. Raises FileNotFoundError when the slide has no tables.
     """
     layout = OutputLayout(output)
-    paths = {kind: layout.table_part(kind.name, slide_id) for kind in DRAWING_ORDER}  # features in drawing order
-    if not any(path.is_file() for path in paths.values()):
+    parts = {kind: layout.table_files(kind.name, slide_id) for kind in DRAWING_ORDER}  # features in drawing order
+    if not any(parts.values()):
         raise FileNotFoundError(f"{layout.tables('*')}: no tables for slide {slide_id!r}")
     target = Path(target)
     count = 0
     with atomic_path(target) as partial, open(partial, "w", encoding="utf-8") as file:
         file.write('{"type": "FeatureCollection", "features": [')
-        for kind, path in paths.items():
-            for feature in _features(kind, path) if path.is_file() else ():
+        for kind, paths in parts.items():
+            for feature in _features(kind, paths) if paths else ():
                 file.write(("\n" if count == 0 else ",\n") + feature)
                 count += 1
         file.write("\n]}\n")
     return count
 
 
-def _features(kind: Kind, path: Path) -> Iterator[str]:
-    """One compact GeoJSON feature string per table row."""
-    present = set(pq.ParquetFile(path).schema_arrow.names)
+def _features(kind: Kind, paths: list[Path]) -> Iterator[str]:
+    """One compact GeoJSON feature string per table row of the slide's part files (all of one schema)."""
+    present = set(pq.ParquetFile(paths[0]).schema_arrow.names)
     measured = [name for name in MEASUREMENTS if name in present]
-    for batch in table_batches(path, ["class_name", "geometry", *measured]):
+    for batch in table_batches(paths, ["class_name", "geometry", *measured]):
         geometries = shapely.to_geojson(batch["geometry"].to_numpy())
         for row, geometry in zip(batch.itertuples(index=False), geometries):
             name = str(row.class_name)

@@ -10,11 +10,11 @@ is a single row or column is dropped, as the reference drops contours of < 3 poi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import geopandas as gpd
 import numpy as np
-import pandas as pd
 import shapely
 from scipy import ndimage
 
@@ -44,52 +44,115 @@ def vote(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return chosen, counts[rows, chosen]
 
 
+@dataclass
+class Measured:
+    """What a table row needs of each instance, in window px (the window's top-left is its origin)."""
+
+    first_y: np.ndarray  # (n,) the instance's first pixel in raster order
+    first_x: np.ndarray
+    area: np.ndarray  # (n,) px
+    sum_x: np.ndarray  # (n,) sums of pixel columns and rows, exact integers
+    sum_y: np.ndarray
+    class_counts: np.ndarray | None  # (n, classes) px per class index; None without a type head
+    corners: np.ndarray  # (m, 2) x, y outline corners of all instances, one after the other
+    ring_starts: np.ndarray  # (n + 1,) where each instance's corners start
+    kept: np.ndarray  # (n,) False for instances whose outline is one row or column thin
+
+    @staticmethod
+    def joined(parts: Sequence[tuple[Measured, tuple[int, int]]]) -> Measured:
+        """Instances of several windows, each given with its origin (y, x), in the coordinates of (0, 0)."""
+        corners = [m.corners + (x0, y0) for m, (y0, x0) in parts]
+        ring_starts = np.cumsum([0] + [len(c) for c in corners])
+        counts = [m.class_counts for m, _ in parts]
+        return Measured(
+            first_y=np.concatenate([m.first_y + y0 for m, (y0, _) in parts]),
+            first_x=np.concatenate([m.first_x + x0 for m, (_, x0) in parts]),
+            area=np.concatenate([m.area for m, _ in parts]),
+            sum_x=np.concatenate([m.sum_x + x0 * m.area for m, (_, x0) in parts]),
+            sum_y=np.concatenate([m.sum_y + y0 * m.area for m, (y0, _) in parts]),
+            class_counts=None if any(c is None for c in counts) else _stacked(counts),
+            corners=np.concatenate(corners), kept=np.concatenate([m.kept for m, _ in parts]),
+            ring_starts=np.concatenate([[0]] + [m.ring_starts[1:] + start for (m, _), start in zip(parts, ring_starts)]),
+        )
+
+
+def _stacked(counts: list[np.ndarray]) -> np.ndarray:
+    """Class counts of several windows side by side, padded to the widest."""
+    width = max(c.shape[1] for c in counts)
+    return np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1]))) for c in counts])
+
+
+def measure(labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, class_count: int) -> Measured:
+    """The instances `ids` of a label window, one outline traced per instance; classes are counted
+    per index 0 .. at least `class_count` - 1."""
+    ys, xs = np.nonzero(np.isin(labels, ids))
+    found, first, inverse, area = np.unique(labels[ys, xs], return_index=True, return_inverse=True, return_counts=True)
+    counts = None
+    if classes is not None and found.size:
+        width = max(class_count, int(classes.max()) + 1)
+        counts = np.bincount(inverse * width + classes[ys, xs], minlength=found.size * width).reshape(found.size, width)
+    slices = ndimage.find_objects(labels)
+    rings = []
+    for label in found:
+        box = slices[label - 1]
+        rings.append(instance_ring(labels[box] == label) + (box[1].start, box[0].start))
+    corners = np.concatenate(rings) if rings else np.zeros((0, 2))
+    return Measured(
+        first_y=ys[first], first_x=xs[first], area=area, sum_x=np.bincount(inverse, xs).astype(np.int64),
+        sum_y=np.bincount(inverse, ys).astype(np.int64), class_counts=counts, corners=corners,
+        ring_starts=np.cumsum([0] + [len(r) for r in rings]),
+        kept=np.array([np.ptp(r[:, 0]) > 1 and np.ptp(r[:, 1]) > 1 for r in rings], bool),
+    )
+
+
 def instance_table(
     labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, *, kind: ObjectKind, origin: tuple[int, int],
     map_width: int, slide_id: str, transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
 ) -> gpd.GeoDataFrame:
-    """One row per label in `ids` of the window `labels`, whose top-left map px is `origin` (y, x).
+    """One row per label in `ids` of the window `labels`, whose top-left map px is `origin` (y, x)."""
+    return measured_table(measure(labels, classes, ids, len(kind.class_names)), kind=kind, origin=origin, map_width=map_width,
+                          slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
 
-    `instance_id` is the map-px raster position (y * map_width + x) of the instance's first pixel.
-    Areas and centroids count the instance's pixels, a pixel the slide's edge cuts as a whole one.
-    """
-    ys, xs = np.nonzero(np.isin(labels, ids))
-    if ys.size == 0:
+
+def measured_table(
+    measured: Measured, *, kind: ObjectKind, origin: tuple[int, int], map_width: int, slide_id: str,
+    transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
+) -> gpd.GeoDataFrame:
+    """Table rows of measured instances, sorted by `instance_id`: the map-px raster position
+    (y * map_width + x) of the instance's first pixel. Areas and centroids count the instance's
+    pixels, a pixel the slide's edge cuts as a whole one; instances one pixel thin are dropped."""
+    m = measured
+    keep = np.flatnonzero(m.kept)
+    if keep.size == 0:
         return empty_table()
-    found, first, inverse, area = np.unique(labels[ys, xs], return_index=True, return_inverse=True, return_counts=True)
-    if classes is None:
-        class_id, class_count = np.ones(found.size, np.int64), area
-    else:
-        width = max(len(kind.class_names), int(classes.max()) + 1)
-        counts = np.bincount(inverse * width + classes[ys, xs], minlength=found.size * width)
-        class_id, class_count = vote(counts.reshape(found.size, width))
     y0, x0 = origin
-    slices = ndimage.find_objects(labels)
-    rings, kept = [], []
-    for row, label in enumerate(found):
-        box = slices[label - 1]
-        ring = instance_ring(labels[box] == label)
-        if np.ptp(ring[:, 0]) > 1 and np.ptp(ring[:, 1]) > 1:
-            rings.append(ring + (x0 + box[1].start, y0 + box[0].start))
-            kept.append(row)
-    keep = np.asarray(kept, dtype=np.int64)
+    instance_id = (y0 + m.first_y[keep]) * map_width + x0 + m.first_x[keep]
+    keep = keep[np.argsort(instance_id, kind="stable")]
+    area = m.area[keep]
+    if m.class_counts is None:
+        class_id, class_count = np.ones(keep.size, np.int64), area
+    else:
+        class_id, class_count = vote(m.class_counts[keep])
     down = kind.downsample
     # Sums of slide coordinates are exact integers, so any window gives the same centroid.
-    centre_x = (np.bincount(inverse, xs + x0) / area + 0.5) * down
-    centre_y = (np.bincount(inverse, ys + y0) / area + 0.5) * down
-    cx, cy = transform.to_level0(centre_x[keep], centre_y[keep])
+    centre_x = ((m.sum_x[keep] + x0 * area) / area + 0.5) * down
+    centre_y = ((m.sum_y[keep] + y0 * area) / area + 0.5) * down
+    cx, cy = transform.to_level0(centre_x, centre_y)
     columns = {
         "slide_id": slide_id,
-        "instance_id": ((y0 + ys[first]) * map_width + x0 + xs[first])[keep],
-        "class_id": class_id[keep],
-        "class_name": class_names(kind.class_names, class_id[keep]),
-        "class_prob": (class_count / area)[keep],
-        "area_px": area[keep] * down * down,
-        "area_um2": area[keep] * (down * mpp) ** 2,
+        "instance_id": np.sort(instance_id),
+        "class_id": class_id,
+        "class_name": class_names(kind.class_names, class_id),
+        "class_prob": class_count / area,
+        "area_px": area * down * down,
+        "area_um2": area * (down * mpp) ** 2,
         "centroid_x": cx,
         "centroid_y": cy,
     }
-    outlines, _ = cut_to_slide(polygons([[ring] for ring in rings], down, transform), bounds)
+    starts, lengths = m.ring_starts[keep], m.ring_starts[keep + 1] - m.ring_starts[keep]
+    corners = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())  # kept rings' rows
+    rings = linear_rings(m.corners[corners] + (x0, y0), lengths, down, transform)
+    outlines, _ = cut_to_slide(shapely.polygons(rings), bounds)
     return frame(columns, outlines)
 
 
@@ -165,13 +228,19 @@ def polygons(shapes: list[list[np.ndarray]], downsample: int, transform: Transfo
     if not shapes:
         return np.array([], dtype=object)
     rings = [ring for shape in shapes for ring in shape]
-    coords = np.concatenate(rings) * downsample
-    x, y = transform.to_level0(coords[:, 0], coords[:, 1])
-    ring_index = np.repeat(np.arange(len(rings)), [len(ring) for ring in rings])
-    linear = shapely.linearrings(np.column_stack([x, y]), indices=ring_index)
+    linear = linear_rings(np.concatenate(rings), np.array([len(ring) for ring in rings]), downsample, transform)
+    if len(rings) == len(shapes):  # no holes: all at once
+        return shapely.polygons(linear)
     starts = np.cumsum([0] + [len(shape) for shape in shapes])
     shells_and_holes = zip(starts[:-1], starts[1:])
     return np.array([shapely.Polygon(linear[a], linear[a + 1 : b]) for a, b in shells_and_holes], dtype=object)
+
+
+def linear_rings(corners: np.ndarray, lengths: np.ndarray, downsample: int, transform: Transform) -> np.ndarray:
+    """Rings of (x, y) map-px corners, `lengths` corners each, one after the other, placed in level-0 px."""
+    coords = corners * downsample
+    x, y = transform.to_level0(coords[:, 0], coords[:, 1])
+    return shapely.linearrings(np.column_stack([x, y]), indices=np.repeat(np.arange(len(lengths)), lengths))
 
 
 def cut_to_slide(outlines: np.ndarray, bounds: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +262,10 @@ def cut_to_slide(outlines: np.ndarray, bounds: tuple[float, float] | None) -> tu
 
 def frame(columns: dict[str, Any], geometry: np.ndarray) -> gpd.GeoDataFrame:
     """A table with the shared columns in their fixed dtypes; scalars broadcast to every row."""
-    data = pd.DataFrame({name: columns.get(name) for name in COLUMNS}, index=pd.RangeIndex(len(geometry)))
-    return gpd.GeoDataFrame(data.astype(COLUMNS), geometry=gpd.GeoSeries(list(geometry)), crs=None)
+    n = len(geometry)
+    data = {name: np.full(n, value, dtype) if np.ndim(value) == 0 else np.asarray(value).astype(dtype, copy=False)
+            for name, dtype in COLUMNS.items() for value in [columns.get(name)]}
+    return gpd.GeoDataFrame(data, geometry=gpd.array.from_shapely(np.asarray(geometry, dtype=object)), crs=None)
 
 
 def empty_table() -> gpd.GeoDataFrame:

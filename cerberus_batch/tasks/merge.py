@@ -32,9 +32,21 @@ from scipy.sparse.csgraph import connected_components
 
 from cerberus_batch.grid import ChunkBox, Window
 from cerberus_batch.storage.maps import dequantise
-from cerberus_batch.tasks.instances import empty_table, instance_table, tissue_table
+from cerberus_batch.tasks.instances import (
+    Measured,
+    empty_table,
+    instance_table,
+    measured_table,
+    tissue_table,
+)
+from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei
 from cerberus_batch.tasks.postprocess import (
-    ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_nuclei, segment_regions,
+    ObjectKind,
+    cerberus_kinds,
+    crop_box,
+    foreground,
+    paint_region,
+    segment_regions,
 )
 from cerberus_batch.vocabulary import TISSUE
 
@@ -77,20 +89,20 @@ def chunk_instances(
             continue
         prob = maps[kind.prob_map]
         core = _core(chunk_box, kind.downsample, prob.shape[1:])
-        inner, contour = _read(prob, core)
         if kind.method == "watershed":
-            labels, support = segment_nuclei(inner, contour, kind, _image_edges(core, prob.shape[1:]))
-            cut = np.unique(np.concatenate([support[0], support[-1], support[:, 0], support[:, -1]]))
-            cut = cut[cut > 0]
-            done = np.unique(labels[(labels > 0) & ~_among(support, cut)])
-            classes = _read_classes(maps, kind, core)
-            tables[kind.name] = instance_table(labels, classes, done, kind=kind, origin=core[:2],
-                                               map_width=prob.shape[2], slide_id=slide_id, transform=transform, mpp=mpp,
-                                               bounds=bounds)
-            fragments[kind.name] = _fragments(support, cut, core[:2], prob.shape[2])
+            stored = _read_stored(prob, core)
+            supports = find_supports(stored, kind)
+            cut = supports.touching_edges()
+            measured = measure_nuclei(stored, _read_classes(maps, kind, core), supports, ~cut, kind,
+                                      _image_edges(core, prob.shape[1:]))
+            tables[kind.name] = measured_table(measured, kind=kind, origin=core[:2], map_width=prob.shape[2],
+                                               slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
+            components, stats, report = supports.labels, (supports.boxes, supports.first, supports.area), cut
         else:
-            components, n = ndimage.label(foreground(inner, contour, kind))
-            fragments[kind.name] = _fragments(components, np.arange(1, n + 1), core[:2], prob.shape[2])
+            components, _ = ndimage.label(foreground(*_read(prob, core), kind))
+            stats = _component_stats(components)
+            report = np.ones(len(stats[1]), bool)
+        fragments[kind.name] = _fragments(components, stats, report, core[:2], prob.shape[2])
     return ChunkResult(ChunkBox(*chunk_box), tables, fragments)
 
 
@@ -141,11 +153,15 @@ def slide_instances(
         if kind.prob_map not in maps:
             tables[kind.name] = empty_table()
             continue
-        inner, contour = dequantise(np.asarray(maps[kind.prob_map]))
         if kind.method == "watershed":
-            labels, _ = segment_nuclei(inner, contour, kind)
+            stored = np.asarray(maps[kind.prob_map])
+            supports = find_supports(stored, kind)
+            measured = measure_nuclei(stored, _read_classes(maps, kind, Window(0, 0, *stored.shape[1:])), supports,
+                                      np.ones(len(supports), bool), kind)
+            tables[kind.name] = measured_table(measured, kind=kind, origin=(0, 0), map_width=stored.shape[2], **place)
+            continue  # nothing lies inside nuclei
         else:
-            labels = segment_regions(inner, contour, kind)
+            labels = segment_regions(*dequantise(np.asarray(maps[kind.prob_map])), kind)
             rows, cols = _on_slide(labels.shape, kind.downsample, transform, bounds)
             labels[rows:] = labels[:, cols:] = 0  # dilated past the slide's edge: as `Regions.paint`
         if kind.inside is not None:
@@ -224,19 +240,22 @@ def _finish_nuclei(
 ) -> list[gpd.GeoDataFrame]:
     """Segment each joined nucleus support once; supports starting in one tile share a window."""
     tile = (joined.boxes[:, 0] // MERGE_TILE) * (shape[1] // MERGE_TILE + 1) + joined.boxes[:, 1] // MERGE_TILE
-    tables = []
+    parts = []
     for key in np.unique(tile):
         members = tile == key
         boxes = joined.boxes[members]
         low, high = boxes[:, :2].min(axis=0) - 1, boxes[:, 2:].max(axis=0) + 1  # + 1 px for the erosion
         window = _clip((*low, *high), shape)
-        inner, contour = _read(maps[kind.prob_map], window)
-        labels, support = segment_nuclei(inner, contour, kind, _image_edges(window, shape))
-        seeds = support.ravel()[_local(joined.first[members], window, shape[1])]
-        ids = np.unique(labels[(labels > 0) & _among(support, seeds)])
-        tables.append(instance_table(labels, _read_classes(maps, kind, window), ids, kind=kind, origin=window[:2],
-                                     map_width=shape[1], **place))
-    return tables
+        stored = _read_stored(maps[kind.prob_map], window)
+        supports = find_supports(stored, kind)
+        chosen = np.zeros(len(supports), bool)
+        chosen[supports.labels.ravel()[_local(joined.first[members], window, shape[1])] - 1] = True
+        measured = measure_nuclei(stored, _read_classes(maps, kind, window), supports, chosen, kind,
+                                  _image_edges(window, shape))
+        parts.append((measured, window[:2]))
+    if not parts:
+        return []
+    return [measured_table(Measured.joined(parts), kind=kind, origin=(0, 0), map_width=shape[1], **place)]
 
 
 class Regions:
@@ -354,26 +373,33 @@ def _on_slide(
     return min(shape[0], rows), min(shape[1], cols)
 
 
-def _fragments(components: np.ndarray, report: np.ndarray, origin: tuple[int, int], map_width: int) -> Fragments:
-    """The listed components of a core-sized label map, in slide map px."""
-    y0, x0 = origin
-    row_of = np.zeros(int(components.max(initial=0)) + 1, np.int64)
-    row_of[report] = np.arange(report.size)
+def _component_stats(components: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes (y0, x0, y1, x1), first pixel's flat index, area) of each label 1..n of a window."""
     slices = ndimage.find_objects(components)
-    boxes = np.zeros((report.size, 4), np.int64)
-    first = np.zeros(report.size, np.int64)
-    for row, label in enumerate(report):
-        ys, xs = slices[label - 1]
-        start = xs.start + int(np.argmax(components[ys.start, xs] == label))
-        boxes[row] = (ys.start + y0, xs.start + x0, ys.stop + y0, xs.stop + x0)
-        first[row] = (ys.start + y0) * map_width + start + x0
+    boxes = np.array([(ys.start, xs.start, ys.stop, xs.stop) for ys, xs in slices], np.int64).reshape(-1, 4)
+    w = components.shape[1]
+    first = np.array([ys.start * w + xs.start + int(np.argmax(components[ys.start, xs] == label))
+                      for label, (ys, xs) in enumerate(slices, start=1)], np.int64)
+    return boxes, first, np.bincount(components.ravel(), minlength=len(slices) + 1)[1:].astype(np.int64)
+
+
+def _fragments(
+    components: np.ndarray, stats: tuple[np.ndarray, np.ndarray, np.ndarray], report: np.ndarray,
+    origin: tuple[int, int], map_width: int,
+) -> Fragments:
+    """The components (label = row + 1) that `report` picks of a core-sized label map, in slide map px."""
+    y0, x0 = origin
+    boxes, first, area = (a[report] for a in stats)
     h, w = components.shape
-    rim = np.zeros((h, w), bool)
-    rim[[0, -1]] = rim[:, [0, -1]] = True
-    ys, xs = np.nonzero(rim & _among(components, report))
-    edge = np.column_stack([ys + y0, xs + x0, row_of[components[ys, xs]]])
-    area = np.bincount(components.ravel(), minlength=row_of.size)[report]
-    return Fragments(first, boxes, area.astype(np.int64), edge.astype(np.int64))
+    row_of = np.full(len(report) + 1, -1, np.int64)
+    row_of[1:][report] = np.arange(int(report.sum()))
+    rim = np.unique(np.concatenate([np.arange(w), (h - 1) * w + np.arange(w), np.arange(h) * w, np.arange(h) * w + w - 1]))
+    ys, xs = np.divmod(rim, w)
+    row = row_of[components[ys, xs]]
+    on_edge = row >= 0
+    edge = np.column_stack([ys[on_edge] + y0, xs[on_edge] + x0, row[on_edge]])
+    fy, fx = np.divmod(first, w)
+    return Fragments((fy + y0) * map_width + fx + x0, boxes + (y0, x0, y0, x0), area, edge.astype(np.int64))
 
 
 def _among(labels: np.ndarray, chosen: np.ndarray) -> np.ndarray:
@@ -404,9 +430,13 @@ def _local(first: np.ndarray, window: Window, map_width: int) -> np.ndarray:
     return (y - window[0]) * (window[3] - window[1]) + x - window[1]
 
 
-def _read(prob: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _read_stored(prob: Any, window: Window) -> np.ndarray:
     y0, x0, y1, x1 = window
-    inner_contour = dequantise(np.asarray(prob[:, y0:y1, x0:x1]))
+    return np.asarray(prob[:, y0:y1, x0:x1])
+
+
+def _read(prob: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    inner_contour = dequantise(_read_stored(prob, window))
     return inner_contour[0], inner_contour[1]
 
 
