@@ -53,7 +53,7 @@ from cerberus_batch.testing.slides import make_synthetic_slide
 
 MB = 1024 * 1024
 TARGETS = {"overhead": 0.10, "rss": 1.2}
-KINDS = ("plan", "infer", "instances", "merge")
+KINDS = ("plan", "infer", "instances", "border", "merge", "overview")
 
 
 class ProcessMemory(threading.Thread):

@@ -11,7 +11,8 @@ processing) on a fresh distributed LocalCluster of `--workers` single-threaded w
 Prints per size, measured in this run:
 - wall seconds of `run_cohort`, tissue mm² (the plan's), nuclei (summary.csv), end-to-end
   nuclei/s/core (nuclei / wall / worker threads);
-- summed inference and instance task seconds, merge seconds (the merge task's compute time);
+- summed inference and instance-task seconds (the chunks' and the border shares' tasks), the QC
+  overview's and the merge's seconds (each task's compute time);
 - every worker's peak RSS: the largest psutil sample (every `--interval` s, background thread)
   and the kernel's high-water mark (VmHWM, read from the worker at the end), which no sampling
   can miss; the "peak" used below is the larger of the two;
@@ -53,6 +54,7 @@ from cerberus_batch.testing.mosaic import write_mosaic
 
 MB = 1024 * 1024
 CACHE = Path(os.environ.get("CERBERUS_TEST_CACHE", Path.home() / ".cache" / "cerberus-batch-tests"))
+INSTANCE_TASKS = ("instances", "border")  # the tasks that find nuclei: per chunk, and per share of the chunk borders
 TARGETS = {"worker_rss": 1.10, "merge_share": 0.05, "merge_rss": 1.25, "overlap": 0.70}
 
 
@@ -60,13 +62,14 @@ def task_kind(key: object) -> tuple[str, str] | None:
     """(kind, slide id) of a pipeline task key, or None for any other task.
 
     Keys are `plan-<slide>-<token>`, `infer-<slide>-<chunk>-<token>`,
-    `instances-<slide>-<chunk>-<token>`, `merge-<slide>-<token>` (slide ids may hold '-').
+    `instances-<slide>-<chunk>-<token>`, `border-<slide>-<share>-<token>`, `merge-<slide>-<token>`,
+    `overview-<slide>-<token>` (slide ids may hold '-').
     """
     kind, _, rest = str(key).partition("-")
-    if kind not in ("plan", "infer", "instances", "merge") or "-" not in rest:
+    if kind not in ("plan", "infer", "instances", "border", "merge", "overview") or "-" not in rest:
         return None
     slide = rest.rpartition("-")[0]  # drop the run token
-    if kind in ("infer", "instances"):
+    if kind in ("infer", "instances", "border"):
         slide, _, chunk = slide.rpartition("-")
         if not chunk.isdigit():
             return None
@@ -148,8 +151,8 @@ class Result:
     merge_rss: int
     extra: dict = field(default_factory=dict)
 
-    def seconds(self, kind: str) -> float:
-        return sum(t.seconds for t in self.tasks if t.kind == kind)
+    def seconds(self, *kinds: str) -> float:
+        return sum(t.seconds for t in self.tasks if t.kind in kinds)
 
     @property
     def largest_worker_peak(self) -> int:
@@ -157,12 +160,12 @@ class Result:
 
     @property
     def overlap(self) -> float:
-        """Share of instance-task seconds before the slide's last inference task finished."""
+        """Share of instance-task seconds (chunk and border tasks) before the slide's last inference task finished."""
         last_infer = {}
         for t in self.tasks:
             if t.kind == "infer":
                 last_infer[t.slide] = max(last_infer.get(t.slide, -math.inf), t.stop)
-        instances = [t for t in self.tasks if t.kind == "instances"]
+        instances = [t for t in self.tasks if t.kind in INSTANCE_TASKS]
         total = sum(t.seconds for t in instances)
         during = sum(max(0.0, min(t.stop, last_infer.get(t.slide, -math.inf)) - t.start) for t in instances)
         return during / total if total else 0.0
@@ -208,10 +211,11 @@ def measure(label: str, mosaic, folder: Path, args) -> Result:
 
 
 def show(r: Result) -> None:
-    infer, inst, merge = r.seconds("infer"), r.seconds("instances"), r.seconds("merge")
+    infer, inst, merge = r.seconds("infer"), r.seconds(*INSTANCE_TASKS), r.seconds("merge")
     print(f"{r.label}: {r.grid[0]}x{r.grid[1]} copies, {r.extra['chunks']} chunks, tissue {r.tissue_mm2:.1f} mm², "
           f"{r.nuclei} nuclei; wall {r.wall:.1f} s, {r.nuclei / r.wall / r.cores:.0f} nuclei/s/core end to end")
-    print(f"  task seconds: inference {infer:.1f}, instances {inst:.1f}, merge {merge:.2f} "
+    print(f"  task seconds: inference {infer:.1f}, instances {inst:.1f} (chunks {r.seconds('instances'):.1f}, "
+          f"borders {r.seconds('border'):.1f}), overview {r.seconds('overview'):.2f}, merge {merge:.2f} "
           f"({merge / inst:.1%} of instances); merge peak RSS {r.merge_rss / MB:.0f} MB; "
           f"instance time overlapping inference {r.overlap:.0%}")
     for address, (sampled, hwm) in sorted(r.worker_peaks.items()):
@@ -266,7 +270,7 @@ def main() -> None:
     small, big = results
     print(f"tissue area big/small: {big.tissue_mm2 / small.tissue_mm2:.2f} (want ≥ {args.big / args.small:.2f})")
     verdict("largest worker peak RSS big/small", big.largest_worker_peak / small.largest_worker_peak, TARGETS["worker_rss"], True)
-    verdict("merge seconds / instance-task seconds (big)", big.seconds("merge") / big.seconds("instances"),
+    verdict("merge seconds / instance-task seconds (big)", big.seconds("merge") / big.seconds(*INSTANCE_TASKS),
             TARGETS["merge_share"], True, percent=True)
     verdict("merge peak RSS big/small", big.merge_rss / small.merge_rss if small.merge_rss else math.inf, TARGETS["merge_rss"], True)
     verdict("instance-task time overlapping inference (big)", big.overlap, TARGETS["overlap"], False, percent=True)

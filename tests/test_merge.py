@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 import zarr
 
 from cerberus_batch.slides import Transform
-from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
+from cerberus_batch.tasks.merge import border_nuclei, chunk_instances, merge_slide, slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.testing.maps import synthetic_maps
 
@@ -149,3 +151,15 @@ def test_outlines_are_cut_to_a_slide_ending_inside_a_cell_and_a_pixel(maps) -> N
     # Inside the slide nothing changes: nuclei (eroded against the background past it) are never cut.
     uncut = slide_instances(stored, **PLACE)
     assert_same_tables({"nuclei": uncut["nuclei"]}, {"nuclei": whole["nuclei"]})
+
+
+@pytest.mark.parametrize("shares", [1, 3])
+def test_border_nuclei_in_shares_complete_the_slide(maps, whole, shares) -> None:
+    """Border tasks, each finishing one share of the nuclei on chunk borders, and a merge that leaves
+    them out give the whole-slide tables together (as the pipeline stages them: one table per part)."""
+    results = [chunk_instances(maps, box, **PLACE) for box in chunk_boxes(432)]
+    borders = [border_nuclei(maps, results, (k, shares), **PLACE)["nuclei"] for k in range(shares)]
+    assert all(len(b) for b in borders)  # every share has work on this slide
+    merged = merge_slide(maps, results, borders=False, **PLACE)
+    nuclei = pd.concat([merged["nuclei"], *borders], ignore_index=True).sort_values("instance_id", ignore_index=True)
+    assert_same_tables(whole, {**merged, "nuclei": gpd.GeoDataFrame(nuclei, geometry="geometry")})

@@ -3,9 +3,10 @@
 Each slide moves through stages: plan (tissue mask, chunks, map group) → one
 inference task per kept chunk not yet in the ledger → one instance task per
 chunk, started as soon as that chunk's maps are written (finishes the objects
-inside it and stages them as the chunk's table part) → one merge task (joins
-objects across chunk borders, commits the slide's tables). Slides enter the
-graph as others leave it. A failure anywhere marks only that slide as failed;
+inside it and stages them as the chunk's table part) → border tasks (the nuclei
+cut by chunk borders, joined and finished, a share each) → one merge task (glands
+and lumens across borders, tissue regions; commits the slide's tables) → its QC
+overview. Slides enter the graph as others leave it. A failure anywhere marks only that slide as failed;
 every other slide goes on.
 """
 
@@ -29,7 +30,8 @@ from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.progress import RunProgress
 from cerberus_batch.pipeline.work import (
-    chunk_instances_task, cohort_predictor, fingerprint, infer_chunk_task, merge_slide_task, plan_slide_task,
+    border_task, chunk_instances_task, cohort_predictor, fingerprint, infer_chunk_task, merge_slide_task,
+    overview_task, plan_slide_task,
 )
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.atomic import write_bytes_durably
@@ -81,6 +83,15 @@ class QuietTaskFailures(WorkerPlugin):
 def _not_a_task_failure(record: logging.LogRecord) -> bool:
     message = str(record.msg)
     return not (message.startswith("Compute Failed") or ("Async instruction" in message and "CancelledError" in message))
+
+
+CHUNKS_PER_BORDER_TASK = 8  # a slide's nuclei on chunk borders are finished by one task per this many chunks
+MOST_BORDER_TASKS = 16
+
+
+def border_shares(chunks: int) -> int:
+    """How many border tasks a slide of `chunks` chunks gets."""
+    return max(1, min(MOST_BORDER_TASKS, -(-chunks // CHUNKS_PER_BORDER_TASK)))
 
 
 def slides_in_flight(client: Client) -> int:
@@ -205,9 +216,10 @@ class CohortRun:
 
     def find_instances(self, slide: SlideEntry, plan: ChunkPlan, inferred: dict[int, Future]) -> None:
         """An instance task per chunk, each starting as soon as its chunk's maps are written (at once
-        for chunks an earlier run inferred), and the merge, which reads across chunk borders, after all.
+        for chunks an earlier run inferred); after all of them, border tasks that finish the nuclei cut
+        by chunk borders side by side; then the merge (glands, lumens, tissue, the commit) and the overview.
 
-        Both go before inference waiting in the queue (priority): a slide that finishes frees its place.
+        They go before inference waiting in the queue (priority): a slide that finishes frees its place.
         """
         out = self.cohort.output
         parts = [
@@ -215,8 +227,16 @@ class CohortRun:
                         key=f"instances-{slide.id}-{c.index}", resources=self.cpu_resources, priority=1)
             for c in plan.chunks
         ]
-        self.submit(slide, self.on_merged, merge_slide_task, slide.id, out, plan.tissue_mm2, self.token, parts,
-                    key=f"merge-{slide.id}", resources=self.cpu_resources, priority=1)
+        shares = border_shares(len(plan.chunks))
+        borders = [
+            self.submit(slide, None, border_task, slide.id, out, self.token, (k, shares), parts,
+                        key=f"border-{slide.id}-{k}", resources=self.cpu_resources, priority=1)
+            for k in range(shares)
+        ]
+        merged = self.submit(slide, None, merge_slide_task, slide.id, out, plan.tissue_mm2, self.token, parts, borders,
+                             key=f"merge-{slide.id}", resources=self.cpu_resources, priority=1)
+        self.submit(slide, self.on_overview, overview_task, slide.id, out, merged,
+                    key=f"overview-{slide.id}", resources=self.cpu_resources, priority=1)
 
     def on_chunk(self, slide: SlideEntry, future: Future) -> None:
         outcome = self.report.slides[slide.id]
@@ -230,7 +250,8 @@ class CohortRun:
         if self.report.slides[slide.id].tables_skipped:
             self.slide_done(slide)
 
-    def on_merged(self, slide: SlideEntry, future: Future) -> None:
+    def on_overview(self, slide: SlideEntry, future: Future) -> None:
+        """The slide's tables are committed and its QC picture drawn: its instance stage is done."""
         self.ledger.mark_slide(slide.id, "instances", future.result())
         self.slide_done(slide)
 

@@ -1,5 +1,5 @@
 """What each Dask task does on a worker: plan a slide, infer a chunk, find a chunk's instances,
-merge a slide. Tasks are named `<what>_task`; the pure work they wrap lives in tasks/ and slides/.
+finish a share of the nuclei on chunk borders, merge a slide, draw its overview. Tasks are named `<what>_task`; the pure work they wrap lives in tasks/ and slides/.
 
 Models and open slides are cached per worker process, so a worker loads the
 model once and opens each slide once however many chunks it runs.
@@ -26,14 +26,14 @@ from cerberus_batch.pipeline.plan import plan_slide
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
 from cerberus_batch.storage.maps import map_specs
-from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.layout import BORDER_PART, OutputLayout
 from cerberus_batch.storage.ledger import NUMERICS, Ledger
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import recover_slide_tables, stage_table_part, write_slide_tables
-from cerberus_batch.storage.zarr_maps import create_slide_maps, maps_match, open_slide_maps, write_chunk
+from cerberus_batch.storage.zarr_maps import ChunkCache, create_slide_maps, maps_match, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import tissue_by_type
-from cerberus_batch.tasks.merge import ChunkResult, chunk_instances, merge_slide
+from cerberus_batch.tasks.merge import ChunkResult, border_nuclei, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.vocabulary import TISSUE, class_names
 
@@ -170,19 +170,40 @@ def chunk_instances_task(
     return replace(result, tables={})
 
 
-def merge_slide_task(slide_id: str, output: Path, tissue_mm2: float, token: str, parts: list[ChunkResult]) -> dict[str, Any]:
-    """Join objects across chunk borders and commit the slide's tables (the parts its chunk tasks
-    staged under `token`, and the merge's); returns its summary row, counted from the committed tables.
+def border_task(slide_id: str, output: Path, token: str, share: tuple[int, int], parts: list[ChunkResult]) -> None:
+    """Finish one share of the nuclei cut by chunk borders (see `border_nuclei`) and stage them as
+    a part of the slide's table (run `token`)."""
+    maps, _, place = _slide_maps(output, slide_id)
+    maps = {name: ChunkCache(array) for name, array in maps.items()}  # many small windows across chunk borders
+    for kind, table in border_nuclei(maps, parts, share, **place).items():
+        if len(table):
+            stage_table_part(output, slide_id, token, kind, f"{BORDER_PART}{share[0]}", table)
+
+
+def merge_slide_task(
+    slide_id: str, output: Path, tissue_mm2: float, token: str, parts: list[ChunkResult], borders: list[None],
+) -> dict[str, Any]:
+    """Join glands and lumens across chunk borders, find tissue regions, and commit the slide's tables
+    (the parts its chunk and border tasks staged under `token`, and the merge's); returns its summary
+    row, counted from the committed tables. `borders` are the slide's border tasks, done before.
 
     `tissue_mm2` is the plan's tissue area; the summary splits it by the tissue type of each cell.
     """
     started = time.perf_counter()
     maps, attrs, place = _slide_maps(output, slide_id)
+    maps = {name: ChunkCache(array) for name, array in maps.items()}  # many small windows across chunk borders
     names = class_names(TISSUE, attrs["class_names"])
-    write_slide_tables(output, slide_id, merge_slide(maps, parts, tissue_classes=names, **place), token)
-    write_overview(output, slide_id)
+    write_slide_tables(output, slide_id, merge_slide(maps, parts, tissue_classes=names, borders=False, **place), token)
     types = {}
     if TISSUE.class_map.name in maps:
         plan = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text())
         types = tissue_by_type(tissue_mm2, plan.tissue_cells(), np.asarray(maps[TISSUE.class_map.name][:]), names)
     return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started)
+
+
+def overview_task(slide_id: str, output: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Draw the slide's QC picture from its committed tables; passes the merge's summary row on.
+
+    A task of its own: drawing reads every object of the slide, the merge only those on chunk borders."""
+    write_overview(output, slide_id)
+    return summary

@@ -17,7 +17,8 @@ from pathlib import Path
 
 MAPS, TABLES, LEDGER, MASKS, PLANS, LOGS = "maps", "tables", "ledger", "masks", "plans", "logs"
 PARTITION = "slide_id="  # hive partitioning: readers turn the folder name back into the slide_id column
-TABLE_PART = "part-{}.parquet"  # {}: the chunk's index, or MERGE_PART
+TABLE_PART = "part-{}.parquet"  # {}: the chunk's index, BORDER_PART and the share's index, or MERGE_PART
+BORDER_PART = "border-"
 MERGE_PART = "merge"
 # Hidden ("." names: pyarrow and geopandas skip them) and three levels deep, so DuckDB's
 # `<kind>/*/*.parquet` never reaches it either (its globs do match "." names).

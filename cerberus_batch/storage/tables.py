@@ -42,8 +42,10 @@ def _check_slide_id(slide_id: str) -> None:
         raise ValueError(f"slide_id {slide_id!r}: not usable as a partition folder name")
 
 
-def stage_table_part(output_dir: str | Path, slide_id: str, token: str, kind: str, part: int, table: gpd.GeoDataFrame) -> Path:
-    """Write one chunk's part of a slide's table for the run with this token; readers see it only
+def stage_table_part(
+    output_dir: str | Path, slide_id: str, token: str, kind: str, part: int | str, table: gpd.GeoDataFrame,
+) -> Path:
+    """Write one part (a chunk's, a border share's) of a slide's table for the run with this token; readers see it only
     once `write_slide_tables` commits the slide. Written again (a task's retry), it is replaced whole."""
     _check_slide_id(slide_id)
     path = OutputLayout(output_dir).staged_part(kind, slide_id, token, part)

@@ -6,7 +6,9 @@ resolution), so no two tasks ever write the same Zarr chunk.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -116,3 +118,40 @@ def _ngff(specs: list[MapSpec], mpp: float) -> dict:
 def _plain(attrs: Mapping[str, Any]) -> dict:
     """Attributes as they read back from JSON (tuples become lists)."""
     return json.loads(json.dumps(dict(attrs)))
+
+
+class ChunkCache:
+    """A Zarr array read window by window, keeping its last `kept` decoded chunks.
+
+    The slide reduction reads many small windows across chunk borders; each would decode every
+    chunk it touches again (a 2016² chunk of a probability map is 8 MB). Windows come in raster
+    order, so a few chunks kept decode each about once. Reads basic slices (step 1) only.
+    """
+
+    def __init__(self, array: zarr.Array, kept: int = 8) -> None:
+        self.array, self.shape, self.dtype, self.kept = array, array.shape, array.dtype, kept
+        self._chunks: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+
+    def __getitem__(self, key: slice | tuple[slice, ...]) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        window = [range(*k.indices(n)) for k, n in zip(key + (slice(None),) * (len(self.shape) - len(key)), self.shape)]
+        out = np.empty(tuple(len(r) for r in window), self.dtype)
+        grid = [range(r.start // c, -(-r.stop // c)) if len(r) else range(0) for r, c in zip(window, self.array.chunks)]
+        for index in itertools.product(*grid):
+            chunk = self._chunk(index)
+            origin = [i * c for i, c in zip(index, self.array.chunks)]
+            take = tuple(slice(max(r.start, o) - o, min(r.stop, o + n) - o) for r, o, n in zip(window, origin, chunk.shape))
+            put = tuple(slice(max(r.start, o) - r.start, min(r.stop, o + n) - r.start)
+                        for r, o, n in zip(window, origin, chunk.shape))
+            out[put] = chunk[take]
+        return out
+
+    def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        if index in self._chunks:
+            self._chunks.move_to_end(index)
+            return self._chunks[index]
+        chunk = self.array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, self.array.chunks))]
+        self._chunks[index] = chunk
+        if len(self._chunks) > self.kept:
+            self._chunks.popitem(last=False)
+        return chunk

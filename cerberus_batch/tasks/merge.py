@@ -106,15 +106,33 @@ def chunk_instances(
     return ChunkResult(ChunkBox(*chunk_box), tables, fragments)
 
 
+def border_nuclei(
+    maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], share: tuple[int, int] = (0, 1), *,
+    slide_id: str, transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
+    kinds: Sequence[ObjectKind] = cerberus_kinds(),
+) -> dict[str, gpd.GeoDataFrame]:
+    """The nuclei cut by chunk borders, joined across them and segmented once each. `share` (k, n):
+    only the k-th of n shares of them (by where they start), so n tasks can finish them side by side."""
+    place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
+    tables = {}
+    for kind in kinds:
+        if kind.method == "watershed" and kind.prob_map in maps:
+            shape = maps[kind.prob_map].shape[1:]
+            joined = _join([result.fragments[kind.name] for result in chunk_results], shape, EIGHT_NEIGHBOURS)
+            tables[kind.name] = _sorted(_finish_nuclei(maps, kind, joined, shape, place, share))
+    return tables
+
+
 def merge_slide(
     maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], *, slide_id: str, transform: Transform, mpp: float,
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
-    tissue_classes: Sequence[str] = TISSUE.classes,
+    tissue_classes: Sequence[str] = TISSUE.classes, borders: bool = True,
 ) -> dict[str, gpd.GeoDataFrame]:
     """All instance tables of a slide from its chunk results (any order), plus tissue regions.
 
     Nuclei finished in the chunks are included as far as the results still carry them (a chunk
-    task that stored its own table part sends fragments only): the rest are the border nuclei.
+    task that stored its own table part sends fragments only); the border nuclei too, unless
+    `borders` is False (`border_nuclei` finishes them).
     """
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
     tables: dict[str, gpd.GeoDataFrame] = {}
@@ -124,12 +142,13 @@ def merge_slide(
             tables[kind.name] = empty_table()
             continue
         shape = maps[kind.prob_map].shape[1:]
-        found = [result.fragments[kind.name] for result in chunk_results]
-        joined = _join(found, shape, EIGHT_NEIGHBOURS if kind.method == "watershed" else FOUR_NEIGHBOURS)
         if kind.method == "watershed":
             finished = [result.tables[kind.name] for result in chunk_results if kind.name in result.tables]
-            tables[kind.name] = _sorted(finished + _finish_nuclei(maps, kind, joined, shape, place))
+            if borders:
+                finished += border_nuclei(maps, chunk_results, kinds=(kind,), **place).values()
+            tables[kind.name] = _sorted(finished)
         else:
+            joined = _join([result.fragments[kind.name] for result in chunk_results], shape, FOUR_NEIGHBOURS)
             on_slide = _on_slide(shape, kind.downsample, transform, bounds)
             regions[kind.name] = Regions(maps, kind, joined.keep(joined.area >= kind.min_area), on_slide)
     region_tables, contained = _region_tables(maps, kinds, regions, place)
@@ -237,11 +256,14 @@ def _touching(edge: np.ndarray, shape: tuple[int, int], neighbours: list[tuple[i
 
 def _finish_nuclei(
     maps: Mapping[str, Any], kind: ObjectKind, joined: Joined, shape: tuple[int, int], place: dict[str, Any],
+    share: tuple[int, int] = (0, 1),
 ) -> list[gpd.GeoDataFrame]:
-    """Segment each joined nucleus support once; supports starting in one tile share a window."""
+    """Segment each joined nucleus support once; supports starting in one tile share a window.
+    `share` (k, n): the k-th of n runs of consecutive tiles (in raster order) of those holding any,
+    so each share reads its own part of the maps."""
     tile = (joined.boxes[:, 0] // MERGE_TILE) * (shape[1] // MERGE_TILE + 1) + joined.boxes[:, 1] // MERGE_TILE
     parts = []
-    for key in np.unique(tile):
+    for key in np.array_split(np.unique(tile), share[1])[share[0]]:
         members = tile == key
         boxes = joined.boxes[members]
         low, high = boxes[:, :2].min(axis=0) - 1, boxes[:, 2:].max(axis=0) + 1  # + 1 px for the erosion

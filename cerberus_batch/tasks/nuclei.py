@@ -64,8 +64,9 @@ class Supports:
     boxes: np.ndarray  # (n, 4) int64 y0, x0, y1, x1 (exclusive)
     first: np.ndarray  # (n,) int64 flat window index of each component's first pixel (raster order)
     area: np.ndarray  # (n,) int64
-    pixels: np.ndarray  # flat window indices, grouped by component, each group in raster order
-    starts: np.ndarray  # (n + 1,) where each component's pixels start in `pixels`
+    rows: np.ndarray  # the components' pixels, grouped by component, each group in raster order
+    cols: np.ndarray
+    starts: np.ndarray  # (n + 1,) where each component's pixels start in `rows` and `cols`
 
     def __len__(self) -> int:
         return len(self.first)
@@ -90,9 +91,8 @@ def lookup(prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def find_supports(prob: np.ndarray, kind: ObjectKind) -> Supports:
     """Supports of a (2, h, w) stored (inner, contour) window."""
     codes, table = lookup(prob)
-    labels, boxes, first, area, pixels, starts = _supports(
-        np.ascontiguousarray(codes[0]), np.ascontiguousarray(codes[1]), table, np.float32(kind.threshold))
-    return Supports(labels, boxes, first, area, pixels, starts)
+    return Supports(*_supports(np.ascontiguousarray(codes[0]), np.ascontiguousarray(codes[1]), table,
+                               np.float32(kind.threshold)))
 
 
 def measure_nuclei(
@@ -108,7 +108,7 @@ def measure_nuclei(
     width = max(len(kind.class_names), int(classes.max(initial=0)) + 1) if classes is not None else 1
     out = np.zeros((1, 1), np.int32) if labels is None else labels
     (first, area, sum_x, sum_y, counts, corners, ring_starts, kept) = _measure(
-        supports.labels, supports.boxes, supports.pixels, supports.starts, np.flatnonzero(chosen).astype(np.int64),
+        supports.labels, supports.boxes, supports.rows, supports.cols, supports.starts, np.flatnonzero(chosen).astype(np.int64),
         np.ascontiguousarray(codes[0]), table,
         np.zeros((1, 1), np.uint8) if classes is None else np.ascontiguousarray(classes), width,
         np.array(image_edges, np.bool_), kind.min_area, kind.marker_min_area, out, labels is not None,
@@ -138,57 +138,55 @@ def segment_nuclei(
 @jit
 def _supports(inner, contour, table, threshold):
     h, w = inner.shape
-    on = np.zeros((h, w), np.bool_)
+    labels = np.zeros((h, w), np.int32)
     count = 0
     for y in range(h):
         for x in range(w):
             if _read(inner, table, y, x) + _read(contour, table, y, x) > threshold:
-                on[y, x] = True
+                labels[y, x] = -1  # foreground, not yet labelled
                 count += 1
     # Sized for the worst case up front: arrays grown inside the loop slow all of it down.
-    labels = np.zeros((h, w), np.int32)
-    pixels = np.empty(count, np.int64)
+    rows = np.empty(count, np.int64)
+    cols = np.empty(count, np.int64)
     starts = np.empty(count + 1, np.int64)
     n = 0
     tail = 0
     for y in range(h):
         for x in range(w):
-            if not on[y, x] or labels[y, x]:
+            if labels[y, x] != -1:
                 continue
             n += 1
             labels[y, x] = n
             head = tail
             starts[n - 1] = head
-            pixels[tail] = y * w + x  # the component's first pixel in raster order
+            rows[tail], cols[tail] = y, x  # the component's first pixel in raster order
             tail += 1
             while head < tail:
-                p = pixels[head]
+                py, px = rows[head], cols[head]
                 head += 1
-                py, px = p // w, p % w
                 for qy in range(max(py - 1, 0), min(py + 2, h)):
                     for qx in range(max(px - 1, 0), min(px + 2, w)):
-                        if on[qy, qx] and not labels[qy, qx]:
+                        if labels[qy, qx] == -1:
                             labels[qy, qx] = n
-                            pixels[tail] = qy * w + qx
+                            rows[tail], cols[tail] = qy, qx
                             tail += 1
     starts[n] = tail
+    boxes = np.empty((n, 4), np.int64)
+    for k in range(n):
+        y0, x0, y1, x1 = h, w, 0, 0
+        for i in range(starts[k], starts[k + 1]):
+            y0, x0, y1, x1 = min(y0, rows[i]), min(x0, cols[i]), max(y1, rows[i] + 1), max(x1, cols[i] + 1)
+        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = y0, x0, y1, x1
     # Each component's pixels in raster order: the flood and the records need that order.
     fill = starts[:n].copy()
     for y in range(h):
         for x in range(w):
-            if labels[y, x]:
-                pixels[fill[labels[y, x] - 1]] = y * w + x
-                fill[labels[y, x] - 1] += 1
-    boxes = np.empty((n, 4), np.int64)
-    first = np.empty(n, np.int64)
-    for k in range(n):
-        first[k] = pixels[starts[k]]
-        y0, x0, y1, x1 = h, w, 0, 0
-        for i in range(starts[k], starts[k + 1]):
-            py, px = pixels[i] // w, pixels[i] % w
-            y0, x0, y1, x1 = min(y0, py), min(x0, px), max(y1, py + 1), max(x1, px + 1)
-        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = y0, x0, y1, x1
-    return labels, boxes, first, np.diff(starts[: n + 1]), pixels, starts[: n + 1].copy()
+            label = labels[y, x]
+            if label:
+                rows[fill[label - 1]], cols[fill[label - 1]] = y, x
+                fill[label - 1] += 1
+    first = rows[starts[:n]] * w + cols[starts[:n]]
+    return labels, boxes, first, np.diff(starts[: n + 1]), rows, cols, starts[: n + 1].copy()
 
 
 @jit
@@ -224,36 +222,35 @@ def _label4(on, comp, queue, sizes, border):
 
 
 @jit
-def _label_list(on, comp, queue, sizes, ly, lx):
-    """`_label4` for an `on` inside the pixels (ly, lx): only those are visited (and reset in `comp`)."""
-    hh, ww = on.shape
+def _label_list(on, comp, ww, queue, sizes, ly, lx):
+    """4-connected components (1..n) of the flat `on` (rows of `ww`) into the flat `comp`, for an `on`
+    inside the pixels (ly, lx), all off the border: only those are visited (and reset in `comp`),
+    their neighbours found by flat offsets. Fills sizes[1..n]; returns n."""
     for i in range(ly.size):
-        comp[ly[i], lx[i]] = 0
+        comp[ly[i] * ww + lx[i]] = 0
     n = 0
     for i in range(ly.size):
-        y, x = ly[i], lx[i]
-        if not on[y, x] or comp[y, x]:
+        start = ly[i] * ww + lx[i]
+        if not on[start] or comp[start]:
             continue
         n += 1
-        comp[y, x] = n
+        comp[start] = n
         head, tail = 0, 1
-        queue[0] = y * ww + x
+        queue[0] = start
         while head < tail:
             p = queue[head]
             head += 1
-            py, px = p // ww, p % ww
-            for k in range(4):
-                qy, qx = py + NY[k], px + NX[k]
-                if on[qy, qx] and not comp[qy, qx]:
-                    comp[qy, qx] = n
-                    queue[tail] = qy * ww + qx
+            for q in (p - ww, p - 1, p + 1, p + ww):
+                if on[q] and not comp[q]:
+                    comp[q] = n
+                    queue[tail] = q
                     tail += 1
         sizes[n] = tail
     return n
 
 
 @jit
-def _enclosed(seeds, comp, queue, open_to_border, ly, lx, spans):
+def _enclosed(seeds, comp, queue, queue_x, open_to_border, ly, lx, spans):
     """4-connected components of the non-seed pixels that seeds may enclose, into `comp` (1..n);
     open_to_border[c] says component c reaches the window's border (so it is no hole). Returns n.
 
@@ -280,11 +277,10 @@ def _enclosed(seeds, comp, queue, open_to_border, ly, lx, spans):
             comp[y, x] = n
             open_to_border[n] = False
             head, tail = 0, 1
-            queue[0] = y * ww + x
+            queue[0], queue_x[0] = y, x
             while head < tail:
-                p = queue[head]
+                py, px = queue[head], queue_x[head]
                 head += 1
-                py, px = p // ww, p % ww
                 for k in range(4):
                     qy, qx = py + NY[k], px + NX[k]
                     if seeds[qy, qx]:
@@ -293,7 +289,7 @@ def _enclosed(seeds, comp, queue, open_to_border, ly, lx, spans):
                         if comp[qy, qx]:
                             continue
                         comp[qy, qx] = n
-                        queue[tail] = qy * ww + qx
+                        queue[tail], queue_x[tail] = qy, qx
                         tail += 1
                     else:  # a pixel that sees the border
                         open_to_border[n] = True
@@ -427,7 +423,7 @@ def _first_part_filled(img, value, fy, fx, part):
 
 
 @jit
-def _measure(support, boxes, pixels, starts, chosen, inner, table, classes, n_classes, edges, min_area,
+def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, n_classes, edges, min_area,
              marker_min_area, labels_out, write_labels):
     h, w = support.shape
     total = 0
@@ -456,6 +452,8 @@ def _measure(support, boxes, pixels, starts, chosen, inner, table, classes, n_cl
     scratch_bool = np.empty((5, most_box), np.bool_)  # own, eroded, seeds, body, border
     scratch_int = np.empty((3, most_box), np.int32)  # comp, markers, flooded
     queue_all = np.empty(most_box, np.int64)
+    queue_x_all = np.empty(most_box, np.int64)
+    value_all = np.empty(most_box, np.float64)
     spans = np.empty(most_sides, np.int64)
     scratch_px = np.empty((6, most_px), np.int64)  # ly, lx, sizes, ages, items, row_of
     values_all = np.empty(most_px, np.float64)
@@ -472,10 +470,10 @@ def _measure(support, boxes, pixels, starts, chosen, inner, table, classes, n_cl
         own = scratch_bool[0, :size2].reshape((hh, ww))
         own[:] = False
         for i in range(count):
-            p = pixels[starts[s] + i]
-            ly[i], lx[i] = p // w - oy, p % w - ox
+            ly[i], lx[i] = rows[starts[s] + i] - oy, cols[starts[s] + i] - ox
             own[ly[i], lx[i]] = True
-        queue = queue_all[: size2 + 1]
+        queue, queue_x = queue_all[: size2 + 1], queue_x_all[: size2 + 1]
+        value = value_all[:size2]  # -inner, the flood's height, at the support's pixels
         sizes = scratch_px[2, : count + 1]
         border = scratch_bool[4, : size2 + 1]
         comp = scratch_int[0, :size2].reshape((hh, ww))
@@ -500,19 +498,22 @@ def _measure(support, boxes, pixels, starts, chosen, inner, table, classes, n_cl
                 else:
                     keep = keep and own[qy - oy, qx - ox]
             eroded[ly[i], lx[i]] = keep
-            seeds[ly[i], lx[i]] = _read(inner, table, y, x) > 0.5
-        _label_list(eroded, comp, queue, sizes, ly, lx)
+            probability = _read(inner, table, y, x)
+            seeds[ly[i], lx[i]] = probability > 0.5
+            value[ly[i] * ww + lx[i]] = -np.float64(probability)
+        comp_f = comp.reshape(size2)
+        _label_list(eroded.reshape(size2), comp_f, ww, queue, sizes, ly, lx)
         body = scratch_bool[3, :size2].reshape((hh, ww))
         body[:] = False
         for i in range(count):
             c = comp[ly[i], lx[i]]
             body[ly[i], lx[i]] = eroded[ly[i], lx[i]] and sizes[c] >= min_area
-        _label_list(seeds, comp, queue, sizes, ly, lx)
+        _label_list(seeds.reshape(size2), comp_f, ww, queue, sizes, ly, lx)
         for i in range(count):
             c = comp[ly[i], lx[i]]
             seeds[ly[i], lx[i]] = seeds[ly[i], lx[i]] and sizes[c] >= marker_min_area
         # holes of the markers, filled unless they touch another support
-        holes, left, right = _enclosed(seeds, comp, queue, border, ly, lx, spans)
+        holes, left, right = _enclosed(seeds, comp, queue, queue_x, border, ly, lx, spans)
         clean = np.ones(holes + 1, np.bool_)
         for y in range(hh):
             for x in range(left[y] + 1, right[y]):
@@ -536,7 +537,8 @@ def _measure(support, boxes, pixels, starts, chosen, inner, table, classes, n_cl
                     seeds[y, x] = True
         markers = scratch_int[1, :size2].reshape((hh, ww))
         markers[:] = 0
-        _label_list(seeds, markers, queue, sizes, ly, lx)  # every marker holds a seed, one of these pixels
+        # every marker holds a seed, one of these pixels
+        _label_list(seeds.reshape(size2), markers.reshape(size2), ww, queue, sizes, ly, lx)
         # flood from the markers on the body
         flooded = scratch_int[2, :size2].reshape((hh, ww))
         flooded[:] = 0
@@ -552,20 +554,18 @@ def _measure(support, boxes, pixels, starts, chosen, inner, table, classes, n_cl
             y, x = ly[i], lx[i]
             if markers[y, x] and body[y, x]:
                 flooded[y, x] = markers[y, x]
-                value = -np.float64(_read(inner, table, y + oy, x + ox)) - np.float64(marked - 1 - rank) * TIE_STEP
-                size = _heap_push(values, ages, items, size, value, 0, y * ww + x)
+                height = value[y * ww + x] - np.float64(marked - 1 - rank) * TIE_STEP
+                size = _heap_push(values, ages, items, size, height, 0, y * ww + x)
                 rank += 1
+        body_f, flooded_f = body.reshape(size2), flooded.reshape(size2)
         age = 1
         while size > 0:
             level, p, size = _heap_pop(values, ages, items, size)
-            py, px = p // ww, p % ww
-            for k in range(4):
-                qy, qx = py + NY[k], px + NX[k]
-                if body[qy, qx] and not flooded[qy, qx]:
+            for q in (p - ww, p - 1, p + 1, p + ww):
+                if body_f[q] and not flooded_f[q]:
                     age += 1
-                    flooded[qy, qx] = flooded[py, px]
-                    own_value = -np.float64(_read(inner, table, qy + oy, qx + ox))
-                    size = _heap_push(values, ages, items, size, max(own_value, level), age, qy * ww + qx)
+                    flooded_f[q] = flooded_f[p]
+                    size = _heap_push(values, ages, items, size, max(value[q], level), age, q)
         # records, nuclei in the order of their first pixels
         row_of = scratch_px[5, : count + 1]
         row_of[:] = -1
