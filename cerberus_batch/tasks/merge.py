@@ -6,7 +6,8 @@ Every result depends only on one connected foreground component of its kind (see
 - a chunk task finishes the nuclei whose support (8-connected mask component) does
   not touch its core's edges, and reports the others as border fragments;
 - the slide reduction joins fragments across chunk faces (union-find on edge
-  pixels) and segments each joined support once, from a window holding it whole;
+  pixels) and segments each joined support once, from a window holding it whole
+  (`border_nuclei`, in shares that tasks can take side by side);
 - glands and lumens are few: chunks report their thresholded components as
   fragments, and the reduction paints each kept component from its own crop, in
   the global raster order of first pixels (the whole-slide labelling order), so
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # annotations only: tasks need not load the slide readers
     from cerberus_batch.slides.transform import Transform
 
 MERGE_TILE = 256  # map px; joined nuclei starting in one such tile are segmented from one window
+MERGE_BLOCK = 8  # tiles: windows are visited a block of 8 × 8 tiles (2048 map px) at a time
 EDGE_ROUNDING = 1e-6  # map px
 EIGHT_NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 FOUR_NEIGHBOURS = [(-1, 0), (1, 0), (0, -1), (0, 1)]
@@ -259,11 +261,16 @@ def _finish_nuclei(
     share: tuple[int, int] = (0, 1),
 ) -> list[gpd.GeoDataFrame]:
     """Segment each joined nucleus support once; supports starting in one tile share a window.
-    `share` (k, n): the k-th of n runs of consecutive tiles (in raster order) of those holding any,
-    so each share reads its own part of the maps."""
-    tile = (joined.boxes[:, 0] // MERGE_TILE) * (shape[1] // MERGE_TILE + 1) + joined.boxes[:, 1] // MERGE_TILE
+    `share` (k, n): the k-th of n runs of consecutive tiles of those holding any, tiles taken block by
+    block (MERGE_BLOCK tiles a side, raster order within and between blocks), so each share, and each
+    stretch of its windows, reads its own part of the maps (a row of tiles across the slide would
+    decode every chunk of that row again for each row)."""
+    ty, tx = joined.boxes[:, 0] // MERGE_TILE, joined.boxes[:, 1] // MERGE_TILE
+    tile = ty * (shape[1] // MERGE_TILE + 1) + tx
+    keys, first = np.unique(tile, return_index=True)
+    keys = keys[np.lexsort((tx[first], ty[first], tx[first] // MERGE_BLOCK, ty[first] // MERGE_BLOCK))]
     parts = []
-    for key in np.array_split(np.unique(tile), share[1])[share[0]]:
+    for key in np.array_split(keys, share[1])[share[0]]:
         members = tile == key
         boxes = joined.boxes[members]
         low, high = boxes[:, :2].min(axis=0) - 1, boxes[:, 2:].max(axis=0) + 1  # + 1 px for the erosion
@@ -422,14 +429,6 @@ def _fragments(
     edge = np.column_stack([ys[on_edge] + y0, xs[on_edge] + x0, row[on_edge]])
     fy, fx = np.divmod(first, w)
     return Fragments((fy + y0) * map_width + fx + x0, boxes + (y0, x0, y0, x0), area, edge.astype(np.int64))
-
-
-def _among(labels: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """labels ∈ chosen, by lookup table (np.isin sorts the whole image)."""
-    table = np.zeros(int(labels.max(initial=0)) + 1, bool)
-    table[chosen] = True
-    table[0] = False
-    return table[labels]
 
 
 def _core(chunk_box: ChunkBox, downsample: int, shape: tuple[int, int]) -> Window:

@@ -1,9 +1,9 @@
 """Nuclei (spec §6.3) and their records (§6.4), compiled, one support at a time.
 
 Every nucleus depends only on its support (the 8-connected component of the foreground
-mask holding it) and one pixel around it (see `postprocess`), so the work runs support by
-support on the support's own box: time follows the foreground, not the chunk, and nothing
-iterates over the whole chunk (skimage's watershed and scipy's hole filling both do).
+mask holding it) and one pixel around it (see `postprocess`), so after one labelling pass over
+the window the work runs support by support on the support's own box: time follows the
+foreground, not the window (skimage's watershed and scipy's hole filling pass over all of it).
 
 Why numba rather than OpenCV or rasterio: the flood must break ties exactly as skimage's
 watershed does (value, then push order) and outlines must trace pixel edges exactly as
@@ -108,8 +108,8 @@ def measure_nuclei(
     width = max(len(kind.class_names), int(classes.max(initial=0)) + 1) if classes is not None else 1
     out = np.zeros((1, 1), np.int32) if labels is None else labels
     (first, area, sum_x, sum_y, counts, corners, ring_starts, kept) = _measure(
-        supports.labels, supports.boxes, supports.rows, supports.cols, supports.starts, np.flatnonzero(chosen).astype(np.int64),
-        np.ascontiguousarray(codes[0]), table,
+        supports.labels, supports.boxes, supports.rows, supports.cols, supports.starts,
+        np.flatnonzero(chosen).astype(np.int64), np.ascontiguousarray(codes[0]), table,
         np.zeros((1, 1), np.uint8) if classes is None else np.ascontiguousarray(classes), width,
         np.array(image_edges, np.bool_), kind.min_area, kind.marker_min_area, out, labels is not None,
     )
