@@ -15,7 +15,9 @@ from PIL import Image
 from cerberus_batch.grid import CELL
 from cerberus_batch.overview import HEADER, LEGEND_WIDTH, MARGIN, SIZE, write_overview
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
-from cerberus_batch.pipeline.work import chunk_instances_task, infer_chunk_task, merge_slide_task, plan_slide_task
+from cerberus_batch.pipeline.work import (
+    border_task, chunk_instances_task, infer_chunk_task, merge_slide_task, overview_task, plan_slide_task,
+)
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.colours import instance_colour, tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
@@ -29,7 +31,8 @@ FACTOR = CMU_SIZE[1] / SIZE  # level-0 px per thumbnail px
 
 @pytest.fixture(scope="module")
 def cmu_output(tmp_path_factory, cmu_slide) -> Path:
-    """Plan, infer every chunk, find instances and merge, task by task as the Dask run does."""
+    """Plan, infer every chunk, find instances, finish the border nuclei (in two shares), merge and
+    draw, task by task as the Dask run does."""
     output = tmp_path_factory.mktemp("overview")
     slide = SlideEntry(id="cmu", path=cmu_slide)
     model, processing = ModelSpec(kind="stain"), ProcessingSpec(chunk=1008)
@@ -37,7 +40,8 @@ def cmu_output(tmp_path_factory, cmu_slide) -> Path:
     for chunk in plan.chunks:
         infer_chunk_task(slide, chunk.index, (chunk.x, chunk.y, chunk.w, chunk.h), chunk.empty_cells, model, processing, output)
     parts = [chunk_instances_task("cmu", c.index, (c.x, c.y, c.w, c.h), output, "0123abcd") for c in plan.chunks]
-    merge_slide_task("cmu", output, plan.tissue_mm2, "0123abcd", parts)
+    borders = [border_task("cmu", output, "0123abcd", (k, 2), parts) for k in range(2)]
+    overview_task("cmu", output, merge_slide_task("cmu", output, plan.tissue_mm2, "0123abcd", parts, borders))
     return output
 
 
@@ -45,7 +49,7 @@ def colours_in(pixels: np.ndarray) -> set[tuple[int, int, int]]:
     return set(map(tuple, np.unique(pixels.reshape(-1, 3), axis=0).tolist()))
 
 
-def test_merge_task_writes_overview_of_expected_size(cmu_output):
+def test_overview_task_writes_overview_of_expected_size(cmu_output):
     path = OutputLayout(cmu_output).overview("cmu")
     assert path == cmu_output / "tables" / "overview" / "cmu.png"
     with Image.open(path) as picture:

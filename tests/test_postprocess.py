@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
-from nuclei_reference import erode_cross, fill_own_holes
 from scipy import ndimage
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
@@ -17,15 +16,10 @@ from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.tasks.nuclei import segment_nuclei
 from cerberus_batch.tasks.outline import first_part, outer_ring
 from cerberus_batch.tasks.postprocess import (
-    cerberus_kinds,
-    crop_box,
-    dilate,
-    ellipse_kernel,
-    foreground,
-    remove_small,
-    segment_regions,
+    cerberus_kinds, crop_box, dilate, ellipse_kernel, foreground, remove_small, segment_regions,
 )
 from cerberus_batch.testing.maps import synthetic_maps
+from nuclei_reference import erode_cross, fill_own_holes
 
 NUCLEI, GLANDS, LUMENS = cerberus_kinds("wsi")
 TILE_NUCLEI, TILE_GLANDS, TILE_LUMENS = cerberus_kinds("tile")

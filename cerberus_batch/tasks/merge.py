@@ -33,22 +33,9 @@ from scipy.sparse.csgraph import connected_components
 
 from cerberus_batch.grid import ChunkBox, Window
 from cerberus_batch.storage.maps import dequantise
-from cerberus_batch.tasks.instances import (
-    Measured,
-    empty_table,
-    instance_table,
-    measured_table,
-    tissue_table,
-)
+from cerberus_batch.tasks.instances import Measured, empty_table, instance_table, measured_table, tissue_table
 from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei
-from cerberus_batch.tasks.postprocess import (
-    ObjectKind,
-    cerberus_kinds,
-    crop_box,
-    foreground,
-    paint_region,
-    segment_regions,
-)
+from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_regions
 from cerberus_batch.vocabulary import TISSUE
 
 if TYPE_CHECKING:  # annotations only: tasks need not load the slide readers
