@@ -141,16 +141,22 @@ def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predict
     }
 
 
-def _slide_maps(output: Path, slide_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _slide_maps(
+    output: Path, slide_id: str, windows: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The slide's Zarr arrays (read lazily, window by window), its attributes, and where
-    its objects lie (slide id, level-0 transform, mpp, level-0 bounds, object kinds named for its model)."""
+    its objects lie (slide id, level-0 transform, mpp, level-0 bounds, object kinds named for its model).
+
+    `windows`: the task reads many small windows across chunk borders, so each array keeps its
+    last decoded chunks (`ChunkCache`)."""
     group = open_slide_maps(OutputLayout(output).maps(slide_id))
     attrs = dict(group.attrs)
     place = {
         "slide_id": slide_id, "transform": Transform.from_dict(attrs["transform"]), "mpp": attrs["mpp"],
         "bounds": tuple(attrs["slide_dimensions"]), "kinds": cerberus_kinds("wsi", attrs["class_names"]),
     }
-    return {name: group[name] for name in group.array_keys()}, attrs, place
+    arrays = {name: group[name] for name in group.array_keys()}
+    return ({name: ChunkCache(array) for name, array in arrays.items()} if windows else arrays), attrs, place
 
 
 def chunk_instances_task(
@@ -173,8 +179,7 @@ def chunk_instances_task(
 def border_task(slide_id: str, output: Path, token: str, share: tuple[int, int], parts: list[ChunkResult]) -> None:
     """Finish one share of the nuclei cut by chunk borders (see `border_nuclei`) and stage them as
     a part of the slide's table (run `token`)."""
-    maps, _, place = _slide_maps(output, slide_id)
-    maps = {name: ChunkCache(array) for name, array in maps.items()}  # many small windows across chunk borders
+    maps, _, place = _slide_maps(output, slide_id, windows=True)
     for kind, table in border_nuclei(maps, parts, share, **place).items():
         if len(table):
             stage_table_part(output, slide_id, token, kind, f"{BORDER_PART}{share[0]}", table)
@@ -190,8 +195,7 @@ def merge_slide_task(
     `tissue_mm2` is the plan's tissue area; the summary splits it by the tissue type of each cell.
     """
     started = time.perf_counter()
-    maps, attrs, place = _slide_maps(output, slide_id)
-    maps = {name: ChunkCache(array) for name, array in maps.items()}  # many small windows across chunk borders
+    maps, attrs, place = _slide_maps(output, slide_id, windows=True)
     names = class_names(TISSUE, attrs["class_names"])
     write_slide_tables(output, slide_id, merge_slide(maps, parts, tissue_classes=names, borders=False, **place), token)
     types = {}

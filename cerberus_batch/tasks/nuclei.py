@@ -394,32 +394,22 @@ def _first_part_filled(img, value, fy, fx, part):
     """part = the 4-connected part of img == value holding (fy, fx), holes filled (as `outline.first_part`)."""
     hh, ww = img.shape
     queue = np.empty(hh * ww + 1, np.int64)
-    part[:] = 0
-    part[fy, fx] = 1
-    head, tail = 0, 1
-    queue[0] = fy * ww + fx
-    while head < tail:
-        p = queue[head]
-        head += 1
-        py, px = p // ww, p % ww
-        for k in range(4):
-            qy, qx = py + NY[k], px + NX[k]
-            if 0 <= qy < hh and 0 <= qx < ww and img[qy, qx] == value and not part[qy, qx]:
-                part[qy, qx] = 1
-                queue[tail] = qy * ww + qx
-                tail += 1
-    outside = np.empty((hh, ww), np.bool_)
-    for y in range(hh):
-        for x in range(ww):
-            outside[y, x] = part[y, x] == 0
     comp = np.empty((hh, ww), np.int32)
     sizes = np.empty(hh * ww + 1, np.int64)
     border = np.empty(hh * ww + 1, np.bool_)
-    _label4(outside, comp, queue, sizes, border)
+    on = np.empty((hh, ww), np.bool_)
     for y in range(hh):
         for x in range(ww):
-            if comp[y, x] and not border[comp[y, x]]:
-                part[y, x] = 1
+            on[y, x] = img[y, x] == value
+    _label4(on, comp, queue, sizes, border)
+    own = comp[fy, fx]
+    for y in range(hh):
+        for x in range(ww):
+            on[y, x] = comp[y, x] != own  # outside the part
+    _label4(on, comp, queue, sizes, border)
+    for y in range(hh):
+        for x in range(ww):
+            part[y, x] = not on[y, x] or not border[comp[y, x]]  # the part, or a hole in it
 
 
 @jit
