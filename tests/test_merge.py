@@ -12,7 +12,7 @@ import shapely
 import zarr
 
 from cerberus_batch.slides import Transform
-from cerberus_batch.tasks.merge import border_nuclei, chunk_instances, merge_slide, slide_instances
+from cerberus_batch.tasks.merge import border_nuclei, border_shares, chunk_instances, merge_slide, slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.testing.maps import synthetic_maps
 
@@ -153,13 +153,40 @@ def test_outlines_are_cut_to_a_slide_ending_inside_a_cell_and_a_pixel(maps) -> N
     assert_same_tables({"nuclei": uncut["nuclei"]}, {"nuclei": whole["nuclei"]})
 
 
-@pytest.mark.parametrize("shares", [1, 3])
-def test_border_nuclei_in_shares_complete_the_slide(maps, whole, shares) -> None:
-    """Border tasks, each finishing one share of the nuclei on chunk borders, and a merge that leaves
-    them out give the whole-slide tables together (as the pipeline stages them: one table per part)."""
-    results = [chunk_instances(maps, box, **PLACE) for box in chunk_boxes(432)]
-    borders = [border_nuclei(maps, results, (k, shares), **PLACE)["nuclei"] for k in range(shares)]
-    assert all(len(b) for b in borders)  # every share has work on this slide
-    merged = merge_slide(maps, results, borders=False, **PLACE)
-    nuclei = pd.concat([merged["nuclei"], *borders], ignore_index=True).sort_values("instance_id", ignore_index=True)
-    assert_same_tables(whole, {**merged, "nuclei": gpd.GeoDataFrame(nuclei, geometry="geometry")})
+def border_pipeline(maps, size: int, count: int):
+    """The pipeline's reduction: chunk tasks; border tasks, each given only its share's chunk results;
+    a merge finishing the rest; the nuclei of the staged parts together. Also the shares, and the
+    nuclei the merge finished itself."""
+    boxes = chunk_boxes(size)
+    results = [chunk_instances(maps, box, **PLACE) for box in boxes]
+    shares = border_shares(boxes, count)
+    borders = [border_nuclei(maps, [results[i] for i in share.chunks], share, **PLACE) for share in shares]
+    finished = {"nuclei": np.concatenate([b.finished["nuclei"] for b in borders])}
+    merged = merge_slide(maps, results, finished=finished, **PLACE)
+    staged = [merged["nuclei"], *(b.tables["nuclei"] for b in borders)]
+    nuclei = pd.concat(staged, ignore_index=True).sort_values("instance_id", ignore_index=True)
+    return {**merged, "nuclei": gpd.GeoDataFrame(nuclei, geometry="geometry")}, shares, borders, merged["nuclei"]
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_border_nuclei_in_shares_complete_the_slide(maps, whole, count) -> None:
+    """Border tasks, each finishing the nuclei of one band of chunk rows from those rows' results and
+    their neighbours', and a merge that leaves them out give the whole-slide tables together (as the
+    pipeline stages them: one table per part)."""
+    tables, shares, borders, _ = border_pipeline(maps, 432, count)
+    assert len(shares) == count and all(len(b.tables["nuclei"]) for b in borders)  # every share has work
+    if count == 3:  # a band of one row reads it and the rows either side, not the slide
+        assert [len(share.chunks) for share in shares] == [8, 12, 8]
+    assert_same_tables(whole, tables)
+
+
+def test_a_nucleus_longer_than_a_band_is_finished_by_the_merge(maps) -> None:
+    """A nucleus support crossing three chunk rows goes on past the row below its band: no border task
+    can see it whole, so the merge finishes it, and the tables still equal the whole slide's."""
+    tall = {name: array.copy() for name, array in maps.items()}
+    tall["nuclei_prob"][0, 100:620, 700:712] = 255  # inner: a 520-px bar across rows of 144 px
+    tall["nuclei_prob"][1, 100:620, 700:712] = 0
+    whole_tall = slide_instances(tall, **PLACE)
+    tables, _, _, by_merge = border_pipeline(tall, 144, 8)
+    assert len(by_merge) >= 1 and (by_merge.geometry.bounds["maxy"] - by_merge.geometry.bounds["miny"]).max() > 2 * 2 * 144
+    assert_same_tables(whole_tall, tables)

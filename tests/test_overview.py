@@ -23,6 +23,7 @@ from cerberus_batch.storage.colours import instance_colour, tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.tasks.instances import empty_table
+from cerberus_batch.tasks.merge import border_shares
 
 CMU_SIZE = (2220, 2967)  # level-0 w, h: a portrait slide
 THUMB_W = math.ceil(CMU_SIZE[0] * SIZE / CMU_SIZE[1])
@@ -40,7 +41,9 @@ def cmu_output(tmp_path_factory, cmu_slide) -> Path:
     for chunk in plan.chunks:
         infer_chunk_task(slide, chunk.index, (chunk.x, chunk.y, chunk.w, chunk.h), chunk.empty_cells, model, processing, output)
     parts = [chunk_instances_task("cmu", c.index, (c.x, c.y, c.w, c.h), output, "0123abcd") for c in plan.chunks]
-    borders = [border_task("cmu", output, "0123abcd", (k, 2), parts) for k in range(2)]
+    shares = border_shares([c.box for c in plan.chunks], 2)
+    borders = [border_task("cmu", output, "0123abcd", k, share, [parts[i] for i in share.chunks])
+               for k, share in enumerate(shares)]
     overview_task("cmu", output, merge_slide_task("cmu", output, plan.tissue_mm2, "0123abcd", parts, borders))
     return output
 

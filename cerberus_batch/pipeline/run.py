@@ -4,8 +4,9 @@ Each slide moves through stages: plan (tissue mask, chunks, map group) → one
 inference task per kept chunk not yet in the ledger → one instance task per
 chunk, started as soon as that chunk's maps are written (finishes the objects
 inside it and stages them as the chunk's table part) → border tasks (the nuclei
-cut by chunk borders, joined and finished, a share each) → one merge task (glands
-and lumens across borders, tissue regions; commits the slide's tables) → its QC
+cut by chunk borders, joined and finished, a band of chunk rows each, as soon as
+those rows and their neighbours are done) → one merge task (glands and lumens
+across borders, the rare nucleus longer than a band, tissue regions; commits the slide's tables) → its QC
 overview. Slides enter the graph as others leave it. A failure anywhere marks only that slide as failed;
 every other slide goes on.
 """
@@ -39,6 +40,7 @@ from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import Ledger, check_run
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.summary import write_cohort_summary
+from cerberus_batch.tasks.merge import border_shares
 
 
 @dataclass
@@ -89,8 +91,8 @@ CHUNKS_PER_BORDER_TASK = 8  # a slide's nuclei on chunk borders are finished by 
 MOST_BORDER_TASKS = 16
 
 
-def border_shares(chunks: int) -> int:
-    """How many border tasks a slide of `chunks` chunks gets."""
+def border_task_count(chunks: int) -> int:
+    """How many border tasks a slide of `chunks` chunks gets (fewer if it has fewer chunk rows)."""
     return max(1, min(MOST_BORDER_TASKS, -(-chunks // CHUNKS_PER_BORDER_TASK)))
 
 
@@ -216,8 +218,9 @@ class CohortRun:
 
     def find_instances(self, slide: SlideEntry, plan: ChunkPlan, inferred: dict[int, Future]) -> None:
         """An instance task per chunk, each starting as soon as its chunk's maps are written (at once
-        for chunks an earlier run inferred); after all of them, border tasks that finish the nuclei cut
-        by chunk borders side by side; then the merge (glands, lumens, tissue, the commit) and the overview.
+        for chunks an earlier run inferred); border tasks that finish the nuclei cut by chunk borders, a
+        band of chunk rows each, as soon as the instance tasks of those rows and the rows either side are
+        done; after all of them, the merge (glands, lumens, tissue, the commit) and the overview.
 
         They go before inference waiting in the queue (priority): a slide that finishes frees its place.
         """
@@ -227,11 +230,11 @@ class CohortRun:
                         key=f"instances-{slide.id}-{c.index}", resources=self.cpu_resources, priority=1)
             for c in plan.chunks
         ]
-        shares = border_shares(len(plan.chunks))
+        shares = border_shares([c.box for c in plan.chunks], border_task_count(len(plan.chunks)))
         borders = [
-            self.submit(slide, None, border_task, slide.id, out, self.token, (k, shares), parts,
+            self.submit(slide, None, border_task, slide.id, out, self.token, k, share, [parts[i] for i in share.chunks],
                         key=f"border-{slide.id}-{k}", resources=self.cpu_resources, priority=1)
-            for k in range(shares)
+            for k, share in enumerate(shares)
         ]
         merged = self.submit(slide, None, merge_slide_task, slide.id, out, plan.tissue_mm2, self.token, parts, borders,
                              key=f"merge-{slide.id}", resources=self.cpu_resources, priority=1)

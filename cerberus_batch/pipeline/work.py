@@ -33,7 +33,7 @@ from cerberus_batch.storage.tables import recover_slide_tables, stage_table_part
 from cerberus_batch.storage.zarr_maps import ChunkCache, create_slide_maps, maps_match, open_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import tissue_by_type
-from cerberus_batch.tasks.merge import ChunkResult, border_nuclei, chunk_instances, merge_slide
+from cerberus_batch.tasks.merge import BorderShare, ChunkResult, border_nuclei, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.vocabulary import TISSUE, class_names
 
@@ -176,28 +176,36 @@ def chunk_instances_task(
     return replace(result, tables={})
 
 
-def border_task(slide_id: str, output: Path, token: str, share: tuple[int, int], parts: list[ChunkResult]) -> None:
-    """Finish one share of the nuclei cut by chunk borders (see `border_nuclei`) and stage them as
-    a part of the slide's table (run `token`)."""
+def border_task(
+    slide_id: str, output: Path, token: str, index: int, share: BorderShare, parts: list[ChunkResult],
+) -> dict[str, np.ndarray]:
+    """Finish one share of the nuclei cut by chunk borders (see `border_nuclei`; `parts` are the
+    results of the share's chunks), stage them as the slide's table part `index` (run `token`), and
+    return which nuclei it finished."""
     maps, _, place = _slide_maps(output, slide_id, windows=True)
-    for kind, table in border_nuclei(maps, parts, share, **place).items():
+    done = border_nuclei(maps, parts, share, **place)
+    for kind, table in done.tables.items():
         if len(table):
-            stage_table_part(output, slide_id, token, kind, f"{BORDER_PART}{share[0]}", table)
+            stage_table_part(output, slide_id, token, kind, f"{BORDER_PART}{index}", table)
+    return done.finished
 
 
 def merge_slide_task(
-    slide_id: str, output: Path, tissue_mm2: float, token: str, parts: list[ChunkResult], borders: list[None],
+    slide_id: str, output: Path, tissue_mm2: float, token: str, parts: list[ChunkResult],
+    borders: list[dict[str, np.ndarray]],
 ) -> dict[str, Any]:
-    """Join glands and lumens across chunk borders, find tissue regions, and commit the slide's tables
-    (the parts its chunk and border tasks staged under `token`, and the merge's); returns its summary
-    row, counted from the committed tables. `borders` are the slide's border tasks, done before.
+    """Join glands and lumens across chunk borders, finish the nuclei on them that no border task
+    could, find tissue regions, and commit the slide's tables (the parts its chunk and border tasks
+    staged under `token`, and the merge's); returns its summary row, counted from the committed
+    tables. `borders` are what the slide's border tasks finished.
 
     `tissue_mm2` is the plan's tissue area; the summary splits it by the tissue type of each cell.
     """
     started = time.perf_counter()
     maps, attrs, place = _slide_maps(output, slide_id, windows=True)
     names = class_names(TISSUE, attrs["class_names"])
-    write_slide_tables(output, slide_id, merge_slide(maps, parts, tissue_classes=names, borders=False, **place), token)
+    finished = {kind: np.concatenate([done[kind] for done in borders]) for kind in set().union(*borders)}
+    write_slide_tables(output, slide_id, merge_slide(maps, parts, tissue_classes=names, finished=finished, **place), token)
     types = {}
     if TISSUE.class_map.name in maps:
         plan = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text())

@@ -7,7 +7,10 @@ Every result depends only on one connected foreground component of its kind (see
   not touch its core's edges, and reports the others as border fragments;
 - the slide reduction joins fragments across chunk faces (union-find on edge
   pixels) and segments each joined support once, from a window holding it whole
-  (`border_nuclei`, in shares that tasks can take side by side);
+  (`border_nuclei`). Tasks take it in shares of chunk rows (`border_shares`), each
+  reading only its rows' results and their neighbours', so a share can run while
+  the rest of the slide still infers; the merge finishes the few a share could not
+  (a nucleus reaching past its last row);
 - glands and lumens are few: chunks report their thresholded components as
   fragments, and the reduction paints each kept component from its own crop, in
   the global raster order of first pixels (the whole-slide labelling order), so
@@ -20,6 +23,7 @@ Given the slide's level-0 `bounds` (w, h), every outline is cut to the slide (`i
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -95,33 +99,87 @@ def chunk_instances(
     return ChunkResult(ChunkBox(*chunk_box), tables, fragments)
 
 
+@dataclass(frozen=True)
+class BorderShare:
+    """One border task's part of a slide: the nuclei cut by chunk borders whose first pixel lies in
+    the chunk rows from `top` to `bottom` (processing px), found from the results of `chunks`
+    (positions in the slide's chunk list): those rows, the row above (to see that a nucleus started
+    there) and the row below (to see that one goes on past it)."""
+
+    top: int
+    bottom: int
+    chunks: tuple[int, ...]
+
+
+def border_shares(boxes: Sequence[ChunkBox], count: int) -> list[BorderShare]:
+    """A slide's chunk rows (of its chunks' `boxes`) split into at most `count` runs of consecutive rows."""
+    rows = sorted({box[1] for box in boxes})
+    shares = []
+    for run in np.array_split(np.arange(len(rows)), min(count, len(rows))):
+        first, last = int(run[0]), int(run[-1])
+        read = set(rows[max(first - 1, 0) : last + 2])
+        top = rows[first] if first else 0
+        bottom = rows[last + 1] if last + 1 < len(rows) else sys.maxsize
+        shares.append(BorderShare(top, bottom, tuple(i for i, box in enumerate(boxes) if box[1] in read)))
+    return shares
+
+
+@dataclass
+class BorderNuclei:
+    """What finishing nuclei on chunk borders gives, per kind: their table and each one's first pixel
+    (slide raster position, as `Joined.first`), so a later pass knows which are done."""
+
+    tables: dict[str, gpd.GeoDataFrame]
+    finished: dict[str, np.ndarray]
+
+
 def border_nuclei(
-    maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], share: tuple[int, int] = (0, 1), *,
-    slide_id: str, transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
-    kinds: Sequence[ObjectKind] = cerberus_kinds(),
-) -> dict[str, gpd.GeoDataFrame]:
-    """The nuclei cut by chunk borders, joined across them and segmented once each. `share` (k, n):
-    only the k-th of n shares of them (by where they start), so n tasks can finish them side by side."""
+    maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], share: BorderShare | None = None, *,
+    finished: Mapping[str, np.ndarray] | None = None, slide_id: str, transform: Transform, mpp: float,
+    bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
+) -> BorderNuclei:
+    """The nuclei cut by chunk borders, joined across them and segmented once each, except those
+    `finished` already. With a `share`, `chunk_results` are its chunks' and only the nuclei it owns
+    are done: those starting in its rows and lying whole in the chunks it read."""
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
-    tables = {}
+    done = BorderNuclei({}, {})
     for kind in kinds:
         if kind.method == "watershed" and kind.prob_map in maps:
             shape = maps[kind.prob_map].shape[1:]
-            joined = _join([result.fragments[kind.name] for result in chunk_results], shape, EIGHT_NEIGHBOURS)
-            tables[kind.name] = _sorted(_finish_nuclei(maps, kind, joined, shape, place, share))
-    return tables
+            found = [result.fragments[kind.name] for result in chunk_results]
+            going_on = [_going_on(result, fragments, kind, shape, share) for result, fragments in zip(chunk_results, found)]
+            joined = _join(found, shape, EIGHT_NEIGHBOURS, going_on)
+            take = ~np.isin(joined.first, (finished or {}).get(kind.name, np.zeros(0, np.int64)))
+            if share is not None:
+                starts = joined.first // shape[1] * kind.downsample  # processing px row of each first pixel
+                take &= (starts >= share.top) & (starts < share.bottom) & ~joined.going_on
+            joined = joined.keep(take)
+            done.tables[kind.name] = _sorted(_finish_nuclei(maps, kind, joined, shape, place))
+            done.finished[kind.name] = joined.first
+    return done
+
+
+def _going_on(
+    result: ChunkResult, fragments: Fragments, kind: ObjectKind, shape: tuple[int, int], share: BorderShare | None,
+) -> np.ndarray:
+    """Which fragments of a chunk in the row below a share's rows reach that chunk's bottom edge (so
+    their nucleus may go on into chunks the share did not read); none for a chunk of its own rows."""
+    bottom = _core(result.box, kind.downsample, shape)[2]
+    if share is None or result.box[1] < share.bottom or bottom == shape[0]:
+        return np.zeros(len(fragments.first), bool)
+    return fragments.boxes[:, 2] == bottom
 
 
 def merge_slide(
     maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], *, slide_id: str, transform: Transform, mpp: float,
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
-    tissue_classes: Sequence[str] = TISSUE.classes, borders: bool = True,
+    tissue_classes: Sequence[str] = TISSUE.classes, finished: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, gpd.GeoDataFrame]:
     """All instance tables of a slide from its chunk results (any order), plus tissue regions.
 
     Nuclei finished in the chunks are included as far as the results still carry them (a chunk
-    task that stored its own table part sends fragments only); the border nuclei too, unless
-    `borders` is False (`border_nuclei` finishes them).
+    task that stored its own table part sends fragments only), and the nuclei on chunk borders,
+    except those `finished` already (by border tasks, which staged them as their own parts).
     """
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
     tables: dict[str, gpd.GeoDataFrame] = {}
@@ -132,10 +190,9 @@ def merge_slide(
             continue
         shape = maps[kind.prob_map].shape[1:]
         if kind.method == "watershed":
-            finished = [result.tables[kind.name] for result in chunk_results if kind.name in result.tables]
-            if borders:
-                finished += border_nuclei(maps, chunk_results, kinds=(kind,), **place).values()
-            tables[kind.name] = _sorted(finished)
+            finished_here = [result.tables[kind.name] for result in chunk_results if kind.name in result.tables]
+            finished_here += border_nuclei(maps, chunk_results, finished=finished, kinds=(kind,), **place).tables.values()
+            tables[kind.name] = _sorted(finished_here)
         else:
             joined = _join([result.fragments[kind.name] for result in chunk_results], shape, FOUR_NEIGHBOURS)
             on_slide = _on_slide(shape, kind.downsample, transform, bounds)
@@ -198,18 +255,23 @@ class Joined:
     first: np.ndarray
     boxes: np.ndarray
     area: np.ndarray
+    going_on: np.ndarray  # bool: holds a fragment that may go on into chunks not joined here
 
     def keep(self, which: np.ndarray) -> Joined:
-        return Joined(self.first[which], self.boxes[which], self.area[which])
+        return Joined(self.first[which], self.boxes[which], self.area[which], self.going_on[which])
 
 
-def _join(found: Sequence[Fragments], shape: tuple[int, int], neighbours: list[tuple[int, int]]) -> Joined:
-    """Union-find of fragments whose edge pixels are neighbours across a chunk face or corner."""
+def _join(
+    found: Sequence[Fragments], shape: tuple[int, int], neighbours: list[tuple[int, int]],
+    going_on: Sequence[np.ndarray] = (),
+) -> Joined:
+    """Union-find of fragments whose edge pixels are neighbours across a chunk face or corner;
+    `going_on` (per fragment of each of `found`) marks a joined component holding any such one."""
     sizes = [len(f.first) for f in found]
     offsets = np.cumsum([0] + sizes)
     n = int(offsets[-1])
     if n == 0:
-        return Joined(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64))
+        return Joined(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
     edge = np.concatenate([f.edge_pixels + (0, 0, offset) for f, offset in zip(found, offsets)])
     links = _touching(edge, shape, neighbours)
     graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])), shape=(n, n))
@@ -225,7 +287,10 @@ def _join(found: Sequence[Fragments], shape: tuple[int, int], neighbours: list[t
     np.minimum.at(low, group, boxes[:, :2])
     np.maximum.at(high, group, boxes[:, 2:])
     order = np.argsort(joined_first)
-    return Joined(joined_first[order], np.hstack([low, high])[order], np.bincount(group, area)[order].astype(np.int64))
+    going = np.bincount(group, np.concatenate(going_on) if len(going_on) else None, minlength=groups) > 0 \
+        if len(going_on) else np.zeros(groups, bool)
+    return Joined(joined_first[order], np.hstack([low, high])[order], np.bincount(group, area)[order].astype(np.int64),
+                  going[order])
 
 
 def _touching(edge: np.ndarray, shape: tuple[int, int], neighbours: list[tuple[int, int]]) -> np.ndarray:
@@ -245,19 +310,17 @@ def _touching(edge: np.ndarray, shape: tuple[int, int], neighbours: list[tuple[i
 
 def _finish_nuclei(
     maps: Mapping[str, Any], kind: ObjectKind, joined: Joined, shape: tuple[int, int], place: dict[str, Any],
-    share: tuple[int, int] = (0, 1),
 ) -> list[gpd.GeoDataFrame]:
     """Segment each joined nucleus support once; supports starting in one tile share a window.
-    `share` (k, n): the k-th of n runs of consecutive tiles of those holding any, tiles taken block by
-    block (MERGE_BLOCK tiles a side, raster order within and between blocks), so each share, and each
-    stretch of its windows, reads its own part of the maps (a row of tiles across the slide would
+    Tiles are taken block by block (MERGE_BLOCK tiles a side, raster order within and between blocks),
+    so each stretch of windows reads its own part of the maps (a row of tiles across the slide would
     decode every chunk of that row again for each row)."""
     ty, tx = joined.boxes[:, 0] // MERGE_TILE, joined.boxes[:, 1] // MERGE_TILE
     tile = ty * (shape[1] // MERGE_TILE + 1) + tx
     keys, first = np.unique(tile, return_index=True)
     keys = keys[np.lexsort((tx[first], ty[first], tx[first] // MERGE_BLOCK, ty[first] // MERGE_BLOCK))]
     parts = []
-    for key in np.array_split(keys, share[1])[share[0]]:
+    for key in keys:
         members = tile == key
         boxes = joined.boxes[members]
         low, high = boxes[:, :2].min(axis=0) - 1, boxes[:, 2:].max(axis=0) + 1  # + 1 px for the erosion
