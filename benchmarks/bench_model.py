@@ -1,10 +1,15 @@
-"""Output megapixels per second of CerberusPredictor in patch mode vs tile mode, on one input region.
+"""CPU inference paths of CerberusPredictor, measured in one run on one tile of real H&E (CMU-1-Small-Region)
+with the parity weights: throughput, peak RSS, and max |Δlogit| against the reference logits.
 
-Each mode runs in a fresh subprocess so its peak memory is its own. Patch mode is timed on a strip of
-`--patches` cells and extrapolated per megapixel (it costs the same per cell wherever the cell is).
+Paths (each in a fresh subprocess, warmed up once, then timed):
+- `today`: the eager path before issue 13: BatchNorms folded, channels-last, every decoder and head on
+  the whole tile with its context, the output cut out afterwards.
+- `default`: what CerberusPredictor runs now: decoders and heads only where the output needs them.
+- `bf16`: the default under oneDNN bf16 autocast (`amp: bf16`, opt-in: numbers differ).
+- `compile`: `torch.compile` of the whole-tile forward (not run unless asked: minutes of compiling).
 
-    python benchmarks/bench_model.py                      # 2016 px region, tiles 1008 and 2016, CPU
-    python benchmarks/bench_model.py --size 4032 --device cuda --amp bf16 --channels-last
+    python benchmarks/bench_model.py                       # tile 1008: today, default, bf16
+    python benchmarks/bench_model.py --tile 432 --paths today default compile
 """
 
 from __future__ import annotations
@@ -22,23 +27,32 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the parity model directory maker; speed does not depend on weights
+sys.path.insert(0, str(ROOT / "tests"))  # the CMU slide fetcher, the parity model directory maker
 
-from parity_model import make_parity_model_dir  # noqa: E402
+from conftest import fetch_cmu_small_region  # noqa: E402
+from parity_model import DATA, make_parity_model_dir  # noqa: E402
 
-from cerberus_batch.grid import CELL, CONTEXT  # noqa: E402
+from cerberus_batch.grid import CONTEXT  # noqa: E402
 from cerberus_batch.model import CerberusPredictor  # noqa: E402
+from cerberus_batch.model.activation import probabilities  # noqa: E402
+from cerberus_batch.model.naming import PATCH_CLASS  # noqa: E402
+
+TOLERANCE = 1e-3  # max |Δlogit| the parity fixture allows (shared/parity README)
+ORIGIN = (0, 400)  # level-0 (x, y) of the tile's input: tissue and glass
 
 
-def region(size: int, slide: Path | None) -> np.ndarray:
-    """The input region (size + context): read from `slide` at (0, 0) level 0, else seeded noise."""
-    side = size + 2 * CONTEXT
-    if slide is None:
-        return np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    import tiffslide
+def reference_parity(predictor: CerberusPredictor, logits=None) -> dict[str, tuple[float, float]]:
+    """Per head: max |Δlogit| against forward_reference.npz and the share of equal argmaxes.
 
-    with tiffslide.TiffSlide(slide) as opened:
-        return np.asarray(opened.read_region((0, 0), 0, (side, side)).convert("RGB"))
+    `logits(images)` computes the logits (default: the predictor's own path)."""
+    with np.load(DATA / "forward_reference.npz") as npz:
+        reference = dict(npz)
+    got = (logits or predictor.logits)(reference["images"])
+    out = {}
+    for key, value in got.items():
+        value = value[:, :, 0, 0] if key == PATCH_CLASS else value
+        out[key] = float(np.abs(value - reference[key]).max()), float((value.argmax(1) == reference[key].argmax(1)).mean())
+    return out
 
 
 def _cpu_seconds() -> float:
@@ -47,86 +61,88 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _whole_tile(model, compiled=None):
+    """The `today` path: logits of every head on the whole tile (context included), cut afterwards."""
+    forward = compiled or model
+
+    def logits(images: np.ndarray) -> dict[str, np.ndarray]:
+        tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            raw = forward(tensor, per_cell=True)
+        return {k: (v if k == PATCH_CLASS else v[..., CONTEXT:-CONTEXT, CONTEXT:-CONTEXT]).float().numpy() for k, v in raw.items()}
+
+    def predict(image: np.ndarray) -> None:
+        for key, value in logits(image[None]).items():
+            probabilities(key, torch.from_numpy(value)).numpy()
+
+    return logits, predict
+
+
 def measure(args: argparse.Namespace) -> dict[str, float]:
-    """One mode in this process: seconds, output megapixels and peak memory."""
+    """One path in this process."""
     image = np.load(args.image)
-    tile = CELL if args.mode == "patch" else args.tile
-    if args.mode == "patch":  # a strip of cells stands for the whole region
-        image = image[: CELL + 2 * CONTEXT, : args.patches * CELL + 2 * CONTEXT]
-    predictor = CerberusPredictor(
-        args.model_dir,
-        mode=args.mode,
-        tile=tile,
-        batch_size=args.batch_size,
-        device=args.device,
-        amp=args.amp,
-        channels_last=args.channels_last,
-    )
-    cuda = predictor.device.type == "cuda"
-    if cuda:  # kernel selection and allocator warm-up are not throughput
-        predictor.predict(image)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    predictor = CerberusPredictor(args.model_dir, tile=args.tile, device="cpu", amp="bf16" if args.path == "bf16" else None)
+    logits, predict = predictor.logits, predictor.predict
+    if args.path in ("today", "compile"):
+        logits, predict = _whole_tile(predictor.model, torch.compile(predictor.model) if args.path == "compile" else None)
+    start = time.perf_counter()
+    predict(image)  # warm-up (and for compile: compiling)
+    warm_up = time.perf_counter() - start
     start, cpu_start = time.perf_counter(), _cpu_seconds()
-    predictor.predict(image)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    megapixels = (image.shape[0] - 2 * CONTEXT) * (image.shape[1] - 2 * CONTEXT) / 1e6
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "megapixels": megapixels, "peak_mib": peak, "device": predictor.device.type}
+    for _ in range(args.repeats):
+        predict(image)
+    seconds, cpu_seconds = (time.perf_counter() - start) / args.repeats, (_cpu_seconds() - cpu_start) / args.repeats
+    parity = reference_parity(predictor, logits)
+    return {
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "warm_up": warm_up, "megapixels": args.tile**2 / 1e6,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "delta": max(d for d, _ in parity.values()), "argmax": min(a for _, a in parity.values()),
+    }
 
 
-def run_mode(args: argparse.Namespace, image: Path, mode: str, tile: int, batch_size: int) -> dict[str, float]:
-    command = [sys.executable, __file__, "--worker", "--image", str(image), "--model-dir", str(args.model_dir)]
-    command += ["--mode", mode, "--tile", str(tile), "--batch-size", str(batch_size), "--patches", str(args.patches)]
-    command += ["--device", args.device] if args.device else []
-    command += ["--amp", args.amp] if args.amp else []
-    command += [] if args.channels_last is None else ["--channels-last" if args.channels_last else "--no-channels-last"]
+def run_path(args: argparse.Namespace, image: Path, path: str) -> dict[str, float]:
+    command = [sys.executable, __file__, "--worker", path, "--image", str(image), "--model-dir", str(args.model_dir),
+               "--tile", str(args.tile), "--repeats", str(args.repeats)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"{mode} {tile}: worker failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"{path}: worker failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=2016, help="output region side in px (multiple of 144)")
-    parser.add_argument("--tiles", type=int, nargs="+", default=[1008, 2016], help="tile sizes to measure")
-    parser.add_argument("--patches", type=int, default=6, help="patch-mode cells to time")
-    parser.add_argument("--batch-size", type=int, default=8, help="patches per batch in patch mode")
-    parser.add_argument("--tile-batch-size", type=int, default=1, help="tiles per batch in tile mode")
-    parser.add_argument("--model-dir", type=Path, help="model directory (default: parity weights in a temp dir)")
-    parser.add_argument("--slide", type=Path, help="read the region from this slide instead of noise")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--amp", choices=["bf16", "fp16"])
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="default: on for CPU only")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tile", type=int, default=1008, help="output tile side in px (multiple of 144)")
+    parser.add_argument("--paths", nargs="+", default=["today", "default", "bf16"], choices=["today", "default", "bf16", "compile"])
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes after the warm-up")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="tile", help=argparse.SUPPRESS)
-    parser.add_argument("--tile", type=int, default=1008, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        args.path = args.worker
         print(json.dumps(measure(args)))
         return
-    if args.size % CELL:
-        parser.error(f"--size must be a multiple of {CELL}")
-    with tempfile.TemporaryDirectory() as scratch:
-        args.model_dir = args.model_dir or make_parity_model_dir(Path(scratch) / "model")
-        image = Path(scratch) / "region.npy"
-        np.save(image, region(args.size, args.slide))
-        runs = [("patch", CELL, args.batch_size)] + [("tile", t, args.tile_batch_size) for t in args.tiles]
-        results = [(mode, tile, run_mode(args, image, mode, tile, batch)) for mode, tile, batch in runs]
-    patch_rate = results[0][2]["megapixels"] / results[0][2]["seconds"]
-    print(f"output region {args.size}x{args.size} px on {results[0][2]['device']} (torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads), amp={args.amp}, channels_last={args.channels_last}")  # fmt: skip
-    patch_cpu_rate = results[0][2]["megapixels"] / results[0][2]["cpu_seconds"]
-    print(f"{'mode':<6}{'tile':>6}{'out MP':>9}{'seconds':>10}{'MP/s':>9}{'vs patch':>10}"
-          f"{'CPU s':>9}{'vs patch':>10}{'peak MiB':>10}")  # fmt: skip
-    for mode, tile, r in results:
-        rate, cpu_rate = r["megapixels"] / r["seconds"], r["megapixels"] / r["cpu_seconds"]
-        print(f"{mode:<6}{tile:>6}{r['megapixels']:>9.3f}{r['seconds']:>10.1f}{rate:>9.4f}{rate / patch_rate:>9.2f}x"
-              f"{r['cpu_seconds']:>9.1f}{cpu_rate / patch_cpu_rate:>9.2f}x{r['peak_mib']:>10.0f}")  # fmt: skip
+    import tiffslide
+
+    side = args.tile + 2 * CONTEXT
+    with tempfile.TemporaryDirectory() as scratch, tiffslide.TiffSlide(fetch_cmu_small_region()) as slide:
+        args.model_dir = make_parity_model_dir(Path(scratch) / "model")
+        image = Path(scratch) / "tile.npy"
+        np.save(image, np.asarray(slide.read_region(ORIGIN, 0, (side, side)).convert("RGB")))
+        results = {path: run_path(args, image, path) for path in args.paths}
+    print(f"one {args.tile}-px tile (+{CONTEXT} px context) of CMU-1-Small-Region, parity weights, all six heads, "
+          f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} timed pass(es)")  # fmt: skip
+    print(f"{'path':<9}{'warm-up s':>10}{'s/tile':>8}{'Mpx/s':>8}{'CPU s':>8}{'peak MiB':>10}{'max|Δlogit|':>13}{'argmax':>9}")
+    for path, r in results.items():
+        print(f"{path:<9}{r['warm_up']:>10.1f}{r['seconds']:>8.2f}{r['megapixels'] / r['seconds']:>8.4f}{r['cpu_seconds']:>8.1f}"
+              f"{r['peak_mib']:>10.0f}{r['delta']:>13.2e}{100 * r['argmax']:>8.3f}%")  # fmt: skip
+    if "today" in results:
+        today = results["today"]
+        for path, r in results.items():
+            if path != "today":
+                within = "within" if r["delta"] <= TOLERANCE else "NOT within"
+                print(f"{path} vs today: {today['seconds'] / r['seconds']:.2f}x wall, {today['cpu_seconds'] / r['cpu_seconds']:.2f}x CPU time; "
+                      f"max|Δlogit| {r['delta']:.2e} ({within} {TOLERANCE})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ and index like plain tuples, and a plain 4-tuple in the same order serves too.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple, Sequence
+
+import numpy as np
 
 CELL = 144
 CONTEXT = 152
@@ -47,3 +49,30 @@ class Tile(NamedTuple):
     x: int
     h: int
     w: int
+
+
+def tissue_cells(rows: int, cols: int, empty_cells: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Bool (rows, cols): True but at the (row, col) of `empty_cells`."""
+    cells = np.ones((rows, cols), bool)
+    for row, col in empty_cells:
+        cells[row, col] = False
+    return cells
+
+
+def tissue_tiles(tissue: Sequence[Sequence[bool]], tile: int) -> list[Tile]:
+    """The forward passes over a grid of cells (True: tissue): tiles of `tile` px from cell (0, 0), each
+    shrunk to the bounding box of its tissue cells; a tile without tissue is left out.
+
+    The rule sees only the tile and its cells, so where chunks are whole tiles on a slide-wide grid
+    every chunk size cuts the same passes, and the maps agree bit for bit.
+    """
+    cells = np.asarray(tissue, dtype=bool)
+    side = tile // CELL
+    tiles = []
+    for top in range(0, cells.shape[0], side):
+        for left in range(0, cells.shape[1], side):
+            rows, cols = np.nonzero(cells[top : top + side, left : left + side])
+            if rows.size:
+                y, x = (top + rows.min()) * CELL, (left + cols.min()) * CELL
+                tiles.append(Tile(int(y), int(x), int(rows.max() - rows.min() + 1) * CELL, int(cols.max() - cols.min() + 1) * CELL))
+    return tiles

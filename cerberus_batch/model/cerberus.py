@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
@@ -11,29 +12,32 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 import torch
 
-from cerberus_batch.grid import CELL, CONTEXT, Tile
+from cerberus_batch.grid import CELL, CONTEXT, Tile, tissue_tiles
 from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model
 from cerberus_batch.model.fusion import fuse_batchnorms
+from cerberus_batch.model.memory import (
+    CPU_BYTES_PER_INPUT_PX, cpu_budget, cuda_budget, cuda_bytes_per_input_px, fitting_tiles,
+)
 from cerberus_batch.model.naming import CLASS_NAMES, PATCH_CLASS
 from cerberus_batch.model.predictor import output_size
 
 
-def _tiles(height: int, width: int, size: int) -> list[Tile]:
-    """Output tiles of at most `size` px, grouped by shape so equal shapes batch together."""
-    tiles = [
-        Tile(y, x, min(size, height - y), min(size, width - x))
-        for y in range(0, height, size)
-        for x in range(0, width, size)
-    ]
-    return sorted(tiles, key=lambda t: (t.h, t.w))
+def _by_shape(tiles: list[Tile]) -> Iterator[list[Tile]]:
+    """Tiles grouped by shape, so equal shapes batch together."""
+    for _, same_shape in groupby(sorted(tiles, key=lambda t: (t.h, t.w)), key=lambda t: (t.h, t.w)):
+        yield list(same_shape)
 
 
-def _batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
-    for _, same_shape in groupby(tiles, key=lambda t: (t.h, t.w)):
-        group = list(same_shape)
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
+@contextlib.contextmanager
+def _tf32(allowed: bool) -> Iterator[None]:
+    """cuDNN convolutions in TF32 or not, for one forward pass (a process-wide switch, put back after)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 def _identity(model_dir: Path, decoders: Iterable[str]) -> str:
@@ -52,8 +56,11 @@ class CerberusPredictor:
 
     `mode="tile"` predicts output tiles of up to `tile` px (a multiple of 144) in one pass each, with
     152 px context; `mode="patch"` is the reference's 448-px patches at stride 144, i.e. tile 144.
-    `amp` ("bf16"/"fp16") autocasts on CUDA; on CPU only "bf16" is allowed. `channels_last` defaults
-    to on for CPU (oneDNN then skips layout reorders: ~1.5x faster) and off for CUDA.
+    A batch holds at most `batch_size` tiles of one shape, and fewer where the device's memory
+    would not hold them (`model.memory`). `amp` ("bf16"/"fp16") autocasts on CUDA; on CPU only
+    "bf16" is allowed. CUDA convolutions run in plain fp32 unless `tf32` (faster, numbers differ
+    by ~1e-3). `channels_last` defaults to on for CPU (oneDNN then skips layout reorders: ~1.5x
+    faster) and off for CUDA.
     """
 
     kind = "cerberus"
@@ -68,6 +75,7 @@ class CerberusPredictor:
         device: str | torch.device | None = None,
         amp: Literal["bf16", "fp16"] | None = None,
         channels_last: bool | None = None,
+        tf32: bool = False,
     ) -> None:
         if mode not in ("tile", "patch"):
             raise ValueError(f"mode must be 'tile' or 'patch', got {mode!r}")
@@ -86,41 +94,93 @@ class CerberusPredictor:
         self.tile = CELL if mode == "patch" else tile
         self.batch_size = batch_size
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+        self.tf32 = tf32
         self.heads = tuple(self.model.output_classes)
         self.class_names = {key: CLASS_NAMES[key] for key in self.heads if key in CLASS_NAMES}
         self.identity = _identity(Path(model_dir), self.model.running)
+        self._cuda_bytes_per_px: float | None = None
 
-    def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, image: np.ndarray, tissue: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """`tissue`: bool (H // CELL, W // CELL), the cells to infer (all when None). Passes lie on a grid
+        of `tile` px from the first output px, each shrunk to its tissue cells (`grid.tissue_tiles`);
+        the outputs of cells no pass covers are 0."""
         height, width = output_size(image)
+        cells = np.ones((height // CELL, width // CELL), bool) if tissue is None else np.asarray(tissue, bool)
+        if cells.shape != (height // CELL, width // CELL):
+            raise ValueError(f"tissue has shape {cells.shape}, the image has {height // CELL}x{width // CELL} cells")
         out = {}
         for key, classes in self.model.output_classes.items():
             if key == PATCH_CLASS:
-                out[key] = np.empty((classes, height // CELL, width // CELL), np.float32)
+                out[key] = np.zeros((classes, height // CELL, width // CELL), np.float32)
             else:  # INST heads keep [inner, contour]
-                out[key] = np.empty((2 if key.endswith("-INST") else classes, height, width), np.float32)
-        for batch in _batches(_tiles(height, width, self.tile), self.batch_size):
-            self._predict_batch(image, batch, out)
+                out[key] = np.zeros((2 if key.endswith("-INST") else classes, height, width), np.float32)
+        batches = list(self._batches(tissue_tiles(cells, self.tile)))
+        # One thread cuts (and on CUDA pins) the next batch while this one runs.
+        with ThreadPoolExecutor(1) as prefetch:
+            upcoming = prefetch.submit(self._inputs, image, batches[0]) if batches else None
+            for batch, following in zip(batches, batches[1:] + [None]):
+                inputs = upcoming.result()
+                if following is not None:
+                    upcoming = prefetch.submit(self._inputs, image, following)
+                self._predict_batch(inputs, batch, out)
         return out
 
-    def _predict_batch(self, image: np.ndarray, batch: list[Tile], out: dict[str, np.ndarray]) -> None:
-        _, _, height, width = batch[0]
-        crops = np.stack([image[y : y + height + 2 * CONTEXT, x : x + width + 2 * CONTEXT] for y, x, _, _ in batch])
-        tensor = torch.from_numpy(crops)
+    def _batches(self, tiles: list[Tile]) -> Iterator[list[Tile]]:
+        for group in _by_shape(tiles):
+            size = self.tiles_per_batch(group[0].h, group[0].w)
+            for start in range(0, len(group), size):
+                yield group[start : start + size]
+
+    def tiles_per_batch(self, height: int, width: int) -> int:
+        """Tiles of (height, width) output px one batch takes: at most batch_size, and what fits in the
+        device's memory (`model.memory`)."""
         if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        images = tensor.permute(0, 3, 1, 2).float().contiguous(memory_format=self.memory_format)
+            budget, per_px = cuda_budget(self.device), self._cuda_bytes()
+        else:
+            budget, per_px = cpu_budget(), CPU_BYTES_PER_INPUT_PX
+        return fitting_tiles(budget, per_px, (height + 2 * CONTEXT) * (width + 2 * CONTEXT), self.batch_size)
+
+    def _cuda_bytes(self) -> float:
+        """Device bytes per input px, measured once on one full tile (smaller tiles need proportionally less)."""
+        if self._cuda_bytes_per_px is None:
+            side = self.tile + 2 * CONTEXT
+            blank = torch.zeros((1, side, side, 3), dtype=torch.uint8)
+
+            def run_one() -> None:
+                for _ in self._forward(blank):
+                    pass
+
+            self._cuda_bytes_per_px = cuda_bytes_per_input_px(self.device, run_one, side * side)
+        return self._cuda_bytes_per_px
+
+    def _inputs(self, image: np.ndarray, batch: list[Tile]) -> torch.Tensor:
+        """The batch's crops (tile plus context) as one uint8 NHWC tensor, pinned for a CUDA copy."""
+        crops = torch.from_numpy(np.stack([image[y : y + h + 2 * CONTEXT, x : x + w + 2 * CONTEXT] for y, x, h, w in batch]))
+        return crops.pin_memory() if self.device.type == "cuda" else crops
+
+    def _predict_batch(self, inputs: torch.Tensor, batch: list[Tile], out: dict[str, np.ndarray]) -> None:
+        for key, result in self._forward(inputs):
+            for (y, x, h, w), values in zip(batch, result):
+                if key == PATCH_CLASS:
+                    out[key][:, y // CELL : (y + h) // CELL, x // CELL : (x + w) // CELL] = values
+                else:
+                    out[key][:, y : y + h, x : x + w] = values
+
+    def logits(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw float32 logits of uint8 (N, H, W, 3) tiles with context, computed as `predict` computes
+        them (device, amp, TF32, memory format): the output part of pixel heads, Patch-Class per cell."""
+        return {key: value.float().cpu().numpy() for key, value in self._logits(torch.from_numpy(images))}
+
+    def _forward(self, inputs: torch.Tensor) -> Iterator[tuple[str, np.ndarray]]:
+        """(output key, probabilities) of one batch, a head at a time, so no head's logits outlive it."""
+        for key, logits in self._logits(inputs):
+            yield key, probabilities(key, logits).cpu().numpy()
+
+    def _logits(self, inputs: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        images = inputs.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        images = images.contiguous(memory_format=self.memory_format)
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         )
-        with torch.inference_mode():
-            with autocast:
-                logits = self.model(images, per_cell=True)
-            for key, value in logits.items():
-                if key != PATCH_CLASS:
-                    value = value[..., CONTEXT : CONTEXT + height, CONTEXT : CONTEXT + width]
-                result = probabilities(key, value).cpu().numpy()
-                for (y, x, _, _), tile in zip(batch, result):
-                    if key == PATCH_CLASS:
-                        out[key][:, y // CELL : (y + height) // CELL, x // CELL : (x + width) // CELL] = tile
-                    else:
-                        out[key][:, y : y + height, x : x + width] = tile
+        with torch.inference_mode(), autocast, _tf32(self.tf32):
+            yield from self.model.tile_logits(images)

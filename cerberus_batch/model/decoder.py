@@ -38,14 +38,59 @@ class ConvBlock(nn.Module):
 DECODER_STAGES = ((256, 256, 128), (128, 128, 64), (64, 64, 64), (64, 64, 64))
 
 
+# Feature px a stage's output is wrong by at a cut edge: 1 for the bilinear x2 upsample, 1 per 3x3 conv.
+STAGE_REACH = 3
+
+
+def _window(lo: int, hi: int, size: int) -> tuple[int, int]:
+    """The half-resolution window whose stage output (upsample, two 3x3 convs) is right on [lo, hi)."""
+    return max(0, (lo - STAGE_REACH) // 2), min(size, -(-(hi + STAGE_REACH) // 2))
+
+
+def decoder_windows(shape: tuple[int, int], keep: tuple[tuple[int, int], tuple[int, int]]) -> list[tuple[slice, slice]]:
+    """(rows, cols) windows of the decoder's inputs at 1/16, 1/8, 1/4, 1/2 and full resolution, so the
+    full-resolution output is computed on `keep` ((y0, y1), (x0, x1)) only, with every value there as
+    on the whole image: each stage runs on what the next needs plus STAGE_REACH."""
+    per_axis = []
+    for (lo, hi), size in zip(keep, shape):
+        levels = [(lo, hi)]
+        for level in range(1, len(DECODER_STAGES) + 1):
+            levels.append(_window(*levels[-1], size >> level))
+        per_axis.append(levels[::-1])
+    return [(slice(*rows), slice(*cols)) for rows, cols in zip(*per_axis)]
+
+
 class PixelDecoder(nn.ModuleList):
-    """Upsamples from 1/16 to full resolution, adding the encoder skips (x3, x2, x1, x0)."""
+    """Upsamples from 1/16 to full resolution, adding the encoder skips (x3, x2, x1, x0).
+
+    With `windows` (`decoder_windows`) each stage runs only where the output needs it: on CPU the
+    full-resolution stages cost most, and a tile's context needs no decoder output of its own.
+    """
 
     def __init__(self) -> None:
         super().__init__(ConvBlock(widths) for widths in DECODER_STAGES)
 
-    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
-        for block, skip in zip(self, skips):
-            up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            x = block(up.add_(skip))
-        return x
+    def forward(
+        self, x: torch.Tensor, skips: Sequence[torch.Tensor], windows: Sequence[tuple[slice, slice]] | None = None,
+    ) -> torch.Tensor:
+        if windows is not None:
+            x = x[..., windows[0][0], windows[0][1]]
+        for level, (block, skip) in enumerate(zip(self, skips), start=1):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            if windows is not None:  # x covers twice the last window: the stage runs there, then keeps its window
+                (rows, cols), (above, left) = windows[level], windows[level - 1]
+                covered = skip[..., 2 * above.start : 2 * above.stop, 2 * left.start : 2 * left.stop]
+                x = x.contiguous(memory_format=_layout(skip)) + covered
+            else:
+                x = x.add_(skip)
+            for layer in block.block:  # not block(x): the block's argument would live until its last layer
+                x = layer(x)
+            if windows is not None:
+                x = x[..., rows.start - 2 * above.start : rows.stop - 2 * above.start,
+                      cols.start - 2 * left.start : cols.stop - 2 * left.start]
+        return x if windows is None else x.contiguous(memory_format=_layout(skips[-1]))
+
+
+def _layout(tensor: torch.Tensor) -> torch.memory_format:
+    """Channels-last or not, as `tensor` is: oneDNN runs a strided view in a slow path."""
+    return torch.channels_last if tensor.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format

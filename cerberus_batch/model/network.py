@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from cerberus_batch.model.decoder import PixelDecoder
+from cerberus_batch.grid import CONTEXT
+from cerberus_batch.model.decoder import PixelDecoder, decoder_windows
 from cerberus_batch.model.encoder import ResNet34Encoder
 from cerberus_batch.model.heads import PatchClassifier, PixelHead, pool_cells, pool_patch
 from cerberus_batch.model.naming import PATCH_CLASS, RELEASED_TASKS, output_key, resolve_decoders
@@ -62,15 +63,31 @@ class CerberusNet(nn.Module):
         Pixel heads are N x C x H x W. Patch-Class is N x 9 x 1 x 1 (the reference crop), or with
         `per_cell` one column per 144-px output cell of a tile with 152 px context.
         """
+        return dict(self._heads(images, per_cell, margin=0))
+
+    def tile_logits(self, images: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """(output key, logits) of a tile with CONTEXT px on every side, one head at a time.
+
+        The pixel decoders and heads run on the output only, plus what their convolutions reach
+        (`decoder_windows`): the same values as on the whole tile, for ~60% of the decoder work. Each
+        head's logits are yielded before the next decoder runs, so the caller can store and drop
+        them. Patch-Class has one column per 144-px output cell.
+        """
+        return self._heads(images, per_cell=True, margin=CONTEXT)
+
+    def _heads(self, images: torch.Tensor, per_cell: bool, margin: int) -> Iterator[tuple[str, torch.Tensor]]:
         x0, x1, x2, x3, x4 = self.backbone(images / 255.0)
-        logits: dict[str, torch.Tensor] = {}
         start = self.conv_map(x4) if any(d != PATCH_CLASS for d in self.running) else None
+        height, width = images.shape[-2:]
+        keep = ((margin, height - margin), (margin, width - margin))
+        windows = decoder_windows((height, width), keep) if margin else None  # pixel heads see the output only
         for decoder in self.running:
             if decoder == PATCH_CLASS:
                 pooled = pool_cells(x4) if per_cell else pool_patch(x4)
-                logits[PATCH_CLASS] = self.decoder_head[decoder](pooled)
+                yield PATCH_CLASS, self.decoder_head[decoder](pooled)
                 continue
-            features = self.decoder_head[decoder](start, (x3, x2, x1, x0))
+            features = self.decoder_head[decoder](start, (x3, x2, x1, x0), windows)
             for head, module in self.output_head[decoder].items():
-                logits[output_key(decoder, head)] = module(features)
-        return logits
+                yield output_key(decoder, head), module(features)
+            del features  # one decoder's full-resolution features at a time
+

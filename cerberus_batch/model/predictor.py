@@ -18,6 +18,10 @@ class Predictor(Protocol):
     - ``"<Kind>-INST"``: (2, H, W) probabilities of [inner, contour]
     - ``"<Kind>-TYPE"``: (C, H, W) class probabilities
     - ``"Patch-Class"``: (C, H // CELL, W // CELL) tissue-type probabilities per cell
+
+    `tissue` (bool, H // CELL x W // CELL) marks the cells whose outputs are kept: a model may
+    leave the others out of its passes (their outputs are then 0), by a rule that sees only its
+    own tiles, so the kept outputs do not depend on where the region was cut.
     """
 
     kind: str  # "cerberus" or "stain"
@@ -25,7 +29,7 @@ class Predictor(Protocol):
     class_names: Mapping[str, Sequence[str]]  # per TYPE head and Patch-Class
     identity: str  # stable hash of what determines the outputs (settings, weights, heads)
 
-    def predict(self, image: np.ndarray) -> dict[str, np.ndarray]: ...
+    def predict(self, image: np.ndarray, tissue: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 
 
 def output_size(image: np.ndarray) -> tuple[int, int]:

@@ -70,7 +70,8 @@ class StainPredictor:
         digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()
         self.identity = f"{ALGORITHM}-{digest[:16]}"
 
-    def predict(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, image: np.ndarray, tissue: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every cell, `tissue` or not: the whole region costs less than cutting it."""
         height, width = output_size(image)
         s = self.settings
         hematoxylin = ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0)

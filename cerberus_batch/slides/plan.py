@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT, ChunkBox
+from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, Tile, tissue_cells, tissue_tiles
 from cerberus_batch.slides.mask import TissueMask
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView
@@ -88,6 +88,16 @@ class ChunkPlan:
             top, left = c.y // self.cell, c.x // self.cell
             cells[top : top + rows, left : left + cols] = np.reshape(c.tissue_px, (rows, cols))
         return cells
+
+    def input_per_tissue_px(self, tile: int | None) -> float:
+        """Input px the model reads per output px of tissue cells: passes of `tile` px shrunk to their
+        tissue cells (`grid.tissue_tiles`) plus context, or with None whole chunks plus context."""
+        read = 0
+        for c in self.chunks:
+            cells = tissue_cells(c.h // self.cell, c.w // self.cell, c.empty_cells)
+            passes = tissue_tiles(cells, tile) if tile else [Tile(0, 0, c.h, c.w)]
+            read += sum((t.h + 2 * CONTEXT) * (t.w + 2 * CONTEXT) for t in passes)
+        return read / (self.cells * self.cell**2) if self.cells else 0.0
 
     def summary(self) -> dict[str, object]:
         """Tissue area, kept chunks and cells, and the work they imply in megapixels."""

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT, ChunkBox
+from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, tissue_cells
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.storage.maps import MapSpec, quantise
 from cerberus_batch.vocabulary import HEAD_MAPS
@@ -72,7 +72,10 @@ def _background_past(prob: np.ndarray, inside: tuple[int, int]) -> np.ndarray:
     return kept
 
 
-def predict_chunk(read, predictor: Predictor, box: ChunkBox) -> dict[str, np.ndarray]:
-    """Run the model on one chunk's output box."""
+def predict_chunk(
+    read, predictor: Predictor, box: ChunkBox, empty_cells: Iterable[tuple[int, int]] = (),
+) -> dict[str, np.ndarray]:
+    """Run the model on one chunk's output box; `empty_cells` (row, col in the chunk) hold no tissue,
+    so a model may skip them."""
     x, y, w, h = box
-    return predictor.predict(read_chunk(read, x, y, w, h))
+    return predictor.predict(read_chunk(read, x, y, w, h), tissue_cells(h // CELL, w // CELL, empty_cells))
