@@ -7,9 +7,11 @@ Paths (each in a fresh subprocess, warmed up once, then timed):
 - `default`: what CerberusPredictor runs now: decoders and heads only where the output needs them.
 - `bf16`: the default under oneDNN bf16 autocast (`amp: bf16`, opt-in: numbers differ).
 - `compile`: `torch.compile` of the whole-tile forward (not run unless asked: minutes of compiling).
+- `onnx`: the whole-tile network exported with `torch.onnx` and run by ONNX Runtime (not run unless
+  asked; `pip install -e ".[bench]"` brings onnxruntime and the exporter's onnx/onnxscript).
 
     python benchmarks/bench_model.py                       # tile 1008: today, default, bf16
-    python benchmarks/bench_model.py --tile 432 --paths today default compile
+    python benchmarks/bench_model.py --tile 432 --paths today default compile onnx
 """
 
 from __future__ import annotations
@@ -61,15 +63,15 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _whole_tile(model, compiled=None):
-    """The `today` path: logits of every head on the whole tile (context included), cut afterwards."""
-    forward = compiled or model
+def _whole_tile(forward):
+    """A path that computes every head on the whole tile (context included) and cuts the output
+    afterwards, as `today` did; `forward(NCHW float tensor)` gives {output key: logits}."""
 
     def logits(images: np.ndarray) -> dict[str, np.ndarray]:
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            raw = forward(tensor, per_cell=True)
-        return {k: (v if k == PATCH_CLASS else v[..., CONTEXT:-CONTEXT, CONTEXT:-CONTEXT]).float().numpy() for k, v in raw.items()}
+            raw = forward(tensor)
+        return {k: np.asarray(v if k == PATCH_CLASS else v[..., CONTEXT:-CONTEXT, CONTEXT:-CONTEXT], np.float32) for k, v in raw.items()}
 
     def predict(image: np.ndarray) -> None:
         for key, value in logits(image[None]).items():
@@ -78,13 +80,48 @@ def _whole_tile(model, compiled=None):
     return logits, predict
 
 
+def _eager(model, compiled: bool = False):
+    forward = torch.compile(model) if compiled else model
+    return lambda tensor: {k: v.float().numpy() for k, v in forward(tensor, per_cell=True).items()}
+
+
+def _onnx(model, folder: Path):
+    """The whole-tile network exported with torch.onnx (dynamo) and run by ONNX Runtime's CPU provider,
+    one export per input shape."""
+    import onnxruntime
+
+    class Outputs(torch.nn.Module):  # ONNX graphs return tuples, not dicts
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = self.model(x, per_cell=True)
+            return tuple(out[key] for key in keys)
+
+    keys = sorted(model.output_classes)
+    sessions = {}
+
+    def forward(tensor: torch.Tensor) -> dict[str, np.ndarray]:
+        shape = tuple(tensor.shape)
+        if shape not in sessions:
+            path = folder / f"cerberus-{'x'.join(map(str, shape))}.onnx"
+            torch.onnx.export(Outputs().eval(), (tensor.contiguous(),), path, dynamo=True, input_names=["images"])
+            sessions[shape] = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return dict(zip(keys, sessions[shape].run(None, {"images": tensor.contiguous().numpy()})))
+
+    return forward
+
+
 def measure(args: argparse.Namespace) -> dict[str, float]:
     """One path in this process."""
     image = np.load(args.image)
     predictor = CerberusPredictor(args.model_dir, tile=args.tile, device="cpu", amp="bf16" if args.path == "bf16" else None)
     logits, predict = predictor.logits, predictor.predict
     if args.path in ("today", "compile"):
-        logits, predict = _whole_tile(predictor.model, torch.compile(predictor.model) if args.path == "compile" else None)
+        logits, predict = _whole_tile(_eager(predictor.model, compiled=args.path == "compile"))
+    elif args.path == "onnx":
+        logits, predict = _whole_tile(_onnx(predictor.model, args.image.parent))
     start = time.perf_counter()
     predict(image)  # warm-up (and for compile: compiling)
     warm_up = time.perf_counter() - start
@@ -112,7 +149,7 @@ def run_path(args: argparse.Namespace, image: Path, path: str) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tile", type=int, default=1008, help="output tile side in px (multiple of 144)")
-    parser.add_argument("--paths", nargs="+", default=["today", "default", "bf16"], choices=["today", "default", "bf16", "compile"])
+    parser.add_argument("--paths", nargs="+", default=["today", "default", "bf16"], choices=["today", "default", "bf16", "compile", "onnx"])
     parser.add_argument("--repeats", type=int, default=1, help="timed passes after the warm-up")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)

@@ -27,7 +27,7 @@ from skimage.segmentation import watershed  # noqa: E402
 
 from cerberus_batch.slides import Transform  # noqa: E402
 from cerberus_batch.storage.maps import dequantise  # noqa: E402
-from cerberus_batch.storage.zarr_maps import open_slide_maps  # noqa: E402
+from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps  # noqa: E402
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide  # noqa: E402
 from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds  # noqa: E402
 from cerberus_batch.testing.maps import synthetic_maps  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     if args.maps:
         group = open_slide_maps(args.maps)
-        maps = {name: group[name][:] for name in group.array_keys()}
+        maps = {name: array[:] for name, array in map_arrays(group).items()}
         source = args.maps
     else:
         maps = synthetic_maps(args.size, args.size, seed=0)

@@ -16,11 +16,11 @@ def main() -> None:
     """Run the Cerberus histology model over cohorts of whole-slide images."""
 
 
-def _cohort(path: str):
+def _cohort(path: str, *, inputs_here: bool = True):
     from cerberus_batch.pipeline.config import load_cohort
 
     try:
-        return load_cohort(path)
+        return load_cohort(path, inputs_here=inputs_here)
     except CohortError as err:
         raise click.ClickException(str(err)) from None
 
@@ -66,25 +66,28 @@ def validate(cohort_file: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from cerberus_batch.grid import CELL
     from cerberus_batch.pipeline.plan import plan_cohort
     from cerberus_batch.pipeline.run import cohort_inputs
     from cerberus_batch.storage.output_folder import check_writable, refuse_inputs_inside
 
     cohort = _cohort(cohort_file)
     table = Table(title=f"{cohort.name}: {len(cohort.slides)} slides → {cohort.output}")
-    for column in ("slide", "size (proc px)", "tissue mm²", "chunks", "cells", "work (Mpx)", "problem"):
+    for column in ("slide", "size (proc px)", "tissue mm²", "chunks", "cells", "work (Mpx)", "input px / tissue px", "problem"):
         table.add_column(column)
+    processing = cohort.processing  # Cerberus runs passes of `tile` px (patch mode: one cell); the stain model whole chunks
+    tile = None if cohort.model.kind == "stain" else CELL if processing.mode == "patch" else processing.tile
     problems = []
     for slide, plan, error in plan_cohort(cohort):
         if error:
             problems.append(f"{slide.id}: {error}")
-            table.add_row(slide.id, "", "", "", "", "", "cannot be planned (below)")
+            table.add_row(slide.id, "", "", "", "", "", "", "cannot be planned (below)")
             continue
         summary = plan.summary()
         h, w = plan.shape
         table.add_row(
             slide.id, f"{w}×{h}", f"{plan.tissue_mm2:.2f}", str(len(plan.chunks)), str(plan.cells),
-            f"{summary.get('work_megapixels', 0):.1f}", "",
+            f"{summary.get('work_megapixels', 0):.1f}", f"{plan.input_per_tissue_px(tile):.2f}", "",
         )
     Console().print(table)
     try:
@@ -107,13 +110,26 @@ def status(output: str) -> None:
     print_status(output)
 
 
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
+def report(output: str) -> None:
+    """Rebuild the cohort report OUT/report.html from what the run wrote (a single file that opens offline)."""
+    from cerberus_batch.cohort_report import CohortReport
+
+    try:
+        target = CohortReport(output).write()
+    except OutputError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{target}: {target.stat().st_size:,} bytes")
+
+
 @main.command("cluster-spec")
 @click.argument("cohort_file", type=click.Path(dir_okay=False))
 def cluster_spec(cohort_file: str) -> None:
     """Print what the cohort's cluster would submit: the SLURM job script or the Kubernetes manifests."""
     from cerberus_batch.cluster import submission_preview
 
-    cohort = _cohort(cohort_file)
+    cohort = _cohort(cohort_file, inputs_here=False)  # slides and model live on the cluster, not here
     try:
         click.echo(submission_preview(cohort.cluster), nl=False)
     except (ValueError, RuntimeError) as err:
@@ -182,33 +198,46 @@ EXPORT_FORMATS = ("qupath",)
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False))
-@click.option("--format", "export_format", default="qupath", show_default=True, help="Export format: qupath (GeoJSON detections).")
-@click.option("--slide", "slide_id", help="Slide id to export (required when the output holds several slides).")
-@click.option("-o", "--out", "target", type=click.Path(dir_okay=False), required=True, help="File to write.")
-def export(output: str, export_format: str, slide_id: str | None, target: str) -> None:
-    """Export one slide's nuclei, glands and lumens for a viewer (QuPath: File > Import objects)."""
+@click.option("--format", "export_format", default="qupath", show_default=True,
+              help="Export format: qupath (GeoJSON: nuclei as detections; glands, lumens, tissue regions as annotations).")
+@click.option("--slide", "slide_id", help="Slide id to export (required when the output holds several slides, unless --all).")
+@click.option("--all", "every_slide", is_flag=True, help="Export every slide, one <slide id>.geojson each into the folder -o.")
+@click.option("-o", "--out", "target", type=click.Path(), required=True, help="File to write (with --all: the folder).")
+def export(output: str, export_format: str, slide_id: str | None, every_slide: bool, target: str) -> None:
+    """Export slides' nuclei, glands, lumens and tissue regions for a viewer (QuPath: File > Import objects)."""
     from cerberus_batch.storage.qupath import table_slides, write_qupath_geojson
 
     if export_format not in EXPORT_FORMATS:
         raise click.ClickException(f"--format {export_format!r}: unknown; expected one of {', '.join(EXPORT_FORMATS)}")
+    if every_slide and slide_id is not None:
+        raise click.ClickException(f"--slide {slide_id!r} with --all: give one or the other")
+    if every_slide and Path(target).exists() and not Path(target).is_dir():
+        raise click.ClickException(f"-o {target}: not a folder; --all writes one file per slide into a folder")
+    if not every_slide and Path(target).is_dir():
+        raise click.ClickException(f"-o {target}: a folder; give a file name, or --all to write every slide into it")
     if not Path(output).is_dir():
         raise click.ClickException(f"{output}: output folder not found")
     slides = table_slides(output)
     if not slides:
-        raise click.ClickException(f"{output}: no instance tables found (has the run finished?)")
-    if slide_id is None:
-        if len(slides) > 1:
-            raise click.ClickException(
-                f"{output} holds {len(slides)} slides and QuPath imports one slide per file; pick one with --slide ({', '.join(slides[:5])}{', ...' if len(slides) > 5 else ''})"
-            )
-        slide_id = slides[0]
-    elif slide_id not in slides:
+        raise click.ClickException(f"{output}: no tables found (has the run finished?)")
+    if every_slide:
+        files = {slide: Path(target) / f"{slide}.geojson" for slide in slides}  # slide ids hold no "/"
+    elif slide_id is None and len(slides) > 1:
+        raise click.ClickException(
+            f"{output} holds {len(slides)} slides and QuPath imports one slide per file; pick one with --slide "
+            f"({', '.join(slides[:5])}{', ...' if len(slides) > 5 else ''}) or export each with --all"
+        )
+    elif slide_id is not None and slide_id not in slides:
         raise click.ClickException(f"--slide {slide_id!r}: no tables for this slide in {output}")
-    try:
-        count = write_qupath_geojson(output, slide_id, target)
-    except OSError as err:
-        raise click.ClickException(f"{target}: {err.strerror or err}") from None
-    click.echo(f"{target}: {count} detections of slide {slide_id}")
+    else:
+        files = {slide_id or slides[0]: Path(target)}
+    for slide, file in files.items():
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            counts = write_qupath_geojson(output, slide, file)
+        except OSError as err:
+            raise click.ClickException(f"{file}: {err.strerror or err}") from None
+        click.echo(f"{file}: slide {slide}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
 
 
 @main.command()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -189,3 +191,18 @@ def test_kubernetes_without_the_package_says_what_to_install(tmp_path, monkeypat
 )
 def test_each_worker_of_a_job_pins_one_gpu(visible, name, expected):
     assert pinned_devices(visible, name) == expected
+
+
+@pytest.mark.parametrize("example, shows", [("cluster-slurm.yaml", "#SBATCH --gres=gpu:"), ("cluster-kubernetes.yaml", "kind: DaskCluster")])
+def test_readme_examples_work_from_a_laptop(example, shows):
+    """As the README shows them: the slides, the model folder and the network interface named there
+    exist only on the cluster, and `cluster-spec` needs none of them."""
+    root = Path(__file__).resolve().parents[1]
+    command = f"cerberus-batch cluster-spec configs/{example}"
+    assert command in (root / "README.md").read_text()
+    config = yaml.safe_load((root / "configs" / example).read_text())
+    assert not any(Path(p).exists() for p in re.findall(r"/[\w/.*-]+", yaml.safe_dump(config["slides"]))), "slides absent here"
+    done = subprocess.run([sys.executable, "-m", "cerberus_batch.cli", *command.split()[1:]], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert shows in done.stdout

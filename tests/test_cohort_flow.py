@@ -69,9 +69,9 @@ def test_a_cohort_larger_than_the_bound_enters_the_graph_slide_by_slide(tmp_path
     # One worker thread: 2 x 1 + 1 slides at a time, however many the cohort holds.
     assert seen.slides == {f"s{i:02d}" for i in range(6)}
     assert seen.most == 3
-    # 4 tasks a slide (plan, infer, instances, merge): those in flight, and one that left whose
-    # release may reach the scheduler just after the next slide's plan.
-    assert 3 * 2 <= seen.most_tasks <= (3 + 1) * 4
+    # 7 tasks a one-chunk slide (plan, infer, instances, border, merge, overview, pyramid): those in
+    # flight, and one that left whose release may reach the scheduler just after the next slide's plan.
+    assert 3 * 2 <= seen.most_tasks <= (3 + 1) * 7
     summary = pd.read_parquet(OutputLayout(cohort.output).summaries[0])
     assert sorted(summary["slide_id"]) == sorted(seen.slides)
 

@@ -84,8 +84,8 @@ def test_a_chunk_write_is_durable_before_its_ledger_marker(tmp_path, monkeypatch
     write_chunk(open_slide_maps(path, writable=True), 288, 288, stored, specs)
     Ledger(tmp_path / "out").mark_done("s", 3)
     marker = tmp_path / "out" / "ledger" / "s" / "chunk-3.done"
-    assert (path / "nuclei_prob" / "c" / "0" / "1" / "1").is_file()  # the chunk folders Zarr made
-    assert any(kind == "mkdir" and p == path / "nuclei_prob" / "c" / "0" / "1" for kind, p, _ in recorder.events)
+    assert (path / "nuclei_prob" / "0" / "c" / "0" / "1" / "1").is_file()  # the chunk folders Zarr made
+    assert any(kind == "mkdir" and p == path / "nuclei_prob" / "0" / "c" / "0" / "1" for kind, p, _ in recorder.events)
     assert recorder.unsynced_before(marker) == []
 
 

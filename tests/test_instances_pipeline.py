@@ -17,6 +17,7 @@ from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.tables import read_table
+from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.testing.slides import make_synthetic_slide
@@ -55,7 +56,7 @@ def assert_same(expected: dict, actual: dict) -> None:
 def in_memory_reference(output: Path, slide_id: str) -> dict:
     """The definition of exact: post-processing applied to the whole-slide maps read into memory."""
     group = zarr.open_group(output / "maps" / slide_id, mode="r")
-    maps = {name: group[name][...] for name in group.array_keys()}
+    maps = {name: array[...] for name, array in map_arrays(group).items()}
     attrs = dict(group.attrs)
     found = slide_instances(
         maps, slide_id=slide_id, transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
@@ -147,8 +148,8 @@ def test_cerberus_instances_exact_on_real_slide(cmu_slide, parity_model_dir, clu
     assert len(expected["nuclei"]) > 0
     group = zarr.open_group(output / "maps" / "cmu", mode="r")
     attrs = dict(group.attrs)
-    maps = {name: group[name] for name in group.array_keys()}
-    h, w = group["nuclei_prob"].shape[1:]
+    maps = map_arrays(group)
+    h, w = maps["nuclei_prob"].shape[1:]
     place = dict(slide_id="cmu", transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
                  bounds=tuple(attrs["slide_dimensions"]), kinds=cerberus_kinds("wsi", attrs["class_names"]))
     for size in (432, 1008, max(h, w)):

@@ -24,6 +24,7 @@ from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import ChunkPlan, open_slide, plan_chunks, tissue_mask
 from cerberus_batch.storage.maps import dequantise
+from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import pool2, read_chunk
 
 STEP = 1 / 255 + 1e-6  # one uint8 quantisation step
@@ -62,19 +63,20 @@ def test_stain_model_on_real_slide_matches_direct_model_call(tmp_path, cluster, 
     out = cohort.output
     group = zarr.open_group(out / "maps" / "cmu", mode="r")
     assert group.attrs["mpp"] == 0.499 and group.attrs["model_kind"] == "stain"  # native level: its true mpp
-    assert "multiscales" in group.attrs["ome"]
+    assert "multiscales" in group["nuclei_prob"].attrs["ome"]  # each map an OME-NGFF image
+    maps = map_arrays(group)
     view = open_slide(cmu_slide).at_mpp(0.5)
     h, w = view.shape
-    assert group["nuclei_prob"].shape == (2, -(-h // CELL) * CELL, -(-w // CELL) * CELL)
+    assert maps["nuclei_prob"].shape == (2, -(-h // CELL) * CELL, -(-w // CELL) * CELL)
 
     from cerberus_batch.model.stain import StainPredictor
 
     (x, y, cw, ch), inferred = chunk_with_tissue(out, "cmu")
     direct = StainPredictor().predict(read_chunk(view.read, x, y, cw, ch))
-    stored = dequantise(group["nuclei_prob"][:, y : y + ch, x : x + cw])
+    stored = dequantise(maps["nuclei_prob"][:, y : y + ch, x : x + cw])
     assert np.abs(stored - direct["Nuclei-INST"])[:, inferred].max() <= STEP
     assert (stored[:, ~inferred] == 0).all()
-    classes = group["nuclei_class"][y : y + ch, x : x + cw]
+    classes = maps["nuclei_class"][y : y + ch, x : x + cw]
     assert (classes == direct["Nuclei-TYPE"].argmax(0))[inferred].mean() > 0.999
     assert (out / "masks" / "cmu.png").is_file()
 
@@ -95,20 +97,20 @@ def test_cerberus_parity_weights_on_a_small_region(tmp_path, cluster, cmu_slide,
     report = run_cohort(cohort, show_progress=False, cluster=cluster)
     assert report.status == "ok", report.slides
     assert 1 <= report.slides["cmu"].chunks <= 4
-    group = zarr.open_group(cohort.output / "maps" / "cmu", mode="r")
-    assert set(group.array_keys()) >= {"nuclei_prob", "nuclei_class", "gland_prob", "gland_class", "lumen_prob", "tissue_class", "tissue_prob"}
+    maps = map_arrays(zarr.open_group(cohort.output / "maps" / "cmu", mode="r"))
+    assert set(maps) >= {"nuclei_prob", "nuclei_class", "gland_prob", "gland_class", "lumen_prob", "tissue_class", "tissue_prob"}
 
     from cerberus_batch.model import CerberusPredictor
 
     (x, y, w, h), inferred = chunk_with_tissue(cohort.output, "cmu")
     view = open_slide(cmu_slide).at_mpp(0.5)
     direct = CerberusPredictor(parity_model_dir, tile=432).predict(read_chunk(view.read, x, y, w, h))
-    nuclei = dequantise(group["nuclei_prob"][:, y : y + h, x : x + w])
-    gland = dequantise(group["gland_prob"][:, y // 2 : (y + h) // 2, x // 2 : (x + w) // 2])
+    nuclei = dequantise(maps["nuclei_prob"][:, y : y + h, x : x + w])
+    gland = dequantise(maps["gland_prob"][:, y // 2 : (y + h) // 2, x // 2 : (x + w) // 2])
     assert inferred.any()
     assert np.abs(nuclei - direct["Nuclei-INST"])[:, inferred].max() <= STEP
     assert np.abs(gland - pool2(direct["Gland-INST"]))[:, inferred[::2, ::2]].max() <= STEP
-    cells = dequantise(group["tissue_prob"][:, y // CELL : (y + h) // CELL, x // CELL : (x + w) // CELL])
+    cells = dequantise(maps["tissue_prob"][:, y // CELL : (y + h) // CELL, x // CELL : (x + w) // CELL])
     assert np.abs(cells - direct["Patch-Class"])[:, inferred[::CELL, ::CELL]].max() <= STEP
 
 

@@ -28,6 +28,7 @@ from cerberus_batch.pipeline.work import cohort_predictor
 from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
 from cerberus_batch.storage.maps import quantise
 from cerberus_batch.storage.tables import read_table
+from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import predict_chunk
 
 DEMO_A = Path(__file__).parent.parent / "configs" / "demo" / "slides" / "demo-a.svs"
@@ -102,7 +103,7 @@ def test_demo_tissue_area_is_the_mask_on_the_slide_and_the_types_split_it(demo):
     assert summary["nuclei_per_mm2"] == pytest.approx(summary["nuclei_count"] / expected_mm2, rel=1e-12)
     group = zarr.open_group(demo / "maps" / "demo-a", mode="r")
     names = group.attrs["class_names"]["Patch-Class"]
-    by_type = np.bincount(group["tissue_class"][:].ravel(), weights=per_cell.ravel(), minlength=len(names))
+    by_type = np.bincount(map_arrays(group)["tissue_class"][:].ravel(), weights=per_cell.ravel(), minlength=len(names))
     columns = {f"tissue_{name}_mm2": px * 0.5**2 / 1e6 for name, px in zip(names, by_type) if px}
     assert set(columns) == {c for c in summary.index if c.startswith("tissue_") and c != "tissue_mm2"}
     for column, mm2 in columns.items():
@@ -135,8 +136,8 @@ def test_cerberus_maps_are_background_past_the_slide(cmu_slide, parity_model_dir
                  model={"kind": "cerberus", "weights": str(parity_model_dir)},
                  processing={"chunk": 432, "tile": 432, "tissue_mask": "given"})
     h, w = 2967, 2220  # processing px: the slide, read natively
-    group = zarr.open_group(output / "maps" / "cmu", mode="r")
-    assert group["nuclei_prob"].shape[1:] == (21 * CELL, 16 * CELL)
+    maps = map_arrays(zarr.open_group(output / "maps" / "cmu", mode="r"))
+    assert maps["nuclei_prob"].shape[1:] == (21 * CELL, 16 * CELL)
     corner = (2160, 2880, 144, 144)  # the last cell: 60 x 87 px of it on the slide
     raw = predict_chunk(open_slide(cmu_slide).at_mpp(0.5).read,
                         cohort_predictor(ModelSpec(kind="cerberus", weights=parity_model_dir), ProcessingSpec(tile=432)),
@@ -146,11 +147,11 @@ def test_cerberus_maps_are_background_past_the_slide(cmu_slide, parity_model_dir
     pixel_maps = (("Nuclei-INST", "nuclei_prob", 1), ("Gland-INST", "gland_prob", 2), ("Lumen-INST", "lumen_prob", 2))
     for head, name, down in pixel_maps:
         assert (quantise(raw[head])[:, past] > 0).any(), f"the model itself predicts {head} past the slide"
-        stored = group[name][:]
+        stored = maps[name][:]
         assert not stored[:, -(-h // down) :].any() and not stored[:, :, -(-w // down) :].any(), name
         assert stored[:, : h // down, : w // down].any(), name
     for name, down in (("nuclei_class", 1), ("gland_class", 2)):
-        stored = group[name][:]
+        stored = maps[name][:]
         assert not stored[-(-h // down) :].any() and not stored[:, -(-w // down) :].any(), name
     tables = {kind: read_table(output, kind) for kind in (*OBJECTS, "tissue")}
     assert len(tables["nuclei"]) and len(tables["tissue"])
@@ -175,7 +176,7 @@ def test_tile_mode_outlines_stop_at_the_image_edge(cmu_slide, tmp_path):
     folder = tmp_path / "out" / "odd"
     group = zarr.open_group(folder / "maps.zarr", mode="r")
     assert group.attrs["image_shape"] == [502, 702]
-    stored = group["nuclei_prob"][:]
+    stored = map_arrays(group)["nuclei_prob"][:]
     assert not stored[:, 502:].any() and not stored[:, :, 702:].any()
     image = shapely.box(0, 0, 1403, 1003)
     tables = {kind: gpd.read_parquet(folder / f"{kind}.parquet") for kind in OBJECTS}

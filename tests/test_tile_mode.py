@@ -18,6 +18,7 @@ from cerberus_batch.slides import open_slide
 from cerberus_batch.storage.atomic import MARKER
 from cerberus_batch.storage.colours import instance_colour
 from cerberus_batch.storage.maps import dequantise
+from cerberus_batch.storage.zarr_maps import map_arrays
 
 CROP = (800, 1200, 700, 500)  # x, y, w, h in CMU-1 level-0 px (0.499 µm/px: read as 0.5)
 STEP = 1 / 255 + 1e-6
@@ -78,8 +79,9 @@ def test_maps_equal_the_model_on_the_slide_away_from_the_padding(stain_run, cmu_
     h, w = crop.shape[:2]
     assert group.attrs["image_shape"] == [h, w]
     grid = (-(-h // CELL) * CELL, -(-w // CELL) * CELL)
-    assert group["nuclei_prob"].shape == (2, *grid)
-    stored = dequantise(group["nuclei_prob"][:])
+    maps = map_arrays(group)
+    assert maps["nuclei_prob"].shape == (2, *grid)
+    stored = dequantise(maps["nuclei_prob"][:])
     assert (stored[:, h:] == 0).all() and (stored[:, :, w:] == 0).all()
     # Pixels further than the model's reach from the crop's edge saw only real slide pixels,
     # so they equal the model run straight on the slide around the crop.
@@ -134,12 +136,12 @@ def test_cerberus_model_post_processes_glands_at_full_resolution(tmp_path, parit
     result = CliRunner().invoke(main, ["tile", "--model", str(parity_model_dir), "--input-dir", str(folder),
                                        "--output-dir", str(tmp_path / "out"), "--batch-size", "2"])
     assert result.exit_code == 0, result.output
-    group = zarr.open_group(tmp_path / "out" / "small" / "maps.zarr", mode="r")
+    maps = map_arrays(zarr.open_group(tmp_path / "out" / "small" / "maps.zarr", mode="r"))
     for name in ("gland_prob", "lumen_prob", "nuclei_prob"):
-        assert group[name].shape == (2, 288, 288)
-    assert group["gland_class"].shape == (288, 288) and group["tissue_class"].shape == (2, 2)
+        assert maps[name].shape == (2, 288, 288)
+    assert maps["gland_class"].shape == (288, 288) and maps["tissue_class"].shape == (2, 2)
     # Tile-mode gland rules at ds = 1: foreground inner - (contour > 0.5) > 0.55, objects of >= 1000 px.
-    inner, contour = dequantise(group["gland_prob"][:])
+    inner, contour = dequantise(maps["gland_prob"][:])
     labels, n = ndimage.label((inner - (contour > 0.5)) > 0.55)
     expected = int((np.bincount(labels.ravel())[1:] >= 1000).sum())
     glands = gpd.read_parquet(tmp_path / "out" / "small" / "glands.parquet")

@@ -61,14 +61,21 @@ def run_security(s: SlurmSpec) -> Iterator[Optional[Security]]:
         )
 
 
-def new_slurm_cluster(spec: ClusterSpec, security: Optional[Security]) -> Any:
-    """The SLURMCluster for `spec.slurm`, with no jobs submitted yet."""
+def new_slurm_cluster(spec: ClusterSpec, security: Optional[Security], *, preview: bool = False) -> Any:
+    """The SLURMCluster for `spec.slurm`, with no jobs submitted yet.
+
+    A `preview`'s scheduler listens on this machine's loopback, not on `interface` (a cluster
+    network such as ib0 that a laptop lacks): it only fills in the job script, which still tells
+    the workers to use `interface`. Neither makes the log folder; `slurm_cluster` does.
+    """
     s = spec.slurm
     threads = max(1, s.cores // s.workers_per_job)
     # GPU jobs have no GPU-less workers, so their workers carry CPU slots too.
     resources = worker_resources(s.gpus_per_job, threads, cpu_only_workers=False)
     worker_args = ["--resources", resources_arg(resources)]
     directives = list(s.job_directives)
+    if s.log_directory:  # %x: the job's name
+        directives += [f"-e {s.log_directory}/%x-%J.err", f"-o {s.log_directory}/%x-%J.out"]
     if s.gpus_per_job:
         directives.append(f"--gres=gpu:{s.gpus_per_job}")
         worker_args += ["--preload", "cerberus_batch.cluster.gpu_pin"]
@@ -84,11 +91,10 @@ def new_slurm_cluster(spec: ClusterSpec, security: Optional[Security]) -> Any:
             job_extra_directives=directives,
             worker_extra_args=worker_args,
             local_directory=s.local_directory,
-            log_directory=s.log_directory,
             python=s.python or sys.executable,
             interface=s.interface,
             security=security,  # also makes the scheduler and the job script's workers use tls://
-            scheduler_options={"dashboard_address": spec.dashboard_address},
+            scheduler_options={"host": "127.0.0.1", "dashboard": False} if preview else {"dashboard_address": spec.dashboard_address},
         )
     )
 
@@ -96,6 +102,8 @@ def new_slurm_cluster(spec: ClusterSpec, security: Optional[Security]) -> Any:
 @contextmanager
 def slurm_cluster(spec: ClusterSpec) -> Iterator[Any]:
     """A SLURMCluster that keeps between min_jobs and max_jobs jobs, as the queue of tasks needs."""
+    if spec.slurm.log_directory:  # SLURM does not make the folder it writes the jobs' output to
+        Path(spec.slurm.log_directory).mkdir(parents=True, exist_ok=True)
     with run_security(spec.slurm) as security, new_slurm_cluster(spec, security) as cluster:
         cluster.adapt(minimum_jobs=spec.slurm.min_jobs, maximum_jobs=spec.slurm.max_jobs)
         yield cluster
@@ -103,5 +111,5 @@ def slurm_cluster(spec: ClusterSpec) -> Iterator[Any]:
 
 def job_script(spec: ClusterSpec) -> str:
     """The batch script each worker job would be submitted with (TLS files are named, not shown)."""
-    with run_security(spec.slurm) as security, new_slurm_cluster(spec, security) as cluster:
+    with run_security(spec.slurm) as security, new_slurm_cluster(spec, security, preview=True) as cluster:
         return cluster.job_script()

@@ -76,7 +76,8 @@ class Volume(Strict):
 
 
 class KubernetesSpec(Strict):
-    name: str = Field("cerberus-batch", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    # The operator names the scheduler's Service "<name>-scheduler": a DNS label (a letter first, ≤ 63 characters).
+    name: str = Field("cerberus-batch", pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=53)
     image: str  # must contain cerberus-batch, same version as here
     namespace: str = "default"
     workers: PositiveInt = 2

@@ -49,7 +49,7 @@ class ModelSpec(Strict):
     weights: Optional[Path] = None  # folder with weights.tar + settings.yml
     heads: list[Literal["nuclei", "gland", "lumen", "tissue"]] = ["nuclei", "gland", "lumen", "tissue"]
     device: Optional[str] = None  # e.g. "cuda", "cpu"; default: CUDA when present
-    amp: Optional[Literal["bf16", "fp16"]] = None
+    amp: Optional[Literal["bf16", "fp16"]] = None  # the speed option (CPU: bf16 only); maps differ from fp32 Cerberus
 
 
 class ProcessingSpec(Strict):
@@ -97,8 +97,12 @@ class Cohort(BaseModel):
     cluster: ClusterSpec
 
 
-def load_cohort(path: str | Path) -> Cohort:
-    """Read and validate a cohort file; raise CohortError listing every problem, one per line."""
+def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
+    """Read and validate a cohort file; raise CohortError listing every problem, one per line.
+
+    `inputs_here=False` (`cluster-spec`, run on a laptop for a cluster) neither looks for the slides
+    nor the model folder, and lists no slides: they are checked where the run starts.
+    """
     source = Path(path).resolve()
     if not source.is_file():
         raise CohortError(f"{path}: cohort file not found")
@@ -108,7 +112,7 @@ def load_cohort(path: str | Path) -> Cohort:
     report = _Problems(str(path), lines)
     parsed = report.validate(CohortFile, raw)
     base = source.parent
-    slides = _slide_entries(raw["slides"], base, report) if "slides" in raw else []
+    slides = _slide_entries(raw["slides"], base, report) if "slides" in raw and inputs_here else []
     # Where one section is invalid, the checks below still run on the sections that are valid.
     model = parsed.model if parsed is not None else _valid(ModelSpec, raw.get("model", {}))
     processing = parsed.processing if parsed is not None else _valid(ProcessingSpec, raw.get("processing", {}))
@@ -117,13 +121,16 @@ def load_cohort(path: str | Path) -> Cohort:
             report.at(("model", "weights"), "required for model kind 'cerberus' (folder with weights.tar + settings.yml)")
         else:
             weights = _resolve(base, model.weights)
-            if not weights.is_dir():
+            if inputs_here and not weights.is_dir():
                 report.at(("model", "weights"), f"folder not found: {weights}")
             model = model.model_copy(update={"weights": weights})
     if processing is not None and processing.tissue_mask == "given":
         missing = [s.id for s in slides if s.mask is None]
         if missing:
             report.at(("processing", "tissue_mask"), f"'given', but these slides have no mask: {', '.join(map(repr, missing))}")
+    if model is not None and processing is not None and model.kind == "cerberus" and processing.mode == "tile":
+        if processing.chunk % processing.tile:  # Cerberus tiles lie on a slide-wide grid, so a chunk holds whole tiles
+            report.at(("processing", "chunk"), f"{processing.chunk} is not a multiple of processing.tile ({processing.tile})")
     if report.found:
         raise CohortError(report.message())
     return Cohort(

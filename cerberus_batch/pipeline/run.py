@@ -7,8 +7,9 @@ inside it and stages them as the chunk's table part) → border tasks (the nucle
 cut by chunk borders, joined and finished, a band of chunk rows each, as soon as
 those rows and their neighbours are done) → one merge task (glands and lumens
 across borders, the rare nucleus longer than a band, tissue regions; commits the slide's tables) → its QC
-overview. Slides enter the graph as others leave it. A failure anywhere marks only that slide as failed;
-every other slide goes on.
+overview. Beside them, once all its chunks are inferred, a pyramid task writes the maps' viewer levels;
+the slide is done when its overview and its levels are. Slides enter the graph as others leave it.
+A failure anywhere marks only that slide as failed; every other slide goes on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.progress import RunProgress
 from cerberus_batch.pipeline.work import (
     border_task, chunk_instances_task, cohort_predictor, fingerprint, infer_chunk_task, merge_slide_task,
-    overview_task, plan_slide_task,
+    overview_task, plan_slide_task, pyramid_task,
 )
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.atomic import write_bytes_durably
@@ -87,6 +88,8 @@ def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return not (message.startswith("Compute Failed") or ("Async instruction" in message and "CancelledError" in message))
 
 
+MAPS, INSTANCES, PYRAMID = "maps", "instances", "pyramid"  # a slide's stages, as the ledger records them
+
 CHUNKS_PER_BORDER_TASK = 8  # a slide's nuclei on chunk borders are finished by one task per this many chunks
 MOST_BORDER_TASKS = 16
 
@@ -107,8 +110,9 @@ class CohortRun:
 
     Slides enter the graph as others leave it, at most `slides_in_flight` (looked at again whenever
     a slide is planned or finishes, as workers come and go) at a time, each with
-    at most a plan, an inference and an instance task per chunk, and a merge. A finished slide leaves
-    no futures, plan or chunk results behind, so the client's memory does not grow with the cohort.
+    at most a plan, an inference and an instance task per chunk, border tasks, a merge, an overview and
+    a pyramid. A finished slide leaves no futures, plan or chunk results behind, so the client's memory
+    does not grow with the cohort.
     """
 
     def __init__(self, cohort: Cohort, client: Client, report: RunReport, progress: RunProgress, gpu: bool):
@@ -122,6 +126,7 @@ class CohortRun:
         self.waiting = deque(cohort.slides)  # not yet in the graph
         self.pending: dict[str, set[Future]] = {}
         self.started: dict[str, float] = {}  # the slides in the graph, and when each entered
+        self.awaiting: dict[str, set[str]] = {}  # per planned slide in the graph: its stages still to finish
         self.handlers: dict[str, tuple[SlideEntry, Callable[[SlideEntry, Future], None]]] = {}
         self.futures = as_completed()
         self.token = uuid.uuid4().hex[:8]
@@ -186,6 +191,7 @@ class CohortRun:
         """A slide is done or failed: let go of its futures (chunk results must not pile up on the
         workers over a 1,000-slide cohort), record it, and let the next slide in."""
         self.report.slides[slide.id].seconds = time.time() - self.started.pop(slide.id)
+        self.awaiting.pop(slide.id, None)
         for future in self.pending.pop(slide.id, ()):
             future.release()
         self.records.slide_finished(slide.id)
@@ -209,9 +215,19 @@ class CohortRun:
         }
         outcome.chunks_skipped = len(plan.chunks) - len(inferred)
         self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
-        outcome.tables_skipped = self.ledger.slide_stage(slide.id, "instances") is not None
+        outcome.tables_skipped = self.ledger.slide_stage(slide.id, INSTANCES) is not None
+        # Maps this run writes get their levels anew; maps an earlier run wrote, unless it recorded their
+        # levels (a replanned slide's ledger goes with its maps).
+        levels = bool(inferred) or self.ledger.slide_stage(slide.id, PYRAMID) is None
+        awaiting = self.awaiting[slide.id] = {MAPS}
         if not outcome.tables_skipped:
+            awaiting.add(INSTANCES)
             self.find_instances(slide, plan, inferred)
+        if levels:
+            awaiting.add(PYRAMID)
+            # Below the instance tasks' priority: the levels never hold up the objects.
+            self.submit(slide, self.on_pyramid, pyramid_task, slide.id, c.output, list(inferred.values()),
+                        key=f"pyramid-{slide.id}", resources=self.cpu_resources)
         if not inferred:
             self.maps_done(slide)
         self.admit()  # workers may have joined since the last look
@@ -249,14 +265,24 @@ class CohortRun:
             self.maps_done(slide)
 
     def maps_done(self, slide: SlideEntry) -> None:
-        self.ledger.mark_slide(slide.id, "maps", {"chunks": self.report.slides[slide.id].chunks})
-        if self.report.slides[slide.id].tables_skipped:
-            self.slide_done(slide)
+        self.ledger.mark_slide(slide.id, MAPS, {"chunks": self.report.slides[slide.id].chunks})
+        self.stage_done(slide, MAPS)
 
     def on_overview(self, slide: SlideEntry, future: Future) -> None:
         """The slide's tables are committed and its QC picture drawn: its instance stage is done."""
-        self.ledger.mark_slide(slide.id, "instances", future.result())
-        self.slide_done(slide)
+        self.ledger.mark_slide(slide.id, INSTANCES, future.result())
+        self.stage_done(slide, INSTANCES)
+
+    def on_pyramid(self, slide: SlideEntry, future: Future) -> None:
+        """The viewer levels of the slide's maps are written and listed."""
+        self.ledger.mark_slide(slide.id, PYRAMID, {"levels": future.result()})
+        self.stage_done(slide, PYRAMID)
+
+    def stage_done(self, slide: SlideEntry, stage: str) -> None:
+        awaiting = self.awaiting[slide.id]
+        awaiting.discard(stage)
+        if not awaiting:
+            self.slide_done(slide)
 
     def slide_done(self, slide: SlideEntry) -> None:
         outcome = self.report.slides[slide.id]
@@ -272,8 +298,8 @@ REPORT_SHARE = 0.05  # and at most this share of the run's time goes into rewrit
 
 
 class RunRecords:
-    """`run_report.json` and the cohort summary, rewritten as slides finish, so a run that dies leaves
-    both for every slide finished until moments before. Each rewrite costs time in proportion to the
+    """`run_report.json`, the cohort summary and `report.html`, rewritten as slides finish, so a run that
+    dies leaves them for every slide finished until moments before. Each rewrite costs time in proportion to the
     cohort, so they are spaced out by `REPORT_EVERY`, or longer where one took more than
     `REPORT_SHARE` of that (a 1,000-slide cohort must not cost a million rows written); and at the end.
 
@@ -287,6 +313,9 @@ class RunRecords:
         for slide in cohort.slides:
             self.slide_finished(slide.id)
         self.due = 0.0  # time.monotonic() from which the next rewrite may happen
+        from cerberus_batch.cohort_report import CohortReport
+
+        self.html = CohortReport(cohort.output)
 
     def slide_finished(self, slide_id: str) -> None:
         row = self.ledger.slide_stage(slide_id, "instances")
@@ -304,6 +333,7 @@ class RunRecords:
         if rows:  # before the report: a slide the report calls done always has its summary row
             write_cohort_summary(self.cohort.output, rows)
         self.report.write(self.cohort.output)
+        self.html.write()  # from the records just written
         self.due = time.monotonic() + max(REPORT_EVERY, (time.monotonic() - began) / REPORT_SHARE)
 
 

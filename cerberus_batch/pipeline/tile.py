@@ -1,8 +1,8 @@
 """`cerberus-batch tile`: a folder of image tiles → maps, instance tables and an overlay per image.
 
-Each image becomes `<output>/<relative path without suffix>/` holding its maps, a table per
-object kind and an overlay (`storage.layout.ImageLayout`). As in the
-reference's tile mode (spec §7), an image is padded with numpy `reflect` to whole
+Each image becomes `<output>/<relative path without suffix>/` holding its maps (with their viewer
+levels, `storage.pyramid`), a table per object kind and an overlay (`storage.layout.ImageLayout`).
+As in the reference's tile mode (spec §7), an image is padded with numpy `reflect` to whole
 144-px cells plus the 152-px context, and glands and lumens are post-processed at
 full resolution (ds = 1). Tables are in the image's own pixels. Images run one
 after another in this process; no Dask.
@@ -28,6 +28,7 @@ from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.layout import ImageLayout
 from cerberus_batch.storage.maps import MapSpec, map_specs
 from cerberus_batch.storage.output_folder import claim_output
+from cerberus_batch.storage.pyramid import build_pyramid
 from cerberus_batch.storage.tables import write_geoparquet
 from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import stored_maps
@@ -115,6 +116,7 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
                                   attrs=map_attributes(folder.name, path, image_mpp, transform, predictor,
                                                        image_shape=[h, w], mode="tile"))
         write_chunk(group, 0, 0, stored, specs)
+        build_pyramid(written.maps)
         overlay = Image.fromarray(original)
         for kind in DRAWING_ORDER:
             write_geoparquet(tables[kind.name], written.table(kind.name))

@@ -1,5 +1,6 @@
 """What each Dask task does on a worker: plan a slide, infer a chunk, find a chunk's instances,
-finish a share of the nuclei on chunk borders, merge a slide, draw its overview. Tasks are named `<what>_task`; the pure work they wrap lives in tasks/ and slides/.
+finish a share of the nuclei on chunk borders, merge a slide, draw its overview, build its maps'
+viewer levels. Tasks are named `<what>_task`; the pure work they wrap lives in tasks/, slides/ and storage/.
 
 Models and open slides are cached per worker process, so a worker loads the
 model once and opens each slide once however many chunks it runs.
@@ -28,9 +29,12 @@ from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import BORDER_PART, OutputLayout
 from cerberus_batch.storage.ledger import NUMERICS, Ledger
+from cerberus_batch.storage.pyramid import build_pyramid
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import recover_slide_tables, stage_table_part, write_slide_tables
-from cerberus_batch.storage.zarr_maps import ChunkCache, create_slide_maps, maps_match, open_slide_maps, write_chunk
+from cerberus_batch.storage.zarr_maps import (
+    ChunkCache, create_slide_maps, map_arrays, maps_match, open_slide_maps, write_chunk,
+)
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import tissue_by_type
 from cerberus_batch.tasks.merge import BorderShare, ChunkResult, border_nuclei, chunk_instances, merge_slide
@@ -120,7 +124,7 @@ def infer_chunk_task(
     """Infer one chunk, write its maps, then record it in the ledger."""
     view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
     predictor = _predictor(model, processing)
-    outputs = predict_chunk(view.read, predictor, box)
+    outputs = predict_chunk(view.read, predictor, box, empty_cells)
     group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
     specs = map_specs(predictor.heads, predictor.class_names)
     x, y, w, h = box
@@ -155,7 +159,7 @@ def _slide_maps(
         "slide_id": slide_id, "transform": Transform.from_dict(attrs["transform"]), "mpp": attrs["mpp"],
         "bounds": tuple(attrs["slide_dimensions"]), "kinds": cerberus_kinds("wsi", attrs["class_names"]),
     }
-    arrays = {name: group[name] for name in group.array_keys()}
+    arrays = map_arrays(group)
     return ({name: ChunkCache(array) for name, array in arrays.items()} if windows else arrays), attrs, place
 
 
@@ -219,3 +223,10 @@ def overview_task(slide_id: str, output: Path, summary: dict[str, Any]) -> dict[
     A task of its own: drawing reads every object of the slide, the merge only those on chunk borders."""
     write_overview(output, slide_id)
     return summary
+
+
+def pyramid_task(slide_id: str, output: Path, inferred: list[None]) -> dict[str, int]:
+    """Build the viewer levels of the slide's maps; returns how many levels each map has.
+
+    `inferred` are the slide's inference tasks this run computes: Dask starts this one once all are done."""
+    return build_pyramid(OutputLayout(output).maps(slide_id))

@@ -29,5 +29,9 @@ def instance_colour(kind: str, class_name: str) -> RGB:
 
 def tissue_colours(names: Sequence[str]) -> list[RGB]:
     """One colour per tissue class index."""
-    spare = SPARE_TISSUE_COLOURS
-    return [TISSUE_COLOURS.get(name, spare[index % len(spare)]) for index, name in enumerate(names)]
+    return [tissue_colour(index, name) for index, name in enumerate(names)]
+
+
+def tissue_colour(index: int, name: str) -> RGB:
+    """Colour of the tissue class with this index and name."""
+    return TISSUE_COLOURS.get(name, SPARE_TISSUE_COLOURS[index % len(SPARE_TISSUE_COLOURS)])

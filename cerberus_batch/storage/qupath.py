@@ -1,9 +1,11 @@
-"""QuPath export: one slide's nuclei, glands and lumens as GeoJSON detections.
+"""QuPath export: one slide's nuclei as GeoJSON detections, its glands, lumens and tissue regions as annotations.
 
 QuPath imports one slide per file (File > Import objects, or drag and drop),
-with coordinates in level-0 px, which is how the tables store them. Features
-are streamed from the tables in row batches, so a slide of millions of nuclei
-never sits in memory as one document.
+with coordinates in level-0 px, which is how the tables store them. Nuclei are
+detections, the light objects QuPath shows by the million; the few large regions
+are annotations, which QuPath lets one edit and measure inside. Features are
+streamed from the tables in row batches, so a slide of millions of nuclei never
+sits in memory as one document.
 """
 
 from __future__ import annotations
@@ -17,57 +19,70 @@ import pyarrow.parquet as pq
 import shapely
 
 from cerberus_batch.storage.atomic import atomic_path
-from cerberus_batch.storage.colours import instance_colour
+from cerberus_batch.storage.colours import instance_colour, tissue_colour
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import table_batches
-from cerberus_batch.vocabulary import DRAWING_ORDER, Kind
+from cerberus_batch.vocabulary import DRAWING_ORDER, NUCLEI, RGB, TISSUE, Kind
 
-MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")
+MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")  # those a kind's table has
+EXPORTED = (TISSUE, *DRAWING_ORDER)  # in file order: the biggest objects first, so QuPath draws smaller ones on top
+DETECTIONS = (NUCLEI,)  # the other kinds are annotations
 
 
 def table_slides(output: str | Path) -> list[str]:
-    """Slide ids that have nuclei, gland or lumen tables in an output folder, sorted."""
+    """Slide ids that have a table of any exported kind in an output folder, sorted."""
     layout = OutputLayout(output)
-    return sorted({slide_id for kind in DRAWING_ORDER for slide_id in layout.table_slides(kind.name)})
+    return sorted({slide_id for kind in EXPORTED for slide_id in layout.table_slides(kind.name)})
 
 
-def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) -> int:
-    """Write the slide's objects as a GeoJSON FeatureCollection of QuPath detections; returns how many.
+def object_type(kind: Kind) -> str:
+    """What QuPath imports an object of this kind as."""
+    return "detection" if kind in DETECTIONS else "annotation"
+
+
+def write_qupath_geojson(output: str | Path, slide_id: str, target: str | Path) -> dict[str, int]:
+    """Write the slide's objects as one GeoJSON FeatureCollection; returns how many of each kind, by table name.
 
     The file appears whole or not at all. Raises FileNotFoundError when the slide has no tables.
     """
     layout = OutputLayout(output)
-    parts = {kind: layout.table_files(kind.name, slide_id) for kind in DRAWING_ORDER}  # features in drawing order
+    parts = {kind: layout.table_files(kind.name, slide_id) for kind in EXPORTED}
     if not any(parts.values()):
         raise FileNotFoundError(f"{layout.tables('*')}: no tables for slide {slide_id!r}")
-    target = Path(target)
-    count = 0
-    with atomic_path(target) as partial, open(partial, "w", encoding="utf-8") as file:
+    counts = dict.fromkeys((kind.name for kind in EXPORTED), 0)
+    with atomic_path(Path(target)) as partial, open(partial, "w", encoding="utf-8") as file:
         file.write('{"type": "FeatureCollection", "features": [')
+        separator = "\n"
         for kind, paths in parts.items():
             for feature in _features(kind, paths) if paths else ():
-                file.write(("\n" if count == 0 else ",\n") + feature)
-                count += 1
+                file.write(separator + feature)
+                separator = ",\n"
+                counts[kind.name] += 1
         file.write("\n]}\n")
-    return count
+    return counts
 
 
 def _features(kind: Kind, paths: list[Path]) -> Iterator[str]:
     """One compact GeoJSON feature string per table row of the slide's part files (all of one schema)."""
     present = set(pq.ParquetFile(paths[0]).schema_arrow.names)
     measured = [name for name in MEASUREMENTS if name in present]
-    for batch in table_batches(paths, ["class_name", "geometry", *measured]):
+    for batch in table_batches(paths, ["class_id", "class_name", "geometry", *measured]):
         geometries = shapely.to_geojson(batch["geometry"].to_numpy())
         for row, geometry in zip(batch.itertuples(index=False), geometries):
             name = str(row.class_name)
             properties = {
-                "objectType": "detection",
-                "classification": {"name": name, "color": list(instance_colour(kind.name, name))},
+                "objectType": object_type(kind),
+                "classification": {"name": name, "color": list(_colour(kind, int(row.class_id), name))},
                 "isLocked": False,
                 "measurements": {m: _number(getattr(row, m)) for m in measured},
                 "kind": kind.one,
             }
             yield f'{{"type": "Feature", "geometry": {geometry}, "properties": {json.dumps(properties)}}}'
+
+
+def _colour(kind: Kind, class_id: int, name: str) -> RGB:
+    """Tissue types are coloured by index where the vocabulary does not name them, instances by kind."""
+    return tissue_colour(class_id, name) if kind is TISSUE else instance_colour(kind.name, name)
 
 
 def _number(value: float) -> float | int | None:

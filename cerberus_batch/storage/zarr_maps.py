@@ -1,6 +1,11 @@
 """The Zarr store of a slide's probability maps (`OutputLayout.maps`), Zarr format 3.
 
-Each array is chunked exactly like the pipeline's chunk tasks (scaled to its
+Each map is a group of its own, an OME-NGFF 0.5 image: viewers (napari, neuroglancer, vizarr)
+open only the first multiscale of a group, so maps sharing one would hide all but one. Its
+full-resolution array is `<map>/0` (`LEVEL0`); the viewer levels `<map>/1`, `<map>/2`, … come
+after the slide's inference (`storage.pyramid`). The slide group's attributes describe the slide.
+
+Each level-0 array is chunked exactly like the pipeline's chunk tasks (scaled to its
 resolution), so no two tasks ever write the same Zarr chunk.
 """
 
@@ -15,18 +20,24 @@ from typing import Any, Mapping
 import numpy as np
 import zarr
 
-from cerberus_batch.grid import CELL
 from cerberus_batch.storage.atomic import atomic_path, fsync_tree
 from cerberus_batch.storage.maps import MapSpec
 
+LEVEL0 = "0"  # a map's full-resolution array, inside the map's group
+MEAN, MODE = "mean", "mode"  # a map's multiscale `type`: how its levels are made (`storage.pyramid`)
+# The slide group's layout: 2, a group per map. Groups without it held each map as an array of
+# the slide group; they never match, so their slides are computed again in this layout.
+LAYOUT = {"maps_layout": 2}
+
 
 def maps_match(path: Path, attrs: Mapping[str, Any]) -> bool:
-    """Whether `path` holds a complete map group made with exactly these attributes."""
+    """Whether `path` holds a complete map group of this layout made with exactly these attributes."""
     try:
         group = zarr.open_group(path, mode="r")
     except (FileNotFoundError, ValueError, zarr.errors.GroupNotFoundError):
         return False
-    return {k: group.attrs.get(k) for k in attrs} == _plain(attrs)
+    expected = {**_plain(attrs), **LAYOUT}
+    return {k: group.attrs.get(k) for k in expected} == expected
 
 
 def create_slide_maps(
@@ -42,7 +53,7 @@ def create_slide_maps(
 
     Built beside `path` and renamed into place, so a crash never leaves a group
     without its arrays or attributes. `shape` is the processing-pixel (h, w) of the
-    output grid, a whole number of cells.
+    output grid, a whole number of cells; `attrs` must hold the true µm per processing px (`mpp`).
     """
     with atomic_path(path) as partial:
         group = zarr.open_group(partial, mode="w", zarr_format=3)
@@ -51,15 +62,16 @@ def create_slide_maps(
             size = (h // spec.downsample, w // spec.downsample)
             tile = (max(1, chunk // spec.downsample),) * 2
             lead = () if spec.channels is None else (spec.channels,)
-            group.create_array(
-                spec.name,
+            image = group.create_group(spec.name, attributes={"ome": _ngff(spec, float(attrs["mpp"]))})
+            image.create_array(
+                LEVEL0,
                 shape=lead + size,
                 chunks=lead + tile,
                 dtype=dtype if spec.probability else "uint8",
                 fill_value=0,
                 dimension_names=(("c",) if lead else ()) + ("y", "x"),
             )
-        group.attrs.update({**_plain(attrs), "ome": _ngff(specs, float(attrs["mpp"]))})
+        group.attrs.update({**_plain(attrs), **LAYOUT})
     return zarr.open_group(path, mode="r+")
 
 
@@ -76,11 +88,11 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
         window = (slice(ys, ys + values.shape[-2]), slice(xs, xs + values.shape[-1]))
         if spec.channels is not None:
             window = (slice(None),) + window
-        array = group[spec.name]
+        array = group[f"{spec.name}/{LEVEL0}"]
         array[window] = values
         side = array.chunks[-1]
         key = (0,) * (array.ndim - 2) + (ys // side, xs // side)
-        folder = Path(group.store.root) / group.path / spec.name
+        folder = Path(group.store.root) / group.path / spec.name / LEVEL0
         chunk_file = folder / "c" / "/".join(map(str, key))
         # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
         written = chunk_file if chunk_file.is_file() else chunk_file.parent
@@ -92,27 +104,36 @@ def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:
     return zarr.open_group(path, mode="r+" if writable else "r")
 
 
-def _ngff(specs: list[MapSpec], mpp: float) -> dict:
-    """OME-NGFF 0.5 `multiscales` for the per-pixel probability maps, so napari opens them."""
-    multiscales = []
-    for spec in specs:
-        if spec.channels is None or spec.downsample == CELL:
-            continue
-        scale = mpp * spec.downsample
-        multiscales.append(
-            {
-                "name": spec.name,
-                "axes": [
-                    {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space", "unit": "micrometer"},
-                    {"name": "x", "type": "space", "unit": "micrometer"},
+def map_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """The full-resolution array of each map of a slide group, by map name."""
+    return {name: group[f"{name}/{LEVEL0}"] for name in group.group_keys()}
+
+
+def _ngff(spec: MapSpec, mpp: float) -> dict:
+    """A map's OME-NGFF 0.5 `ome` attribute, naming its level 0 only (`storage.pyramid` adds the rest).
+
+    A map px spans `downsample` processing px, so its scale is that many times `mpp` µm and its
+    centre lies (downsample - 1) / 2 processing px past theirs: the px centres of every map line up
+    on the slide, with processing px (0, 0) at 0 µm. `type` is how its levels are made: the mean
+    of probabilities, the most common class."""
+    px = mpp * spec.downsample
+    lead = 0 if spec.channels is None else 1
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": spec.name,
+            "axes": [{"name": "c", "type": "channel"}] * lead
+            + [{"name": axis, "type": "space", "unit": "micrometer"} for axis in ("y", "x")],
+            "datasets": [{
+                "path": LEVEL0,
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0] * lead + [px, px]},
+                    {"type": "translation", "translation": [0.0] * lead + [(px - mpp) / 2] * 2},
                 ],
-                "datasets": [
-                    {"path": spec.name, "coordinateTransformations": [{"type": "scale", "scale": [1.0, scale, scale]}]}
-                ],
-            }
-        )
-    return {"version": "0.5", "multiscales": multiscales}
+            }],
+            "type": MEAN if spec.probability else MODE,
+        }],
+    }
 
 
 def _plain(attrs: Mapping[str, Any]) -> dict:

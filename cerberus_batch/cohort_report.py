@@ -1,0 +1,229 @@
+"""The cohort report `OUT/report.html`: one static file that opens anywhere, with no server and no network.
+
+Built only from what a run writes: `run_report.json` (each slide's status, failure reason and time),
+the cohort summary (counts per class, tissue area by type), each slide's QC picture and its maps'
+record of the heads that ran. Everything is inline: Bokeh's own JavaScript (`bokeh.resources`' inline mode),
+the plots, the styles and the pictures (JPEG, base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from bokeh.embed import components
+from bokeh.models import ColumnDataSource, Legend, NumeralTickFormatter
+from bokeh.plotting import figure
+from bokeh.resources import Resources
+from PIL import Image
+
+from cerberus_batch.errors import OutputError
+from cerberus_batch.overview import kind_computed
+from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.colours import tissue_colours
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.zarr_maps import open_slide_maps
+from cerberus_batch.vocabulary import NUCLEI, OBJECTS, TISSUE, class_names
+
+REPORT = "report.html"  # under OUT
+PREVIEW_WIDTH = 960  # px: the QC picture as the report shows it (click for the full PNG beside the report)
+PREVIEW_QUALITY = 80
+# Bokeh's JavaScript, inline; the plots need its core only (not its widgets, tables, WebGL or MathJax: 2.7 MB more).
+BOKEH = Resources(mode="inline", components=["bokeh"])
+DENSITY_TITLE = "Nuclei density per slide (nuclei per mm² of tissue)"
+COMPOSITION_TITLE = "Tissue composition across slides (share of tissue area)"
+
+
+class CohortReport:
+    """A cohort's `OUT/report.html`, rewritten whole (`write`) as slides finish. Each QC picture is
+    encoded again only when its PNG changed: the report is rewritten often, and a cohort holds many."""
+
+    def __init__(self, output: str | Path) -> None:
+        self.layout = OutputLayout(output)
+        self._previews: dict[Path, tuple[int, str]] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.layout.root / REPORT
+
+    def write(self) -> Path:
+        """(Re)write the report from the run's records; it appears whole or not at all."""
+        layout = self.layout
+        if not layout.run_report.is_file():
+            raise OutputError(f"{layout.root}: no {layout.run_report.name} (has a run started here?)")
+        run = json.loads(layout.run_report.read_text())
+        summary_file = layout.summaries[0]
+        summary = pd.read_parquet(summary_file).set_index("slide_id") if summary_file.is_file() else pd.DataFrame()
+        slides = [_slide(layout, slide_id, outcome, summary) for slide_id, outcome in run["slides"].items()]
+        with atomic_path(self.path) as partial:
+            partial.write_text(_page(run, slides, self._preview, layout), encoding="utf-8")
+        return self.path
+
+    def _preview(self, path: Path) -> str | None:
+        """The QC picture at `path` as an inline JPEG (a data URI), or None when there is none yet."""
+        try:
+            changed = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        kept = self._previews.get(path)
+        if kept is None or kept[0] != changed:
+            with Image.open(path) as picture:
+                picture.thumbnail((PREVIEW_WIDTH, PREVIEW_WIDTH * 4))
+                buffer = io.BytesIO()
+                picture.convert("RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+            kept = (changed, "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
+            self._previews[path] = kept
+        return kept[1]
+
+
+def _slide(layout: OutputLayout, slide_id: str, outcome: dict[str, Any], summary: pd.DataFrame) -> dict[str, Any]:
+    """What the report shows of one slide: its outcome, its summary row (if its tables exist), and the
+    heads and tissue classes of the model that made its maps."""
+    row = summary.loc[slide_id].to_dict() if slide_id in summary.index else None
+    try:
+        attrs = dict(open_slide_maps(layout.maps(slide_id)).attrs)
+    except (FileNotFoundError, ValueError):  # never planned
+        attrs = {}
+    return {"id": slide_id, "outcome": outcome, "row": row, "attrs": attrs}
+
+
+def _tissue_names(slides: list[dict[str, Any]]) -> list[str]:
+    """Tissue classes in the models' order, every slide's, each once."""
+    names: dict[str, None] = {}
+    for slide in slides:
+        if slide["attrs"] and kind_computed(TISSUE, slide["attrs"]):
+            names.update(dict.fromkeys(class_names(TISSUE, slide["attrs"]["class_names"])))
+    return list(names) or list(TISSUE.classes)
+
+
+def _composition(row: dict[str, Any] | None, names: list[str]) -> list[float]:
+    """Share of the slide's tissue area per tissue class (zeros when nothing was measured)."""
+    areas = [float(row.get(f"tissue_{name}_mm2", 0.0)) if row else 0.0 for name in names]
+    total = sum(areas)
+    return [area / total if total else 0.0 for area in areas]
+
+
+def _plots(slides: list[dict[str, Any]], names: list[str]) -> tuple[str, dict[str, str]]:
+    """The cohort plots, as Bokeh's script and one div per plot."""
+    done = [s for s in slides if s["row"] is not None]
+    ids = [s["id"] for s in done]
+    height = max(260, 28 * len(ids) + 90)
+    density = figure(title=DENSITY_TITLE, y_range=ids[::-1], height=height, width=640, toolbar_location=None,
+                     x_axis_label="nuclei / mm²")
+    per_mm2 = [float(s["row"].get(f"{NUCLEI.name}_per_mm2", 0.0)) for s in done]
+    density.hbar(y="slide", right="density", height=0.7, color="#5a3d8a",
+                 source=ColumnDataSource({"slide": ids, "density": per_mm2}))
+    density.x_range.start = 0
+    shares = list(zip(*(_composition(s["row"], names) for s in done))) or [()] * len(names)
+    composition = figure(title=COMPOSITION_TITLE, y_range=ids[::-1], height=height + 60, width=640, toolbar_location=None,
+                         x_axis_label="share of tissue area")
+    bars = composition.hbar_stack(names, y="slide", height=0.7, line_color="white",
+                                  source=ColumnDataSource({"slide": ids, **dict(zip(names, map(list, shares)))}),
+                                  color=[_hex(c) for c in tissue_colours(names)])
+    composition.add_layout(Legend(items=[(name, [bar]) for name, bar in zip(names, bars)], orientation="horizontal"), "below")
+    composition.x_range.start, composition.x_range.end = 0, 1
+    composition.xaxis.formatter = NumeralTickFormatter(format="0%")
+    script, divs = components({"density": density, "composition": composition})
+    return script, divs
+
+
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % colour
+
+
+def _counts(slide: dict[str, Any]) -> str:
+    """Counts and densities per class of each object kind, or why there are none."""
+    row, attrs = slide["row"], slide["attrs"]
+    cells = []
+    for kind in OBJECTS:
+        if attrs and not kind_computed(kind, attrs):
+            cells.append("<td class='muted'>not computed</td>")
+            continue
+        if row is None:
+            cells.append("<td class='muted'>–</td>")
+            continue
+        mm2 = float(row.get("tissue_mm2", 0.0))
+        lines = [f"<b>{int(row.get(f'{kind.name}_count', 0)):,}</b> ({float(row.get(f'{kind.name}_per_mm2', 0.0)):,.1f}/mm²)"]
+        prefix = f"{kind.name}_"
+        for column, value in row.items():
+            name = column[len(prefix):-len("_count")] if column.startswith(prefix) and column.endswith("_count") else None
+            if name and name != "count" and value:
+                density = f"{value / mm2:,.1f}/mm²" if mm2 else "–"
+                lines.append(f"{html.escape(name)} {int(value):,} ({density})")
+        cells.append(f"<td>{'<br>'.join(lines)}</td>")
+    return "".join(cells)
+
+
+def _bar(shares: list[float], names: list[str]) -> str:
+    """A slide's tissue composition as one horizontal bar of coloured segments."""
+    if not any(shares):
+        return "<span class='muted'>–</span>"
+    segments = "".join(
+        f"<span style='width:{100 * share:.2f}%;background:{_hex(colour)}' title='{html.escape(name)} {100 * share:.1f}%'></span>"
+        for share, name, colour in zip(shares, names, tissue_colours(names)) if share
+    )
+    return f"<div class='bar'>{segments}</div>"
+
+
+def _page(run: dict[str, Any], slides: list[dict[str, Any]], preview: Callable[[Path], str | None], layout: OutputLayout) -> str:
+    names = _tissue_names(slides)
+    script, divs = _plots(slides, names)
+    statuses = [s["outcome"]["status"] for s in slides]
+    said = ", ".join(f"{statuses.count(k)} {k}" for k in ("done", "failed", "pending") if statuses.count(k))
+    rows = []
+    for slide in slides:
+        outcome, row = slide["outcome"], slide["row"]
+        reason = outcome.get("error") or outcome.get("note") or ""
+        picture = preview(layout.overview(slide["id"]))
+        relative = layout.overview(slide["id"]).relative_to(layout.root).as_posix()
+        shown = (f"<a href='{html.escape(relative)}'><img class='qc' alt='QC picture of {html.escape(slide['id'])}' "
+                 f"src='{picture}'></a>" if picture else "<span class='muted'>no QC picture</span>")
+        tissue = float(row["tissue_mm2"]) if row else float(outcome.get("tissue_mm2", 0.0))
+        rows.append(
+            f"<tr class='slide' id='slide-{html.escape(slide['id'])}'><td><b>{html.escape(slide['id'])}</b></td>"
+            f"<td><span class='status {outcome['status']}'>{outcome['status']}</span></td>"
+            f"<td class='reason'>{html.escape(reason)}</td><td>{float(outcome.get('seconds', 0.0)):,.1f} s</td>"
+            f"<td>{tissue:,.2f}</td>{_counts(slide)}<td class='composition'>{_bar(_composition(row, names), names)}</td></tr>"
+            f"<tr class='picture'><td colspan='9'>{shown}</td></tr>"
+        )
+    legend = "".join(f"<span class='key'><span style='background:{_hex(c)}'></span>{html.escape(n)}</span>"
+                     for n, c in zip(names, tissue_colours(names)))
+    title = html.escape(f"{run['cohort']}: cohort report")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+{BOKEH.render()}
+<style>{STYLE}</style>
+</head><body>
+<h1>{title}</h1>
+<p>Run {html.escape(run['status'])}: {len(slides)} slides ({said}). Output: <code>{html.escape(run['output'])}</code>.</p>
+<div class="plots">{divs['density']}{divs['composition']}</div>
+<h2>Slides</h2>
+<p class="muted">Tissue composition: {legend}</p>
+<table><thead><tr><th>slide</th><th>status</th><th>reason</th><th>time</th><th>tissue mm²</th>
+{''.join(f'<th>{k.name}</th>' for k in OBJECTS)}<th>tissue composition</th></tr></thead>
+<tbody>{''.join(rows)}</tbody></table>
+{script}
+</body></html>
+"""
+
+
+STYLE = """
+body { font-family: sans-serif; font-size: 15px; margin: 24px; color: #222; }
+h1 { font-size: 24px; } h2 { font-size: 19px; margin-top: 28px; }
+.plots { display: flex; flex-wrap: wrap; gap: 24px; }
+table { border-collapse: collapse; } th, td { padding: 6px 10px; text-align: left; vertical-align: top; }
+th { border-bottom: 2px solid #888; } tr.picture td { border-bottom: 1px solid #ccc; padding-bottom: 14px; }
+.muted { color: #777; } .reason { max-width: 360px; color: #a00; }
+.status { padding: 2px 8px; border-radius: 4px; color: white; background: #888; }
+.status.done { background: #2e7d32; } .status.failed { background: #c62828; }
+.bar { display: flex; width: 220px; height: 16px; border: 1px solid #999; }
+.bar span { display: block; height: 100%; }
+.key { margin-right: 12px; white-space: nowrap; }
+.key span { display: inline-block; width: 12px; height: 12px; margin-right: 4px; border: 1px solid #999; vertical-align: middle; }
+img.qc { max-width: 100%; width: 960px; height: auto; border: 1px solid #ccc; }
+"""

@@ -1,0 +1,120 @@
+"""The cohort report as a person sees it: `OUT/report.html` in headless Chromium, with no network."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cerberus_batch.cli import main
+from cerberus_batch.cohort_report import COMPOSITION_TITLE, DENSITY_TITLE
+from cerberus_batch.pipeline.config import load_cohort
+from cerberus_batch.pipeline.run import run_cohort
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.testing.slides import make_synthetic_slide
+from test_dashboard import CHROMIUM, CHROMIUM_ARGS, PLOT_TITLES
+
+GOOD = ("s1", "s2")
+# Bokeh draws each plot on canvases inside nested shadow roots: their sizes, found through all of them.
+CANVAS_SIZES = """() => {
+  const found = [];
+  const walk = root => root.querySelectorAll('*').forEach(node => {
+    if (node.tagName === 'CANVAS') found.push([node.width, node.height]);
+    if (node.shadowRoot) walk(node.shadowRoot);
+  });
+  walk(document);
+  return found;
+}"""
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory) -> Path:
+    """Two small synthetic slides and one file that is not a slide, run by the stain model."""
+    folder = tmp_path_factory.mktemp("report")
+    for seed, slide_id in enumerate(GOOD, start=1):
+        make_synthetic_slide(folder / f"{slide_id}.svs", size=(1600, 1200), seed=seed)
+    (folder / "broken.svs").write_bytes(b"not a slide at all")
+    body = {"name": "report-cohort", "output": "out",
+            "slides": [{"path": f"{s}.svs", "id": s} for s in (*GOOD, "broken")],
+            "model": {"kind": "stain"}, "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
+    (folder / "cohort.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    report = run_cohort(load_cohort(folder / "cohort.yaml"), show_progress=False)
+    assert [report.slides[s].status for s in (*GOOD, "broken")] == ["done", "done", "failed"]
+    return folder / "out"
+
+
+def test_run_writes_a_self_contained_report(run_output):
+    page = (run_output / "report.html").read_text()
+    assert "Bokeh" in page and len(page) > 500_000, "Bokeh's own JavaScript is inline"
+    # Nothing to fetch: every script is inline, every picture a data URI; the only links are the
+    # relative ones to each full-size QC picture beside the report.
+    markup = re.sub(r"<script>.*?</script>", "", page, flags=re.S)
+    assert "<script" not in markup and "<link" not in markup
+    assert all(src.startswith("data:") for src in re.findall(r"""src=['"]([^'"]*)""", markup))
+    assert all("://" not in href for href in re.findall(r"""href=['"]([^'"]*)""", markup))
+    assert page.count("data:image/jpeg;base64,") == len(GOOD), "a QC picture per slide that has one"
+
+
+def test_report_command_rebuilds_the_report_from_the_records(run_output, tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(run_output, copy)
+    (copy / "report.html").unlink()
+    result = CliRunner().invoke(main, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert same_but_bokeh_ids((copy / "report.html").read_text(), (run_output / "report.html").read_text())
+    (copy / OutputLayout(copy).run_report.name).unlink()
+    refused = CliRunner().invoke(main, ["report", str(copy)])
+    assert refused.exit_code != 0 and "run_report.json" in refused.output
+
+
+def same_but_bokeh_ids(a: str, b: str) -> bool:
+    """Whether two reports match once the ids Bokeh gives each embedding (uuids, "p1234") are set aside."""
+    ids = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\bp\d+\b"
+    return re.sub(ids, "id", a) == re.sub(ids, "id", b)
+
+
+@pytest.mark.timeout(300)  # a hung browser should fail this test, not stall the suite
+def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp_path):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    if not CHROMIUM.exists():  # a skip here, a failure under CI (tests/conftest.py)
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium (.ci/run does)")
+    errors, fetched = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: fetched.append(request.url))
+        page.goto((run_output / "report.html").as_uri())
+        page.wait_for_function(f"() => window.Bokeh && Bokeh.documents.length > 0 && ({CANVAS_SIZES})().length > 0", timeout=60_000)
+        page.wait_for_timeout(500)  # the canvases draw a moment after the documents load
+        titles = page.evaluate(PLOT_TITLES)
+        rows = page.evaluate("() => [...document.querySelectorAll('tr.slide')].map(r => [...r.cells].map(c => c.innerText.trim()))")
+        pictures = page.evaluate("() => [...document.querySelectorAll('img.qc')].map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
+        canvases = page.evaluate(CANVAS_SIZES)
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert all(url.startswith(("file:", "data:")) for url in fetched), fetched
+    assert DENSITY_TITLE in titles and COMPOSITION_TITLE in titles
+    assert any(w > 300 and h > 200 for w, h in canvases), "the plots are drawn"
+    by_id = {cells[0]: cells for cells in rows}
+    assert list(by_id) == [*GOOD, "broken"]
+    summary = pd.read_csv(OutputLayout(run_output).summaries[1]).set_index("slide_id")
+    for slide_id in GOOD:
+        cells = by_id[slide_id]
+        assert cells[1] == "done"
+        assert cells[4] == f"{summary.loc[slide_id, 'tissue_mm2']:,.2f}"
+        assert cells[5].startswith(f"{int(summary.loc[slide_id, 'nuclei_count']):,} (")
+        assert cells[6] == cells[7] == "not computed", "the stain model has no gland or lumen heads"
+    assert by_id["broken"][1] == "failed"
+    reason = json.loads(OutputLayout(run_output).run_report.read_text())["slides"]["broken"]["error"]
+    assert reason and by_id["broken"][2] == reason
+    assert len(pictures) == len(GOOD) and all(natural > 0 and shown > 600 for natural, shown in pictures)
+    assert (tmp_path / "report.png").stat().st_size > 50_000
