@@ -6,11 +6,12 @@ Paths (each in a fresh subprocess, warmed up once, then timed):
   the whole tile with its context, the output cut out afterwards.
 - `default`: what CerberusPredictor runs now: decoders and heads only where the output needs them.
 - `bf16`: the default under oneDNN bf16 autocast (`amp: bf16`, opt-in: numbers differ).
+- `patch`: the reference's 448-px patches at stride 144 (`mode: patch`), timed on a strip of cells.
 - `compile`: `torch.compile` of the whole-tile forward (not run unless asked: minutes of compiling).
 - `onnx`: the whole-tile network exported with `torch.onnx` and run by ONNX Runtime (not run unless
   asked; `pip install -e ".[bench]"` brings onnxruntime and the exporter's onnx/onnxscript).
 
-    python benchmarks/bench_model.py                       # tile 1008: today, default, bf16
+    python benchmarks/bench_model.py                       # tile 1008: today, default, bf16, patch
     python benchmarks/bench_model.py --tile 432 --paths today default compile onnx
 """
 
@@ -34,13 +35,14 @@ sys.path.insert(0, str(ROOT / "tests"))  # the CMU slide fetcher, the parity mod
 from conftest import fetch_cmu_small_region  # noqa: E402
 from parity_model import DATA, make_parity_model_dir  # noqa: E402
 
-from cerberus_batch.grid import CONTEXT  # noqa: E402
+from cerberus_batch.grid import CELL, CONTEXT  # noqa: E402
 from cerberus_batch.model import CerberusPredictor  # noqa: E402
 from cerberus_batch.model.activation import probabilities  # noqa: E402
 from cerberus_batch.model.naming import PATCH_CLASS  # noqa: E402
 
 TOLERANCE = 1e-3  # max |Δlogit| the parity fixture allows (shared/parity README)
 ORIGIN = (0, 400)  # level-0 (x, y) of the tile's input: tissue and glass
+PATCH_CELLS = 6  # cells of the strip patch mode is timed on
 
 
 def reference_parity(predictor: CerberusPredictor, logits=None) -> dict[str, tuple[float, float]]:
@@ -116,7 +118,10 @@ def _onnx(model, folder: Path):
 def measure(args: argparse.Namespace) -> dict[str, float]:
     """One path in this process."""
     image = np.load(args.image)
-    predictor = CerberusPredictor(args.model_dir, tile=args.tile, device="cpu", amp="bf16" if args.path == "bf16" else None)
+    mode = "patch" if args.path == "patch" else "tile"
+    predictor = CerberusPredictor(args.model_dir, mode=mode, tile=args.tile, device="cpu", amp="bf16" if args.path == "bf16" else None)
+    if mode == "patch":  # a strip of cells stands for the tile: patch mode costs the same per cell anywhere
+        image = image[: CELL + 2 * CONTEXT, : PATCH_CELLS * CELL + 2 * CONTEXT]
     logits, predict = predictor.logits, predictor.predict
     if args.path in ("today", "compile"):
         logits, predict = _whole_tile(_eager(predictor.model, compiled=args.path == "compile"))
@@ -131,7 +136,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     seconds, cpu_seconds = (time.perf_counter() - start) / args.repeats, (_cpu_seconds() - cpu_start) / args.repeats
     parity = reference_parity(predictor, logits)
     return {
-        "seconds": seconds, "cpu_seconds": cpu_seconds, "warm_up": warm_up, "megapixels": args.tile**2 / 1e6,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "warm_up": warm_up, "megapixels": (image.shape[0] - 2 * CONTEXT) * (image.shape[1] - 2 * CONTEXT) / 1e6,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "delta": max(d for d, _ in parity.values()), "argmax": min(a for _, a in parity.values()),
     }
@@ -149,7 +154,8 @@ def run_path(args: argparse.Namespace, image: Path, path: str) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tile", type=int, default=1008, help="output tile side in px (multiple of 144)")
-    parser.add_argument("--paths", nargs="+", default=["today", "default", "bf16"], choices=["today", "default", "bf16", "compile", "onnx"])
+    parser.add_argument("--paths", nargs="+", default=["today", "default", "bf16", "patch"],
+                        choices=["today", "default", "bf16", "patch", "compile", "onnx"])
     parser.add_argument("--repeats", type=int, default=1, help="timed passes after the warm-up")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
@@ -169,16 +175,20 @@ def main() -> None:
         results = {path: run_path(args, image, path) for path in args.paths}
     print(f"one {args.tile}-px tile (+{CONTEXT} px context) of CMU-1-Small-Region, parity weights, all six heads, "
           f"CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} timed pass(es)")  # fmt: skip
-    print(f"{'path':<9}{'warm-up s':>10}{'s/tile':>8}{'Mpx/s':>8}{'CPU s':>8}{'peak MiB':>10}{'max|Δlogit|':>13}{'argmax':>9}")
+    print(f"{'path':<9}{'out Mpx':>8}{'warm-up s':>10}{'s':>7}{'Mpx/s':>8}{'CPU s':>7}{'peak MiB':>10}{'max|Δlogit|':>13}{'argmax':>9}")
     for path, r in results.items():
-        print(f"{path:<9}{r['warm_up']:>10.1f}{r['seconds']:>8.2f}{r['megapixels'] / r['seconds']:>8.4f}{r['cpu_seconds']:>8.1f}"
-              f"{r['peak_mib']:>10.0f}{r['delta']:>13.2e}{100 * r['argmax']:>8.3f}%")  # fmt: skip
-    if "today" in results:
-        today = results["today"]
+        print(f"{path:<9}{r['megapixels']:>8.3f}{r['warm_up']:>10.1f}{r['seconds']:>7.2f}{r['megapixels'] / r['seconds']:>8.4f}"
+              f"{r['cpu_seconds']:>7.1f}{r['peak_mib']:>10.0f}{r['delta']:>13.2e}{100 * r['argmax']:>8.3f}%")  # fmt: skip
+    for base in ("today", "patch"):  # each path's output Mpx per second and per CPU second, against these
+        if base not in results:
+            continue
+        b = results[base]
         for path, r in results.items():
-            if path != "today":
+            if path != base and not (base == "patch" and path != "default"):
+                wall = (r["megapixels"] / r["seconds"]) / (b["megapixels"] / b["seconds"])
+                cpu = (r["megapixels"] / r["cpu_seconds"]) / (b["megapixels"] / b["cpu_seconds"])
                 within = "within" if r["delta"] <= TOLERANCE else "NOT within"
-                print(f"{path} vs today: {today['seconds'] / r['seconds']:.2f}x wall, {today['cpu_seconds'] / r['cpu_seconds']:.2f}x CPU time; "
+                print(f"{path} vs {base}: {wall:.2f}x wall, {cpu:.2f}x CPU time per output Mpx; "
                       f"max|Δlogit| {r['delta']:.2e} ({within} {TOLERANCE})")  # fmt: skip
 
 

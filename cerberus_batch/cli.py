@@ -29,7 +29,7 @@ def _cohort(path: str, *, inputs_here: bool = True):
 @click.argument("cohort_file", type=click.Path(dir_okay=False))
 @click.option("--fresh", is_flag=True, help="Recompute everything, discarding maps made with other settings.")
 @click.option("--allow-device-change", is_flag=True,
-              help="Continue maps made with other numerics (e.g. CPU fp32 maps on a GPU with TF32).")
+              help="Continue maps made with other numerics (e.g. CPU fp32 maps continued on a GPU in bf16).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def run(cohort_file: str, fresh: bool, allow_device_change: bool, no_progress: bool) -> None:
     """Run a cohort: slides → chunk tasks → maps (and tables) under the cohort's output folder."""
@@ -66,28 +66,27 @@ def validate(cohort_file: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cerberus_batch.grid import CELL
+    from cerberus_batch.grid import pass_size
     from cerberus_batch.pipeline.plan import plan_cohort
     from cerberus_batch.pipeline.run import cohort_inputs
     from cerberus_batch.storage.output_folder import check_writable, refuse_inputs_inside
 
     cohort = _cohort(cohort_file)
     table = Table(title=f"{cohort.name}: {len(cohort.slides)} slides → {cohort.output}")
-    for column in ("slide", "size (proc px)", "tissue mm²", "chunks", "cells", "work (Mpx)", "input px / tissue px", "problem"):
+    for column in ("slide", "size (proc px)", "tissue mm²", "chunks", "cells", "input Mpx", "input px / tissue px", "problem"):
         table.add_column(column)
-    processing = cohort.processing  # Cerberus runs passes of `tile` px (patch mode: one cell); the stain model whole chunks
-    tile = None if cohort.model.kind == "stain" else CELL if processing.mode == "patch" else processing.tile
+    # The stain model reads whole chunks.
+    tile = None if cohort.model.kind == "stain" else pass_size(cohort.processing.mode, cohort.processing.tile)
     problems = []
     for slide, plan, error in plan_cohort(cohort):
         if error:
             problems.append(f"{slide.id}: {error}")
             table.add_row(slide.id, "", "", "", "", "", "", "cannot be planned (below)")
             continue
-        summary = plan.summary()
         h, w = plan.shape
         table.add_row(
             slide.id, f"{w}×{h}", f"{plan.tissue_mm2:.2f}", str(len(plan.chunks)), str(plan.cells),
-            f"{summary.get('work_megapixels', 0):.1f}", f"{plan.input_per_tissue_px(tile):.2f}", "",
+            f"{plan.input_px(tile) / 1e6:.1f}", f"{plan.input_per_tissue_px(tile):.2f}", "",
         )
     Console().print(table)
     try:

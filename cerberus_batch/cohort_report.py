@@ -10,29 +10,25 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 from bokeh.embed import components
 from bokeh.models import ColumnDataSource, Legend, NumeralTickFormatter
 from bokeh.plotting import figure
 from bokeh.resources import Resources
-from PIL import Image
 
 from cerberus_batch.errors import OutputError
-from cerberus_batch.overview import kind_computed
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.colours import tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.summary import summary_class_counts
 from cerberus_batch.storage.zarr_maps import open_slide_maps
-from cerberus_batch.vocabulary import NUCLEI, OBJECTS, TISSUE, class_names
+from cerberus_batch.vocabulary import NUCLEI, OBJECTS, TISSUE, class_names, computed
 
 REPORT = "report.html"  # under OUT
-PREVIEW_WIDTH = 960  # px: the QC picture as the report shows it (click for the full PNG beside the report)
-PREVIEW_QUALITY = 80
 # Bokeh's JavaScript, inline; the plots need its core only (not its widgets, tables, WebGL or MathJax: 2.7 MB more).
 BOKEH = Resources(mode="inline", components=["bokeh"])
 DENSITY_TITLE = "Nuclei density per slide (nuclei per mm² of tissue)"
@@ -40,12 +36,11 @@ COMPOSITION_TITLE = "Tissue composition across slides (share of tissue area)"
 
 
 class CohortReport:
-    """A cohort's `OUT/report.html`, rewritten whole (`write`) as slides finish. Each QC picture is
-    encoded again only when its PNG changed: the report is rewritten often, and a cohort holds many."""
+    """A cohort's `OUT/report.html`, rewritten whole (`write`) as slides finish, from the run's records
+    and each slide's preview (made beside its QC picture)."""
 
     def __init__(self, output: str | Path) -> None:
         self.layout = OutputLayout(output)
-        self._previews: dict[Path, tuple[int, str]] = {}
 
     @property
     def path(self) -> Path:
@@ -61,24 +56,16 @@ class CohortReport:
         summary = pd.read_parquet(summary_file).set_index("slide_id") if summary_file.is_file() else pd.DataFrame()
         slides = [_slide(layout, slide_id, outcome, summary) for slide_id, outcome in run["slides"].items()]
         with atomic_path(self.path) as partial:
-            partial.write_text(_page(run, slides, self._preview, layout), encoding="utf-8")
+            partial.write_text(_page(run, slides, layout), encoding="utf-8")
         return self.path
 
-    def _preview(self, path: Path) -> str | None:
-        """The QC picture at `path` as an inline JPEG (a data URI), or None when there is none yet."""
-        try:
-            changed = path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-        kept = self._previews.get(path)
-        if kept is None or kept[0] != changed:
-            with Image.open(path) as picture:
-                picture.thumbnail((PREVIEW_WIDTH, PREVIEW_WIDTH * 4))
-                buffer = io.BytesIO()
-                picture.convert("RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
-            kept = (changed, "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode())
-            self._previews[path] = kept
-        return kept[1]
+
+def _preview(path: Path) -> str | None:
+    """The JPEG preview at `path` as a data URI, or None when there is none yet."""
+    try:
+        return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+    except FileNotFoundError:
+        return None
 
 
 def _slide(layout: OutputLayout, slide_id: str, outcome: dict[str, Any], summary: pd.DataFrame) -> dict[str, Any]:
@@ -96,7 +83,7 @@ def _tissue_names(slides: list[dict[str, Any]]) -> list[str]:
     """Tissue classes in the models' order, every slide's, each once."""
     names: dict[str, None] = {}
     for slide in slides:
-        if slide["attrs"] and kind_computed(TISSUE, slide["attrs"]):
+        if slide["attrs"] and computed(TISSUE, slide["attrs"].get("heads", ())):
             names.update(dict.fromkeys(class_names(TISSUE, slide["attrs"]["class_names"])))
     return list(names) or list(TISSUE.classes)
 
@@ -141,7 +128,7 @@ def _counts(slide: dict[str, Any]) -> str:
     row, attrs = slide["row"], slide["attrs"]
     cells = []
     for kind in OBJECTS:
-        if attrs and not kind_computed(kind, attrs):
+        if attrs and not computed(kind, attrs.get("heads", ())):
             cells.append("<td class='muted'>not computed</td>")
             continue
         if row is None:
@@ -149,12 +136,10 @@ def _counts(slide: dict[str, Any]) -> str:
             continue
         mm2 = float(row.get("tissue_mm2", 0.0))
         lines = [f"<b>{int(row.get(f'{kind.name}_count', 0)):,}</b> ({float(row.get(f'{kind.name}_per_mm2', 0.0)):,.1f}/mm²)"]
-        prefix = f"{kind.name}_"
-        for column, value in row.items():
-            name = column[len(prefix):-len("_count")] if column.startswith(prefix) and column.endswith("_count") else None
-            if name and name != "count" and value:
+        for name, value in summary_class_counts(row, kind.name, class_names(kind, attrs.get("class_names", {}))).items():
+            if value:
                 density = f"{value / mm2:,.1f}/mm²" if mm2 else "–"
-                lines.append(f"{html.escape(name)} {int(value):,} ({density})")
+                lines.append(f"{html.escape(name)} {value:,} ({density})")
         cells.append(f"<td>{'<br>'.join(lines)}</td>")
     return "".join(cells)
 
@@ -170,7 +155,7 @@ def _bar(shares: list[float], names: list[str]) -> str:
     return f"<div class='bar'>{segments}</div>"
 
 
-def _page(run: dict[str, Any], slides: list[dict[str, Any]], preview: Callable[[Path], str | None], layout: OutputLayout) -> str:
+def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayout) -> str:
     names = _tissue_names(slides)
     script, divs = _plots(slides, names)
     statuses = [s["outcome"]["status"] for s in slides]
@@ -179,7 +164,7 @@ def _page(run: dict[str, Any], slides: list[dict[str, Any]], preview: Callable[[
     for slide in slides:
         outcome, row = slide["outcome"], slide["row"]
         reason = outcome.get("error") or outcome.get("note") or ""
-        picture = preview(layout.overview(slide["id"]))
+        picture = _preview(layout.overview_preview(slide["id"]))
         relative = layout.overview(slide["id"]).relative_to(layout.root).as_posix()
         shown = (f"<a href='{html.escape(relative)}'><img class='qc' alt='QC picture of {html.escape(slide['id'])}' "
                  f"src='{picture}'></a>" if picture else "<span class='muted'>no QC picture</span>")

@@ -51,7 +51,13 @@ class Tile(NamedTuple):
     w: int
 
 
-def tissue_cells(rows: int, cols: int, empty_cells: Iterable[tuple[int, int]]) -> np.ndarray:
+def pass_size(mode: str, tile: int) -> int:
+    """Output px per side of a Cerberus forward pass: `tile`, or one cell in patch mode (the reference's
+    448-px patches are a cell plus context)."""
+    return CELL if mode == "patch" else tile
+
+
+def chunk_tissue(rows: int, cols: int, empty_cells: Iterable[tuple[int, int]]) -> np.ndarray:
     """Bool (rows, cols): True but at the (row, col) of `empty_cells`."""
     cells = np.ones((rows, cols), bool)
     for row, col in empty_cells:

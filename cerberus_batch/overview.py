@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,9 +24,10 @@ from cerberus_batch.slides import ChunkPlan, Transform, open_slide
 from cerberus_batch.storage.colours import RGB, instance_colour, tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.overview import save_overview
+from cerberus_batch.storage.summary import summary_class_counts
 from cerberus_batch.storage.tables import class_counts, table_batches
 from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps
-from cerberus_batch.vocabulary import DRAWING_ORDER, GLANDS, KINDS, LUMENS, NUCLEI, OBJECTS, TISSUE, Kind, class_names
+from cerberus_batch.vocabulary import DRAWING_ORDER, GLANDS, KINDS, LUMENS, NUCLEI, OBJECTS, TISSUE, class_names, computed
 
 SIZE = 1024  # thumbnail px along the slide's longer side
 CROP = 512  # level-0 px per side of a full-resolution crop
@@ -44,12 +45,13 @@ OUTLINE_UM_PER_PX = 2.0
 NOT_COMPUTED = "not computed"
 
 
-def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
-    """Draw the slide's QC picture from its maps and tables; the PNG appears whole or not at all."""
+def write_overview(output: str | Path, slide_id: str, summary: Mapping[str, Any] | None = None, size: int = SIZE) -> Path:
+    """Draw the slide's QC picture from its maps and tables (class counts from its `summary` row where
+    given); the PNG appears whole or not at all."""
     layout = OutputLayout(output)
     group = open_slide_maps(layout.maps(slide_id))
     attrs = dict(group.attrs)
-    computed = [kind for kind in DRAWING_ORDER if kind_computed(kind, attrs)]
+    computed = [kind for kind in DRAWING_ORDER if computed(kind, attrs.get("heads", ()))]
     parts = {kind.name: layout.table_files(kind.name, slide_id) for kind in computed}
     with open_slide(attrs["slide_path"]) as slide:
         width, height = slide.info.dimensions
@@ -64,7 +66,11 @@ def write_overview(output: str | Path, slide_id: str, size: int = SIZE) -> Path:
             draw_instances(thumbnail, kind.name, [part], factor, dots=dots)
             for _, box, crop in crops:
                 draw_instances(crop, kind.name, [_within(part, box)], 1.0, origin=box[:2])
-    counts = {kind.name: class_counts(output, kind.name, slide_id) for kind in computed}
+    counts = {  # the merge's summary row has them; else one more read of the tables' class column
+        kind.name: summary_class_counts(summary, kind.name, class_names(kind, attrs["class_names"])) if summary
+        else class_counts(output, kind.name, slide_id)
+        for kind in computed
+    }
     tissue = None
     maps = map_arrays(group)
     if TISSUE.class_map.name in maps:
@@ -180,7 +186,7 @@ def legend_sections(
     sections = []
     for kind in KINDS:
         heading = kind.name.capitalize()
-        if not kind_computed(kind, attrs):
+        if not computed(kind, attrs.get("heads", ())):
             sections.append((heading, [(f"{NOT_COMPUTED} (no {kind.outline_head} head)", None)]))
             continue
         names = class_names(kind, attrs["class_names"])
@@ -234,8 +240,3 @@ def compose(
         canvas.paste(crop, (x, top + CAPTION))
         x += crop.size[0] + MARGIN
     return canvas
-
-
-def kind_computed(kind: Kind, attrs: dict[str, Any]) -> bool:
-    """Whether the model that made a slide's maps ran the head that finds this kind."""
-    return kind.outline_head in set(attrs.get("heads", ()))

@@ -8,7 +8,7 @@ summary all read it, so a new head is added here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 from cerberus_batch.grid import CELL
 
@@ -96,6 +96,11 @@ def model_class_names() -> dict[str, tuple[str, ...]]:
 def class_names(kind: Kind, model_names: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
     """The names the model that made the maps gives this kind's classes, else the reference's."""
     return tuple(model_names.get(kind.names_head, kind.classes))
+
+
+def computed(kind: Kind, heads: Iterable[str]) -> bool:
+    """Whether a model that ran these heads (a map group's `heads`) finds this kind."""
+    return kind.outline_head in set(heads)
 
 
 def _map(head: str, form: str) -> StoredMap:

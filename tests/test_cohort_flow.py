@@ -19,7 +19,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.layout import OutputLayout
-from cerberus_batch.storage.ledger import Ledger
+from cerberus_batch.storage.ledger import TABLES_COMMITTED, Ledger
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.testing.slides import make_synthetic_slide
 
@@ -102,5 +102,5 @@ def test_a_killed_cohort_leaves_a_report_and_summary_of_the_slides_it_finished(t
     summary = pd.read_parquet(layout.summaries[0]).set_index("slide_id")
     assert set(done) <= set(summary.index)
     for slide_id in done:
-        assert summary.loc[slide_id, "nuclei_count"] == Ledger(output).slide_stage(slide_id, "instances")["nuclei_count"]
+        assert summary.loc[slide_id, "nuclei_count"] == Ledger(output).slide_stage(slide_id, TABLES_COMMITTED)["nuclei_count"]
         assert summary.loc[slide_id, "nuclei_count"] == len(read_table(output, "nuclei", [slide_id])) > 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from cerberus_batch.storage.ledger import Ledger
+from cerberus_batch.storage.ledger import TABLES_COMMITTED, Ledger
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import stage_table_part, write_slide_tables
@@ -96,7 +96,7 @@ def test_a_table_commit_is_durable_before_its_ledger_marker(tmp_path, monkeypatc
     recorder = Recorder(monkeypatch)
     stage_table_part(tmp_path / "out", "s", "run1", "nuclei", 0, table)  # a chunk task's part
     write_slide_tables(tmp_path / "out", "s", {"nuclei": table, "glands": table.iloc[:0]}, token="run1")
-    Ledger(tmp_path / "out").mark_slide("s", "instances", {"nuclei": 4})
+    Ledger(tmp_path / "out").mark_slide("s", TABLES_COMMITTED, {"nuclei": 4})
     marker = tmp_path / "out" / "ledger" / "s" / "instances.json"
     layout = OutputLayout(tmp_path / "out")
     created = [p for kind, p, _ in recorder.events if kind == "mkdir"]

@@ -25,6 +25,7 @@ from cerberus_batch.pipeline.work import (
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.colours import instance_colour, tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.overview import PREVIEW_WIDTH
 from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.merge import border_shares
@@ -99,6 +100,9 @@ def test_overview_task_writes_picture_of_expected_size(cmu_output):
         assert png.format == "PNG" and png.mode == "RGB"
         # Thumbnail, tissue panel and legend side by side; the two full-resolution crops below.
         assert png.size == (3 * MARGIN + 2 * THUMB_W + LEGEND_WIDTH, CROPS_TOP + CROP + MARGIN)
+    with Image.open(OutputLayout(cmu_output).overview_preview("cmu")) as preview:  # what the cohort report embeds
+        assert preview.format == "JPEG" and preview.width == PREVIEW_WIDTH
+        assert abs(preview.height / preview.width - png.height / png.width) < 0.01
     assert not list(path.parent.glob(".*")), "no temporary files left behind"
 
 

@@ -18,7 +18,7 @@ from ome_zarr_models.v05.image import Image
 from cerberus_batch.grid import CELL
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
-from cerberus_batch.storage.ledger import Ledger
+from cerberus_batch.storage.ledger import LEVELS_WRITTEN, Ledger
 from cerberus_batch.storage.pyramid import halve, level_shapes
 from cerberus_batch.storage.zarr_maps import MEAN, MODE
 from cerberus_batch.testing.slides import make_synthetic_slide
@@ -129,7 +129,7 @@ def test_every_map_is_an_ome_zarr_image_with_levels_down_to_1000_px(wide):
     maps = maps_of(cohort)
     assert set(maps) == {"nuclei_prob", "nuclei_class", "tissue_prob", "tissue_class"}  # the stain model's heads
     assert [maps["nuclei_prob"][str(k)].shape for k in range(3)] == NUCLEI_LEVELS
-    recorded = Ledger(cohort.output).slide_stage("wide", "pyramid")["levels"]
+    recorded = Ledger(cohort.output).slide_stage("wide", LEVELS_WRITTEN)["levels"]
     for name, group in maps.items():
         image = Image.from_zarr(group)  # validates the metadata and that every level it lists is there
         (multiscale,) = image.ome_attributes.multiscales

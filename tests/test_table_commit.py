@@ -28,7 +28,7 @@ from PIL import Image
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.layout import MERGE_PART, OutputLayout
-from cerberus_batch.storage.ledger import Ledger
+from cerberus_batch.storage.ledger import TABLES_COMMITTED, Ledger
 from cerberus_batch.storage.tables import (
     class_counts, read_table, recover_slide_tables, stage_table_part, table_batches, write_geoparquet, write_slide_tables,
 )
@@ -223,7 +223,7 @@ def test_sigkill_during_a_merge_leaves_whole_tables_and_the_rerun_gives_the_unin
     second.wait()
     reader.stop.set()
     reader.join()
-    assert Ledger(output).slide_stage("synthetic", "instances") is None, "killed before the run recorded the tables"
+    assert Ledger(output).slide_stage("synthetic", TABLES_COMMITTED) is None, "killed before the run recorded the tables"
 
     # Each kind, read during the run and after the kill, is the previous run's table or the new one, whole.
     either = {kind: {tuple(previous[kind]["instance_id"]), tuple(uninterrupted[kind]["instance_id"])} for kind in KINDS}

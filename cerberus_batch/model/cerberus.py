@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 import torch
 
-from cerberus_batch.grid import CELL, CONTEXT, Tile, tissue_tiles
+from cerberus_batch.grid import CELL, CONTEXT, Tile, pass_size, tissue_tiles
 from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model
 from cerberus_batch.model.fusion import fuse_batchnorms
@@ -27,17 +27,6 @@ def _by_shape(tiles: list[Tile]) -> Iterator[list[Tile]]:
     """Tiles grouped by shape, so equal shapes batch together."""
     for _, same_shape in groupby(sorted(tiles, key=lambda t: (t.h, t.w)), key=lambda t: (t.h, t.w)):
         yield list(same_shape)
-
-
-@contextlib.contextmanager
-def _tf32(allowed: bool) -> Iterator[None]:
-    """cuDNN convolutions in TF32 or not, for one forward pass (a process-wide switch, put back after)."""
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = before
 
 
 def _identity(model_dir: Path, decoders: Iterable[str]) -> str:
@@ -59,8 +48,10 @@ class CerberusPredictor:
     A batch holds at most `batch_size` tiles of one shape, and fewer where the device's memory
     would not hold them (`model.memory`). `amp` ("bf16"/"fp16") autocasts on CUDA; on CPU only
     "bf16" is allowed. CUDA convolutions run in plain fp32 unless `tf32` (faster, numbers differ
-    by ~1e-3). `channels_last` defaults to on for CPU (oneDNN then skips layout reorders: ~1.5x
-    faster) and off for CUDA.
+    by ~1e-3; cuDNN's switch is process-wide, so it is set here, once). `memory` is the bytes this
+    predictor may use on the CPU (a Dask worker's share of its limit; default: what is free).
+    `channels_last` defaults to on for CPU (oneDNN then skips layout reorders: ~1.5x faster) and
+    off for CUDA.
     """
 
     kind = "cerberus"
@@ -76,6 +67,7 @@ class CerberusPredictor:
         amp: Literal["bf16", "fp16"] | None = None,
         channels_last: bool | None = None,
         tf32: bool = False,
+        memory: float | None = None,
     ) -> None:
         if mode not in ("tile", "patch"):
             raise ValueError(f"mode must be 'tile' or 'patch', got {mode!r}")
@@ -91,10 +83,12 @@ class CerberusPredictor:
             channels_last = self.device.type == "cpu"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.tile = CELL if mode == "patch" else tile
+        self.tile = pass_size(mode, tile)
         self.batch_size = batch_size
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
-        self.tf32 = tf32
+        if self.device.type == "cuda":
+            torch.backends.cudnn.allow_tf32 = tf32
+        self.memory = memory
         self.heads = tuple(self.model.output_classes)
         self.class_names = {key: CLASS_NAMES[key] for key in self.heads if key in CLASS_NAMES}
         self.identity = _identity(Path(model_dir), self.model.running)
@@ -137,7 +131,7 @@ class CerberusPredictor:
         if self.device.type == "cuda":
             budget, per_px = cuda_budget(self.device), self._cuda_bytes()
         else:
-            budget, per_px = cpu_budget(), CPU_BYTES_PER_INPUT_PX
+            budget, per_px = cpu_budget(self.memory), CPU_BYTES_PER_INPUT_PX
         return fitting_tiles(budget, per_px, (height + 2 * CONTEXT) * (width + 2 * CONTEXT), self.batch_size)
 
     def _cuda_bytes(self) -> float:
@@ -182,5 +176,5 @@ class CerberusPredictor:
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast, _tf32(self.tf32):
+        with torch.inference_mode(), autocast:
             yield from self.model.tile_logits(images)

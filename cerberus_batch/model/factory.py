@@ -18,12 +18,14 @@ def build_predictor(
     batch_size: int = 8,
     device: str | None = None,
     amp: Literal["bf16", "fp16"] | None = None,
+    memory: float | None = None,
 ) -> Predictor:
-    """A model of `kind`; Cerberus loads `weights` (the official folder) and honours the other options."""
+    """A model of `kind`; Cerberus loads `weights` (the official folder) and honours the other options
+    (`memory`: the bytes its batches may use on the CPU, default what is free)."""
     if kind == "stain":
         from cerberus_batch.model.stain import StainPredictor
 
         return StainPredictor()
     from cerberus_batch.model.cerberus import CerberusPredictor
 
-    return CerberusPredictor(weights, heads=heads, mode=mode, tile=tile, batch_size=batch_size, device=device, amp=amp)
+    return CerberusPredictor(weights, heads=heads, mode=mode, tile=tile, batch_size=batch_size, device=device, amp=amp, memory=memory)

@@ -16,21 +16,11 @@ CPU_BATCH_BYTES = 2 * 2**30
 CUDA_FILL = 0.8  # share of the free device memory a batch may take; the allocator fragments the rest
 
 
-def worker_memory() -> float:
-    """Bytes this process may use: what is free, and no more than the Dask worker's memory limit."""
+def cpu_budget(memory: float | None = None) -> float:
+    """Bytes one CPU batch may hold: half of `memory` (what the predictor may use; default: what is
+    free), the rest being its chunks and slides, and at most CPU_BATCH_BYTES."""
     available = float(psutil.virtual_memory().available)
-    try:
-        from distributed import get_worker
-
-        limit = get_worker().memory_manager.memory_limit
-    except (ImportError, ValueError, AttributeError):  # not in a Dask worker
-        return available
-    return min(available, float(limit)) if limit else available
-
-
-def cpu_budget() -> float:
-    """Bytes one CPU batch may hold: half the worker's memory (the rest is its chunks and slides), at most CPU_BATCH_BYTES."""
-    return min(CPU_BATCH_BYTES, worker_memory() / 2)
+    return min(CPU_BATCH_BYTES, min(available, memory or available) / 2)
 
 
 def cuda_budget(device: torch.device) -> float:

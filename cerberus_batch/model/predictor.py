@@ -43,18 +43,12 @@ def output_size(image: np.ndarray) -> tuple[int, int]:
 
 
 def numerics(model_kind: str, device_type: str, amp: str | None) -> str:
-    """How a model's forward passes compute, e.g. "cpu-fp32", "cuda-tf32", "cuda-bf16".
+    """How a model's forward passes compute, e.g. "cpu-fp32", "cuda-fp32", "cuda-bf16".
 
     Maps computed one way differ slightly from another's, so a run records it. Only Cerberus
-    runs on a device (the stain baseline is numpy on the CPU). Plain fp32 convolutions on CUDA
-    use TF32 where PyTorch allows it (its default, `torch.backends.cudnn.allow_tf32`).
+    runs on a device (the stain baseline is numpy on the CPU). Runs never use TF32 (the
+    predictor switches it off), so plain CUDA passes are fp32.
     """
     if model_kind != "cerberus":
         return "cpu-fp32"
-    if amp is not None:
-        return f"{device_type}-{amp}"
-    if device_type == "cuda":
-        import torch
-
-        return "cuda-tf32" if torch.backends.cudnn.allow_tf32 else "cuda-fp32"
-    return f"{device_type}-fp32"
+    return f"{device_type}-{amp or 'fp32'}"

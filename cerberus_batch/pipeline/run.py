@@ -28,6 +28,7 @@ from typing import Any, Callable
 from distributed import Client, Future, WorkerPlugin, as_completed
 
 from cerberus_batch.cluster.placement import placement
+from cerberus_batch.cohort_report import CohortReport
 from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.progress import RunProgress
@@ -38,7 +39,7 @@ from cerberus_batch.pipeline.work import (
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
-from cerberus_batch.storage.ledger import Ledger, check_run
+from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, Ledger, check_run
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.summary import write_cohort_summary
 from cerberus_batch.tasks.merge import border_shares
@@ -88,8 +89,6 @@ def _not_a_task_failure(record: logging.LogRecord) -> bool:
     return not (message.startswith("Compute Failed") or ("Async instruction" in message and "CancelledError" in message))
 
 
-MAPS, INSTANCES, PYRAMID = "maps", "instances", "pyramid"  # a slide's stages, as the ledger records them
-
 CHUNKS_PER_BORDER_TASK = 8  # a slide's nuclei on chunk borders are finished by one task per this many chunks
 MOST_BORDER_TASKS = 16
 
@@ -132,7 +131,7 @@ class CohortRun:
         self.token = uuid.uuid4().hex[:8]
         for slide in cohort.slides:
             report.slides[slide.id] = SlideOutcome()
-        self.records = RunRecords(cohort, report, self.ledger)
+        self.records = RunRecords(cohort, report, self.ledger, progress.note)
 
     def submit(self, slide: SlideEntry, on_done: Callable[[SlideEntry, Future], None] | None, fn, *args, key: str, **kwargs) -> Future:
         """Submit a task of a slide; `on_done` runs when it finishes (None: a dependency of one that has it).
@@ -215,16 +214,16 @@ class CohortRun:
         }
         outcome.chunks_skipped = len(plan.chunks) - len(inferred)
         self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
-        outcome.tables_skipped = self.ledger.slide_stage(slide.id, INSTANCES) is not None
+        outcome.tables_skipped = self.ledger.slide_stage(slide.id, TABLES_COMMITTED) is not None
         # Maps this run writes get their levels anew; maps an earlier run wrote, unless it recorded their
         # levels (a replanned slide's ledger goes with its maps).
-        levels = bool(inferred) or self.ledger.slide_stage(slide.id, PYRAMID) is None
-        awaiting = self.awaiting[slide.id] = {MAPS}
+        levels = bool(inferred) or self.ledger.slide_stage(slide.id, LEVELS_WRITTEN) is None
+        awaiting = self.awaiting[slide.id] = {MAPS_WRITTEN}
         if not outcome.tables_skipped:
-            awaiting.add(INSTANCES)
+            awaiting.add(TABLES_COMMITTED)
             self.find_instances(slide, plan, inferred)
         if levels:
-            awaiting.add(PYRAMID)
+            awaiting.add(LEVELS_WRITTEN)
             # Below the instance tasks' priority: the levels never hold up the objects.
             self.submit(slide, self.on_pyramid, pyramid_task, slide.id, c.output, list(inferred.values()),
                         key=f"pyramid-{slide.id}", resources=self.cpu_resources)
@@ -265,18 +264,18 @@ class CohortRun:
             self.maps_done(slide)
 
     def maps_done(self, slide: SlideEntry) -> None:
-        self.ledger.mark_slide(slide.id, MAPS, {"chunks": self.report.slides[slide.id].chunks})
-        self.stage_done(slide, MAPS)
+        self.ledger.mark_slide(slide.id, MAPS_WRITTEN, {"chunks": self.report.slides[slide.id].chunks})
+        self.stage_done(slide, MAPS_WRITTEN)
 
     def on_overview(self, slide: SlideEntry, future: Future) -> None:
         """The slide's tables are committed and its QC picture drawn: its instance stage is done."""
-        self.ledger.mark_slide(slide.id, INSTANCES, future.result())
-        self.stage_done(slide, INSTANCES)
+        self.ledger.mark_slide(slide.id, TABLES_COMMITTED, future.result())
+        self.stage_done(slide, TABLES_COMMITTED)
 
     def on_pyramid(self, slide: SlideEntry, future: Future) -> None:
         """The viewer levels of the slide's maps are written and listed."""
-        self.ledger.mark_slide(slide.id, PYRAMID, {"levels": future.result()})
-        self.stage_done(slide, PYRAMID)
+        self.ledger.mark_slide(slide.id, LEVELS_WRITTEN, {"levels": future.result()})
+        self.stage_done(slide, LEVELS_WRITTEN)
 
     def stage_done(self, slide: SlideEntry, stage: str) -> None:
         awaiting = self.awaiting[slide.id]
@@ -307,18 +306,16 @@ class RunRecords:
     rows, read once at the start and again for each slide that finishes).
     """
 
-    def __init__(self, cohort: Cohort, report: RunReport, ledger: Ledger) -> None:
-        self.cohort, self.report, self.ledger = cohort, report, ledger
+    def __init__(self, cohort: Cohort, report: RunReport, ledger: Ledger, note: Callable[[str], None]) -> None:
+        self.cohort, self.report, self.ledger, self.note = cohort, report, ledger, note
         self.rows: dict[str, dict[str, Any]] = {}
         for slide in cohort.slides:
             self.slide_finished(slide.id)
         self.due = 0.0  # time.monotonic() from which the next rewrite may happen
-        from cerberus_batch.cohort_report import CohortReport
-
         self.html = CohortReport(cohort.output)
 
     def slide_finished(self, slide_id: str) -> None:
-        row = self.ledger.slide_stage(slide_id, "instances")
+        row = self.ledger.slide_stage(slide_id, TABLES_COMMITTED)
         if row is None:
             self.rows.pop(slide_id, None)
         else:
@@ -333,7 +330,10 @@ class RunRecords:
         if rows:  # before the report: a slide the report calls done always has its summary row
             write_cohort_summary(self.cohort.output, rows)
         self.report.write(self.cohort.output)
-        self.html.write()  # from the records just written
+        try:  # from the records just written; a report that cannot be drawn must not stop the cohort
+            self.html.write()
+        except Exception as err:  # noqa: BLE001 - any failure of a view, reported in one line
+            self.note(f"WARNING {self.html.path}: not rewritten: {first_line(err, typed=True)}")
         self.due = time.monotonic() + max(REPORT_EVERY, (time.monotonic() - began) / REPORT_SHARE)
 
 

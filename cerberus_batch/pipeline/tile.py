@@ -120,7 +120,7 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
         overlay = Image.fromarray(original)
         for kind in DRAWING_ORDER:
             write_geoparquet(tables[kind.name], written.table(kind.name))
-            draw_instances(overlay, kind.name, [tables[kind.name]], 1.0, dots=False)
+            draw_instances(overlay, kind.name, [tables[kind.name]], 1.0)
         overlay.save(written.overlay)
     return {kind.name: len(tables[kind.name]) for kind in DRAWING_ORDER}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from distributed import get_worker
 
 from cerberus_batch import __version__
 from cerberus_batch.grid import ChunkBox, whole_cells
@@ -42,22 +43,36 @@ from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.vocabulary import TISSUE, class_names
 
 
-def cohort_predictor(model: ModelSpec, processing: ProcessingSpec, device: str | None = None) -> Predictor:
+def cohort_predictor(
+    model: ModelSpec, processing: ProcessingSpec, device: str | None = None, memory: float | None = None,
+) -> Predictor:
     """The model a cohort asks for."""
     return build_predictor(
         model.kind, model.weights, heads=model.heads, mode=processing.mode, tile=processing.tile,
-        batch_size=processing.batch_size, device=device or model.device, amp=model.amp,
+        batch_size=processing.batch_size, device=device or model.device, amp=model.amp, memory=memory,
     )
 
 
 def _predictor(model: ModelSpec, processing: ProcessingSpec) -> Predictor:
     """This worker process's model, loaded on first use."""
-    return _cached_predictor(model.model_dump_json(), processing.model_dump_json())
+    return _cached_predictor(model.model_dump_json(), processing.model_dump_json(), _thread_memory())
+
+
+def _thread_memory() -> float | None:
+    """A worker thread's share of its worker's memory limit (None: no limit, or not in a worker), for its batches."""
+    try:
+        worker = get_worker()
+    except ValueError:  # called outside Dask (tests, benchmarks)
+        return None
+    limit = worker.memory_manager.memory_limit
+    return limit / max(1, worker.state.nthreads) if limit else None
 
 
 @lru_cache(maxsize=2)
-def _cached_predictor(model_json: str, processing_json: str) -> Predictor:
-    return cohort_predictor(ModelSpec.model_validate_json(model_json), ProcessingSpec.model_validate_json(processing_json))
+def _cached_predictor(model_json: str, processing_json: str, memory: float | None) -> Predictor:
+    return cohort_predictor(
+        ModelSpec.model_validate_json(model_json), ProcessingSpec.model_validate_json(processing_json), memory=memory,
+    )
 
 
 def map_settings(processing: ProcessingSpec) -> dict[str, Any]:
@@ -221,7 +236,7 @@ def overview_task(slide_id: str, output: Path, summary: dict[str, Any]) -> dict[
     """Draw the slide's QC picture from its committed tables; passes the merge's summary row on.
 
     A task of its own: drawing reads every object of the slide, the merge only those on chunk borders."""
-    write_overview(output, slide_id)
+    write_overview(output, slide_id, summary)
     return summary
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, Tile, tissue_cells, tissue_tiles
+from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, Tile, chunk_tissue, tissue_tiles
 from cerberus_batch.slides.mask import TissueMask
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView
@@ -89,18 +89,23 @@ class ChunkPlan:
             cells[top : top + rows, left : left + cols] = np.reshape(c.tissue_px, (rows, cols))
         return cells
 
-    def input_per_tissue_px(self, tile: int | None) -> float:
-        """Input px the model reads per output px of tissue cells: passes of `tile` px shrunk to their
-        tissue cells (`grid.tissue_tiles`) plus context, or with None whole chunks plus context."""
+    def input_px(self, tile: int | None) -> int:
+        """Input px the model reads: passes of `tile` px shrunk to their tissue cells
+        (`grid.tissue_tiles`) plus context, or with None (a model that takes whole chunks) every
+        kept chunk plus context."""
         read = 0
         for c in self.chunks:
-            cells = tissue_cells(c.h // self.cell, c.w // self.cell, c.empty_cells)
+            cells = chunk_tissue(c.h // self.cell, c.w // self.cell, c.empty_cells)
             passes = tissue_tiles(cells, tile) if tile else [Tile(0, 0, c.h, c.w)]
             read += sum((t.h + 2 * CONTEXT) * (t.w + 2 * CONTEXT) for t in passes)
-        return read / (self.cells * self.cell**2) if self.cells else 0.0
+        return read
+
+    def input_per_tissue_px(self, tile: int | None) -> float:
+        """`input_px` per output px of tissue cells."""
+        return self.input_px(tile) / (self.cells * self.cell**2) if self.cells else 0.0
 
     def summary(self) -> dict[str, object]:
-        """Tissue area, kept chunks and cells, and the work they imply in megapixels."""
+        """Tissue area, kept chunks and cells, and their output megapixels."""
         cell_rows, cell_cols = (math.ceil(n / self.cell) for n in self.shape)
         return {
             "slide_id": self.slide_id,
@@ -113,8 +118,6 @@ class ChunkPlan:
             "cells": self.cells,
             "cells_total": cell_rows * cell_cols,
             "output_megapixels": self.cells * self.cell**2 / 1e6,
-            # Estimated work: what the model reads, every kept chunk with its context border.
-            "work_megapixels": sum((c.w + 2 * CONTEXT) * (c.h + 2 * CONTEXT) for c in self.chunks) / 1e6,
         }
 
 

@@ -5,7 +5,7 @@ OUT/run.json  run_report.json  summary.parquet  summary.csv  .cerberus-batch.loc
 OUT/maps/<slide>/                                   Zarr group of the slide's maps
 OUT/tables/<kind>/slide_id=<slide>/part-*.parquet   GeoParquet, hive-partitioned by slide, a part per chunk + the merge's
 OUT/tables/<kind>/.staging/slide_id=<slide>/<run token>/   a run's parts of the slide until its commit renames them into place
-OUT/tables/overview/<slide>.png                     QC picture
+OUT/tables/overview/<slide>.png  <slide>.jpg       QC picture, and its preview for the cohort report
 OUT/masks/<slide>.png  OUT/plans/<slide>.json  OUT/logs/<slide>.log
 OUT/ledger/<slide>/                                 resume markers
 ```
@@ -93,6 +93,9 @@ class OutputLayout:
 
     def overview(self, slide_id: str) -> Path:
         return self.tables("overview") / f"{slide_id}.png"
+
+    def overview_preview(self, slide_id: str) -> Path:
+        return self.overview(slide_id).with_suffix(".jpg")
 
     def mask(self, slide_id: str) -> Path:
         return self.root / MASKS / f"{slide_id}.png"

@@ -18,6 +18,9 @@ from cerberus_batch.storage.layout import OutputLayout
 
 
 NUMERICS = "numerics"  # the fingerprint key a resume may change with --allow-device-change
+# A slide's stages, each recorded once finished: its maps written, its tables committed (with
+# their counts), its maps' viewer levels written.
+MAPS_WRITTEN, TABLES_COMMITTED, LEVELS_WRITTEN = "maps", "instances", "pyramid"
 
 
 class Ledger:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -25,10 +25,20 @@ def slide_summary(
         row[f"{kind.name}_count"] = count
         row[f"{kind.name}_per_mm2"] = count / tissue_mm2 if tissue_mm2 else 0.0
         for name, n in sorted(counts.items()):
-            row[f"{kind.name}_{name}_count"] = int(n)
+            row[count_column(kind.name, name)] = int(n)
     for name, mm2 in sorted(tissue_types.items()):
         row[f"tissue_{name}_mm2"] = mm2
     return row
+
+
+def count_column(kind: str, class_name: str) -> str:
+    """The summary's column of a class's count."""
+    return f"{kind}_{class_name}_count"
+
+
+def summary_class_counts(row: Mapping[str, Any], kind: str, class_names: Sequence[str]) -> dict[str, int]:
+    """A summary row's count of each of these classes of a kind (0 where the row has none)."""
+    return {name: int(row.get(count_column(kind, name), 0)) for name in class_names}
 
 
 def write_cohort_summary(output: Path, rows: list[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, tissue_cells
+from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, chunk_tissue
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.storage.maps import MapSpec, quantise
 from cerberus_batch.vocabulary import HEAD_MAPS
@@ -78,4 +78,4 @@ def predict_chunk(
     """Run the model on one chunk's output box; `empty_cells` (row, col in the chunk) hold no tissue,
     so a model may skip them."""
     x, y, w, h = box
-    return predictor.predict(read_chunk(read, x, y, w, h), tissue_cells(h // CELL, w // CELL, empty_cells))
+    return predictor.predict(read_chunk(read, x, y, w, h), chunk_tissue(h // CELL, w // CELL, empty_cells))
