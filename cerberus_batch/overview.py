@@ -51,8 +51,8 @@ def write_overview(output: str | Path, slide_id: str, summary: Mapping[str, Any]
     layout = OutputLayout(output)
     group = open_slide_maps(layout.maps(slide_id))
     attrs = dict(group.attrs)
-    computed = [kind for kind in DRAWING_ORDER if computed(kind, attrs.get("heads", ()))]
-    parts = {kind.name: layout.table_files(kind.name, slide_id) for kind in computed}
+    found = [kind for kind in DRAWING_ORDER if computed(kind, attrs.get("heads", ()))]
+    parts = {kind.name: layout.table_files(kind.name, slide_id) for kind in found}
     with open_slide(attrs["slide_path"]) as slide:
         width, height = slide.info.dimensions
         thumbnail = Image.fromarray(slide.thumbnail(size))
@@ -60,7 +60,7 @@ def write_overview(output: str | Path, slide_id: str, summary: Mapping[str, Any]
         crops = [(caption, box, Image.fromarray(slide.read_level(0, *box[:2], CROP, CROP))) for caption, box in regions]
     factor = max(width, height) / size  # level-0 px per thumbnail px, as `Slide.thumbnail` scales
     level0_mpp = float(attrs["mpp"]) / Transform.from_dict(attrs["transform"]).scale_x
-    for kind in computed:
+    for kind in found:
         dots = kind is NUCLEI and factor * level0_mpp > OUTLINE_UM_PER_PX
         for part in table_batches(parts[kind.name]):  # one read of the table for every panel
             draw_instances(thumbnail, kind.name, [part], factor, dots=dots)
@@ -69,7 +69,7 @@ def write_overview(output: str | Path, slide_id: str, summary: Mapping[str, Any]
     counts = {  # the merge's summary row has them; else one more read of the tables' class column
         kind.name: summary_class_counts(summary, kind.name, class_names(kind, attrs["class_names"])) if summary
         else class_counts(output, kind.name, slide_id)
-        for kind in computed
+        for kind in found
     }
     tissue = None
     maps = map_arrays(group)

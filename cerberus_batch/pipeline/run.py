@@ -224,7 +224,8 @@ class CohortRun:
             self.find_instances(slide, plan, inferred)
         if levels:
             awaiting.add(LEVELS_WRITTEN)
-            # Below the instance tasks' priority: the levels never hold up the objects.
+            # Below the instance tasks' priority, so the levels never delay the objects; the slide keeps
+            # its place in flight until they are written too.
             self.submit(slide, self.on_pyramid, pyramid_task, slide.id, c.output, list(inferred.values()),
                         key=f"pyramid-{slide.id}", resources=self.cpu_resources)
         if not inferred:
