@@ -166,9 +166,13 @@ class CerberusPredictor:
         return {key: value.float().cpu().numpy() for key, value in self._logits(torch.from_numpy(images))}
 
     def _forward(self, inputs: torch.Tensor) -> Iterator[tuple[str, np.ndarray]]:
-        """(output key, probabilities) of one batch, a head at a time, so no head's logits outlive it."""
+        """(output key, probabilities) of one batch, a head at a time, so no head's logits outlive it.
+
+        On CUDA they cross to the host as float16, half the bytes of float32 (stored maps are uint8 or
+        float16); the CPU path keeps float32, so its maps stay bit for bit what they were."""
         for key, logits in self._logits(inputs):
-            yield key, probabilities(key, logits).cpu().numpy()
+            prob = probabilities(key, logits)
+            yield key, (prob.half() if prob.is_cuda else prob).cpu().numpy()
 
     def _logits(self, inputs: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         images = inputs.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
