@@ -12,7 +12,7 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 from bokeh.embed import components
@@ -55,8 +55,8 @@ class CohortReport:
         summary_file = layout.summaries[0]
         summary = pd.read_parquet(summary_file).set_index("slide_id") if summary_file.is_file() else pd.DataFrame()
         slides = [_slide(layout, slide_id, outcome, summary) for slide_id, outcome in run["slides"].items()]
-        with atomic_path(self.path) as partial:
-            partial.write_text(_page(run, slides, layout), encoding="utf-8")
+        with atomic_path(self.path) as partial, open(partial, "w", encoding="utf-8") as page:
+            page.writelines(_page(run, slides, layout))
         return self.path
 
 
@@ -155,31 +155,17 @@ def _bar(shares: list[float], names: list[str]) -> str:
     return f"<div class='bar'>{segments}</div>"
 
 
-def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayout) -> str:
+def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayout) -> Iterator[str]:
+    """The page in pieces, a slide's row (with its picture) at a time: the pictures of a 1,000-slide
+    cohort never sit in memory together."""
     names = _tissue_names(slides)
     script, divs = _plots(slides, names)
     statuses = [s["outcome"]["status"] for s in slides]
     said = ", ".join(f"{statuses.count(k)} {k}" for k in ("done", "failed", "pending") if statuses.count(k))
-    rows = []
-    for slide in slides:
-        outcome, row = slide["outcome"], slide["row"]
-        reason = outcome.get("error") or outcome.get("note") or ""
-        picture = _preview(layout.overview_preview(slide["id"]))
-        relative = layout.overview(slide["id"]).relative_to(layout.root).as_posix()
-        shown = (f"<a href='{html.escape(relative)}'><img class='qc' alt='QC picture of {html.escape(slide['id'])}' "
-                 f"src='{picture}'></a>" if picture else "<span class='muted'>no QC picture</span>")
-        tissue = float(row["tissue_mm2"]) if row else float(outcome.get("tissue_mm2", 0.0))
-        rows.append(
-            f"<tr class='slide' id='slide-{html.escape(slide['id'])}'><td><b>{html.escape(slide['id'])}</b></td>"
-            f"<td><span class='status {outcome['status']}'>{outcome['status']}</span></td>"
-            f"<td class='reason'>{html.escape(reason)}</td><td>{float(outcome.get('seconds', 0.0)):,.1f} s</td>"
-            f"<td>{tissue:,.2f}</td>{_counts(slide)}<td class='composition'>{_bar(_composition(row, names), names)}</td></tr>"
-            f"<tr class='picture'><td colspan='9'>{shown}</td></tr>"
-        )
     legend = "".join(f"<span class='key'><span style='background:{_hex(c)}'></span>{html.escape(n)}</span>"
                      for n, c in zip(names, tissue_colours(names)))
     title = html.escape(f"{run['cohort']}: cohort report")
-    return f"""<!DOCTYPE html>
+    yield f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 {BOKEH.render()}
 <style>{STYLE}</style>
@@ -191,7 +177,23 @@ def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayou
 <p class="muted">Tissue composition: {legend}</p>
 <table><thead><tr><th>slide</th><th>status</th><th>reason</th><th>time</th><th>tissue mm²</th>
 {''.join(f'<th>{k.name}</th>' for k in OBJECTS)}<th>tissue composition</th></tr></thead>
-<tbody>{''.join(rows)}</tbody></table>
+<tbody>"""
+    for slide in slides:
+        outcome, row = slide["outcome"], slide["row"]
+        reason = outcome.get("error") or outcome.get("note") or ""
+        picture = _preview(layout.overview_preview(slide["id"]))
+        relative = layout.overview(slide["id"]).relative_to(layout.root).as_posix()
+        shown = (f"<a href='{html.escape(relative)}'><img class='qc' alt='QC picture of {html.escape(slide['id'])}' "
+                 f"src='{picture}'></a>" if picture else "<span class='muted'>no QC picture</span>")
+        tissue = float(row["tissue_mm2"]) if row else float(outcome.get("tissue_mm2", 0.0))
+        yield (
+            f"<tr class='slide' id='slide-{html.escape(slide['id'])}'><td><b>{html.escape(slide['id'])}</b></td>"
+            f"<td><span class='status {outcome['status']}'>{outcome['status']}</span></td>"
+            f"<td class='reason'>{html.escape(reason)}</td><td>{float(outcome.get('seconds', 0.0)):,.1f} s</td>"
+            f"<td>{tissue:,.2f}</td>{_counts(slide)}<td class='composition'>{_bar(_composition(row, names), names)}</td></tr>"
+            f"<tr class='picture'><td colspan='9'>{shown}</td></tr>"
+        )
+    yield f"""</tbody></table>
 {script}
 </body></html>
 """
