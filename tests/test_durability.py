@@ -3,6 +3,7 @@ to the data it vouches for, and every folder a file was renamed into, has been f
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
+from cerberus_batch.storage.atomic import make_dirs
 from cerberus_batch.storage.ledger import TABLES_COMMITTED, Ledger
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import OutputLayout
@@ -105,3 +107,22 @@ def test_a_table_commit_is_durable_before_its_ledger_marker(tmp_path, monkeypatc
     assert layout.table_folder("nuclei", "s") in renamed and layout.table_folder("glands", "s") in renamed
     assert layout.replaced_tables("nuclei", "s") in renamed  # the earlier folder, moved aside
     assert recorder.unsynced_before(marker) == []
+
+
+def _make_same_folders(roots: list[str]) -> int:
+    for root in roots:
+        make_dirs(Path(root) / "out" / "masks")
+    return len(roots)
+
+
+def test_workers_making_the_same_new_folders_at_once_all_succeed(tmp_path):
+    """Slides planned side by side each make OUT/masks, OUT/plans, …: whoever comes second must not fail."""
+    roots = [str(tmp_path / f"run{i}") for i in range(300)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert sum(pool.map(_make_same_folders, [roots] * 4)) == 4 * len(roots)
+    assert all((Path(root) / "out" / "masks").is_dir() for root in roots)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError, match="a-file"):
+        make_dirs(tmp_path / "a-file" / "out")
+    with pytest.raises(NotADirectoryError, match="a-file"):
+        make_dirs(tmp_path / "a-file")

@@ -52,11 +52,12 @@ def make_dirs(path: str | Path) -> Path:
     for folder in (path, *path.parents):
         if folder.is_dir():
             break
-        if folder.exists():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
         missing.append(folder)
     for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
+        try:  # another worker may make the same folder at the same moment: that is no error
+            folder.mkdir(exist_ok=True)
+        except FileExistsError:  # a file is in the way
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
         fsync_path(folder)
         fsync_path(folder.parent)
     return path
