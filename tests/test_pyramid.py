@@ -4,7 +4,6 @@ once the slide's maps are written, never waited on by its objects, and rebuilt o
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
