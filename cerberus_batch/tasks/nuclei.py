@@ -136,57 +136,88 @@ def segment_nuclei(
 
 
 @jit
+def _root(parent, r):
+    while parent[r] != r:
+        parent[r] = parent[parent[r]]  # path halving
+        r = parent[r]
+    return r
+
+
+@jit
 def _supports(inner, contour, table, threshold):
     h, w = inner.shape
-    labels = np.zeros((h, w), np.int32)
-    count = 0
+    # Runs of foreground along rows, in raster order; joined to the previous row's runs they touch
+    # (8-connected) by union-find, each component rooted at its first run. Untouched room is free.
+    cap = h * ((w + 1) // 2)
+    run_y = np.empty(cap, np.int64)
+    run_x0 = np.empty(cap, np.int64)
+    run_x1 = np.empty(cap, np.int64)
+    parent = np.empty(cap, np.int64)
+    n_runs = 0
+    above = 0  # the previous row's first run
     for y in range(h):
-        for x in range(w):
+        here = n_runs
+        x = 0
+        while x < w:
             if _read(inner, table, y, x) + _read(contour, table, y, x) > threshold:
-                labels[y, x] = -1  # foreground, not yet labelled
-                count += 1
-    # Sized for the worst case up front: arrays grown inside the loop slow all of it down.
+                start = x
+                x += 1
+                while x < w and _read(inner, table, y, x) + _read(contour, table, y, x) > threshold:
+                    x += 1
+                run_y[n_runs], run_x0[n_runs], run_x1[n_runs], parent[n_runs] = y, start, x, n_runs
+                n_runs += 1
+            x += 1
+        if y > 0:
+            q = above
+            for r in range(here, n_runs):
+                while q < here and run_x1[q] < run_x0[r]:  # ends left of r's reach
+                    q += 1
+                k = q
+                while k < here and run_x0[k] <= run_x1[r]:
+                    a, b = _root(parent, r), _root(parent, k)
+                    if a < b:
+                        parent[b] = a
+                    elif b < a:
+                        parent[a] = b
+                    k += 1
+        above = here
+    # Components numbered in raster order of their first runs (so of their first pixels).
+    label = np.empty(n_runs, np.int32)
+    n = 0
+    for r in range(n_runs):
+        root = _root(parent, r)
+        if root == r:
+            n += 1
+            label[r] = n
+        else:
+            label[r] = label[root]
+    starts = np.zeros(n + 1, np.int64)
+    boxes = np.empty((n, 4), np.int64)
+    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = h, w, 0, 0
+    for r in range(n_runs):
+        k = label[r] - 1
+        starts[k + 1] += run_x1[r] - run_x0[r]
+        boxes[k, 0] = min(boxes[k, 0], run_y[r])
+        boxes[k, 1] = min(boxes[k, 1], run_x0[r])
+        boxes[k, 2] = run_y[r] + 1
+        boxes[k, 3] = max(boxes[k, 3], run_x1[r])
+    for k in range(n):
+        starts[k + 1] += starts[k]
+    count = starts[n]
+    labels = np.zeros((h, w), np.int32)
     rows = np.empty(count, np.int64)
     cols = np.empty(count, np.int64)
-    starts = np.empty(count + 1, np.int64)
-    n = 0
-    tail = 0
-    for y in range(h):
-        for x in range(w):
-            if labels[y, x] != -1:
-                continue
-            n += 1
-            labels[y, x] = n
-            head = tail
-            starts[n - 1] = head
-            rows[tail], cols[tail] = y, x  # the component's first pixel in raster order
-            tail += 1
-            while head < tail:
-                py, px = rows[head], cols[head]
-                head += 1
-                for qy in range(max(py - 1, 0), min(py + 2, h)):
-                    for qx in range(max(px - 1, 0), min(px + 2, w)):
-                        if labels[qy, qx] == -1:
-                            labels[qy, qx] = n
-                            rows[tail], cols[tail] = qy, qx
-                            tail += 1
-    starts[n] = tail
-    boxes = np.empty((n, 4), np.int64)
-    for k in range(n):
-        y0, x0, y1, x1 = h, w, 0, 0
-        for i in range(starts[k], starts[k + 1]):
-            y0, x0, y1, x1 = min(y0, rows[i]), min(x0, cols[i]), max(y1, rows[i] + 1), max(x1, cols[i] + 1)
-        boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3] = y0, x0, y1, x1
-    # Each component's pixels in raster order: the flood and the records need that order.
     fill = starts[:n].copy()
-    for y in range(h):
-        for x in range(w):
-            label = labels[y, x]
-            if label:
-                rows[fill[label - 1]], cols[fill[label - 1]] = y, x
-                fill[label - 1] += 1
+    for r in range(n_runs):
+        k = label[r] - 1
+        at = fill[k]
+        for x in range(run_x0[r], run_x1[r]):
+            labels[run_y[r], x] = k + 1
+            rows[at], cols[at] = run_y[r], x
+            at += 1
+        fill[k] = at
     first = rows[starts[:n]] * w + cols[starts[:n]]
-    return labels, boxes, first, np.diff(starts[: n + 1]), rows, cols, starts[: n + 1].copy()
+    return labels, boxes, first, np.diff(starts), rows, cols, starts
 
 
 @jit
@@ -439,7 +470,7 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
         hh, ww = boxes[s, 2] - boxes[s, 0] + 2, boxes[s, 3] - boxes[s, 1] + 2
         most_px = max(most_px, starts[s + 1] - starts[s] + 1)
         most_box, most_sides = max(most_box, hh * ww + 1), max(most_sides, 2 * (hh + ww))
-    scratch_bool = np.empty((5, most_box), np.bool_)  # own, eroded, seeds, body, border
+    scratch_bool = np.empty((4, most_box), np.bool_)  # eroded, seeds, body, border
     scratch_int = np.empty((3, most_box), np.int32)  # comp, markers, flooded
     queue_all = np.empty(most_box, np.int64)
     queue_x_all = np.empty(most_box, np.int64)
@@ -457,51 +488,57 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
         # (a support's box is mostly background).
         size2 = hh * ww
         ly, lx = scratch_px[0, :count], scratch_px[1, :count]
-        own = scratch_bool[0, :size2].reshape((hh, ww))
-        own[:] = False
         for i in range(count):
             ly[i], lx[i] = rows[starts[s] + i] - oy, cols[starts[s] + i] - ox
-            own[ly[i], lx[i]] = True
         queue, queue_x = queue_all[: size2 + 1], queue_x_all[: size2 + 1]
         value = value_all[:size2]  # -inner, the flood's height, at the support's pixels
         sizes = scratch_px[2, : count + 1]
-        border = scratch_bool[4, : size2 + 1]
+        border = scratch_bool[3, : size2 + 1]
         comp = scratch_int[0, :size2].reshape((hh, ww))
         # body: eroded by the cross, small parts removed; seeds: inner > 0.5, small parts removed
-        eroded = scratch_bool[1, :size2].reshape((hh, ww))
-        seeds = scratch_bool[2, :size2].reshape((hh, ww))
+        eroded = scratch_bool[0, :size2].reshape((hh, ww))
+        seeds = scratch_bool[1, :size2].reshape((hh, ww))
         eroded[:] = False
         seeds[:] = False
+        inside = oy >= 0 and ox >= 0 and oy + hh <= h and ox + ww <= w  # no neighbour beyond the window
         for i in range(count):
             y, x = ly[i] + oy, lx[i] + ox
-            keep = True
-            for k in range(4):
-                qy, qx = y + NY[k], x + NX[k]
-                if qy < 0:
-                    keep = keep and edges[0]
-                elif qy >= h:
-                    keep = keep and edges[1]
-                elif qx < 0:
-                    keep = keep and edges[2]
-                elif qx >= w:
-                    keep = keep and edges[3]
-                else:
-                    keep = keep and own[qy - oy, qx - ox]
+            if inside:
+                keep = (support[y - 1, x] == label and support[y, x - 1] == label and support[y, x + 1] == label
+                        and support[y + 1, x] == label)
+            else:
+                keep = True
+                for k in range(4):
+                    qy, qx = y + NY[k], x + NX[k]
+                    if qy < 0:
+                        keep = keep and edges[0]
+                    elif qy >= h:
+                        keep = keep and edges[1]
+                    elif qx < 0:
+                        keep = keep and edges[2]
+                    elif qx >= w:
+                        keep = keep and edges[3]
+                    else:
+                        keep = keep and support[qy, qx] == label
             eroded[ly[i], lx[i]] = keep
             probability = _read(inner, table, y, x)
             seeds[ly[i], lx[i]] = probability > 0.5
             value[ly[i] * ww + lx[i]] = -np.float64(probability)
         comp_f = comp.reshape(size2)
         _label_list(eroded.reshape(size2), comp_f, ww, queue, sizes, ly, lx)
-        body = scratch_bool[3, :size2].reshape((hh, ww))
+        body = scratch_bool[2, :size2].reshape((hh, ww))
         body[:] = False
         for i in range(count):
             c = comp[ly[i], lx[i]]
             body[ly[i], lx[i]] = eroded[ly[i], lx[i]] and sizes[c] >= min_area
-        _label_list(seeds.reshape(size2), comp_f, ww, queue, sizes, ly, lx)
+        # markers: the seeds' parts, relabelled below only if filling holes joins or grows them
+        markers = scratch_int[1, :size2].reshape((hh, ww))
+        _label_list(seeds.reshape(size2), markers.reshape(size2), ww, queue, sizes, ly, lx)
         for i in range(count):
-            c = comp[ly[i], lx[i]]
-            seeds[ly[i], lx[i]] = seeds[ly[i], lx[i]] and sizes[c] >= marker_min_area
+            y, x = ly[i], lx[i]
+            if markers[y, x] and sizes[markers[y, x]] < marker_min_area:
+                seeds[y, x] = False
+                markers[y, x] = 0
         # holes of the markers, filled unless they touch another support
         holes, left, right = _enclosed(seeds, comp, queue, queue_x, border, ly, lx, spans)
         clean = np.ones(holes + 1, np.bool_)
@@ -520,42 +557,68 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
                         other = support[qy, qx]
                         if other != 0 and other != label:
                             clean[c] = False
+        filled = False
         for y in range(hh):
             for x in range(left[y] + 1, right[y]):
                 c = comp[y, x]
                 if c and not seeds[y, x] and not border[c] and clean[c]:
                     seeds[y, x] = True
-        markers = scratch_int[1, :size2].reshape((hh, ww))
-        markers[:] = 0
-        # every marker holds a seed, one of these pixels
-        _label_list(seeds.reshape(size2), markers.reshape(size2), ww, queue, sizes, ly, lx)
+                    filled = True
+        if filled:
+            markers[:] = 0  # filled holes may lie off the support, where `_label_list` does not reset
+            # every marker holds a seed, one of these pixels
+            _label_list(seeds.reshape(size2), markers.reshape(size2), ww, queue, sizes, ly, lx)
         # flood from the markers on the body
+        marked, several, only = 0, False, 0
+        for i in range(count):
+            m = markers[ly[i], lx[i]]
+            if m and body[ly[i], lx[i]]:
+                marked += 1
+                several = several or (only != 0 and m != only)
+                only = m
+        if marked == 0:
+            continue  # no nucleus
         flooded = scratch_int[2, :size2].reshape((hh, ww))
         flooded[:] = 0
-        marked = 0
-        for i in range(count):
-            if markers[ly[i], lx[i]] and body[ly[i], lx[i]]:
-                marked += 1
-        values = values_all[: count + 1]
-        ages, items = scratch_px[3, : count + 1], scratch_px[4, : count + 1]
-        size = 0
-        rank = 0
-        for i in range(count):
-            y, x = ly[i], lx[i]
-            if markers[y, x] and body[y, x]:
-                flooded[y, x] = markers[y, x]
-                height = value[y * ww + x] - np.float64(marked - 1 - rank) * TIE_STEP
-                size = _heap_push(values, ages, items, size, height, 0, y * ww + x)
-                rank += 1
         body_f, flooded_f = body.reshape(size2), flooded.reshape(size2)
-        age = 1
-        while size > 0:
-            level, p, size = _heap_pop(values, ages, items, size)
-            for q in (p - ww, p - 1, p + 1, p + ww):
-                if body_f[q] and not flooded_f[q]:
-                    age += 1
-                    flooded_f[q] = flooded_f[p]
-                    size = _heap_push(values, ages, items, size, max(value[q], level), age, q)
+        if not several:
+            # One marker: it takes every body pixel it reaches, whatever the order.
+            tail = 0
+            for i in range(count):
+                y, x = ly[i], lx[i]
+                if markers[y, x] and body[y, x]:
+                    flooded[y, x] = only
+                    queue[tail] = y * ww + x
+                    tail += 1
+            head = 0
+            while head < tail:
+                p = queue[head]
+                head += 1
+                for q in (p - ww, p - 1, p + 1, p + ww):
+                    if body_f[q] and not flooded_f[q]:
+                        flooded_f[q] = only
+                        queue[tail] = q
+                        tail += 1
+        else:
+            values = values_all[: count + 1]
+            ages, items = scratch_px[3, : count + 1], scratch_px[4, : count + 1]
+            size = 0
+            rank = 0
+            for i in range(count):
+                y, x = ly[i], lx[i]
+                if markers[y, x] and body[y, x]:
+                    flooded[y, x] = markers[y, x]
+                    height = value[y * ww + x] - np.float64(marked - 1 - rank) * TIE_STEP
+                    size = _heap_push(values, ages, items, size, height, 0, y * ww + x)
+                    rank += 1
+            age = 1
+            while size > 0:
+                level, p, size = _heap_pop(values, ages, items, size)
+                for q in (p - ww, p - 1, p + 1, p + ww):
+                    if body_f[q] and not flooded_f[q]:
+                        age += 1
+                        flooded_f[q] = flooded_f[p]
+                        size = _heap_push(values, ages, items, size, max(value[q], level), age, q)
         # records, nuclei in the order of their first pixels
         row_of = scratch_px[5, : count + 1]
         row_of[:] = -1
