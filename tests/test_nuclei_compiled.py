@@ -11,17 +11,19 @@ import pandas as pd
 import pytest
 import shapely
 import yaml
+from scipy import ndimage
 
 from cerberus_batch.grid import whole_cells
 from cerberus_batch.model.factory import build_predictor
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import Transform, open_slide
-from cerberus_batch.storage.maps import dequantise, map_specs
+from cerberus_batch.storage.maps import dequantise, map_specs, quantise
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import instance_table
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
+from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei, segment_nuclei
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from nuclei_reference import segment_nuclei as reference_segment_nuclei
 
@@ -96,3 +98,26 @@ def test_demo_cohort_tables_equal_those_of_version_0_1(tmp_path) -> None:
             old = before[before["slide_id"] == slide_id].drop(columns=["slide_id", "bbox"], errors="ignore")
             new = now[now["slide_id"] == slide_id].drop(columns=["slide_id", "bbox"], errors="ignore")
             assert_same_rows(gpd.GeoDataFrame(old, geometry="geometry"), gpd.GeoDataFrame(new, geometry="geometry"))
+
+
+def test_stored_maps_flood_level_by_level_as_the_heap_does() -> None:
+    """uint8 maps flood level by level (`_flood_levels`), float maps by the heap: both give the reference's
+    nuclei, on maps made for ties (8 probability levels, wide plateaus) and supports holding many markers."""
+    rng = np.random.default_rng(11)
+    kind = cerberus_kinds()[0]
+    smooth = ndimage.gaussian_filter(rng.random((600, 600)), 3)
+    levels = np.digitize(smooth, np.quantile(smooth, np.linspace(0.3, 0.95, 8)))  # 0 (background) .. 8
+    stored = quantise(np.stack([np.where(levels > 0, 0.35 + 0.08 * levels, 0.0), np.where(levels > 0, 0.3, 0.0)]))
+    inner, contour = dequantise(stored)
+    expected, supports = reference_segment_nuclei(inner, contour, kind)
+    inside = expected > 0
+    nuclei_per_support = np.bincount(np.unique(np.stack([supports[inside], expected[inside]]), axis=1)[0])
+    assert nuclei_per_support.max() >= 10
+    heap, _ = segment_nuclei(inner, contour, kind)  # float32 maps
+    levelled = np.zeros(expected.shape, np.int32)
+    found = find_supports(stored, kind)
+    measure_nuclei(stored, None, found, np.ones(len(found), bool), kind, labels=levelled)
+    for labels in (heap, levelled):
+        assert np.array_equal(labels > 0, inside)
+        pairs = np.unique(np.stack([labels[inside], expected[inside]]), axis=1)  # same partition: one to one
+        assert pairs.shape[1] == len(np.unique(expected[inside])) == len(np.unique(labels[inside]))

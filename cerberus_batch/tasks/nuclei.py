@@ -362,6 +362,76 @@ def _heap_pop(values, ages, items, size):
     return top_value, top, size
 
 
+def _code(codes, y, x):
+    """The stored code at (y, x) as an int."""
+
+
+@numba.extending.overload(_code)
+def _code_compiled(codes, y, x):
+    if isinstance(codes.dtype, numba.types.Integer):
+        return lambda codes, y, x: np.int64(codes[y, x])
+    return lambda codes, y, x: np.int64(0)  # float maps have no codes (and take the heap)
+
+
+@jit
+def _append(link, heads, tails, level, q):
+    link[q] = -1
+    if tails[level] < 0:
+        heads[level] = q
+    else:
+        link[tails[level]] = q
+    tails[level] = q
+
+
+@jit
+def _flood_levels(level, order, marked, ww, body, flooded, queue, link, heads, tails):
+    """The heap's flood (same pops, same labels) for maps of 256 levels, in linear time.
+
+    The flood never goes down (a pixel is queued at the higher of its level and its pusher's), so
+    the levels can be taken in turn, each as a FIFO (pushes come in age order). Within a level the
+    TIE_STEP rule puts each marker pixel's own sub-level first, in raster order, drained with what
+    it floods below the level; then the level's FIFO, headed by the last marker pixel (lowered by
+    0, pushed before any other). `level` (flat box px, 0 = highest probability), `order` the
+    marker pixels on the body in raster order, already labelled in `flooded`; `link` (box px),
+    `heads` and `tails` (256) are scratch."""
+    heads[:] = -1
+    tails[:] = -1
+    start = np.zeros(257, np.int64)  # the marker pixels but the last, by level, each level's in raster order
+    for j in range(marked - 1):
+        start[level[order[j]] + 1] += 1
+    for v in range(256):
+        start[v + 1] += start[v]
+    fill = start[:256].copy()
+    by_level = np.empty(max(marked - 1, 1), np.int64)
+    for j in range(marked - 1):
+        v = level[order[j]]
+        by_level[fill[v]] = order[j]
+        fill[v] += 1
+    _append(link, heads, tails, level[order[marked - 1]], order[marked - 1])
+    for v in range(256):
+        for j in range(start[v], start[v + 1]):
+            queue[0] = by_level[j]
+            head, tail = 0, 1
+            while head < tail:
+                p = queue[head]
+                head += 1
+                for q in (p - ww, p - 1, p + 1, p + ww):
+                    if body[q] and not flooded[q]:
+                        flooded[q] = flooded[p]
+                        if level[q] < v:
+                            queue[tail] = q
+                            tail += 1
+                        else:
+                            _append(link, heads, tails, level[q], q)
+        p = heads[v]
+        while p >= 0:
+            for q in (p - ww, p - 1, p + 1, p + ww):
+                if body[q] and not flooded[q]:
+                    flooded[q] = flooded[p]
+                    _append(link, heads, tails, max(level[q], v), q)
+            p = link[p]
+
+
 @jit
 def _out_direction(img, value, cx, cy):
     """The one boundary edge leaving corner (cx, cy) of the pixel set img == value; -1 at a pinch."""
@@ -475,6 +545,7 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
     queue_all = np.empty(most_box, np.int64)
     queue_x_all = np.empty(most_box, np.int64)
     value_all = np.empty(most_box, np.float64)
+    heads, tails = np.empty(256, np.int64), np.empty(256, np.int64)
     spans = np.empty(most_sides, np.int64)
     scratch_px = np.empty((6, most_px), np.int64)  # ly, lx, sizes, ages, items, row_of
     values_all = np.empty(most_px, np.float64)
@@ -599,6 +670,17 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
                         flooded_f[q] = only
                         queue[tail] = q
                         tail += 1
+        elif table.size == 256:  # uint8 maps: levels in turn
+            level, order = comp.reshape(size2), scratch_px[3, :marked]  # both free by now
+            j = 0
+            for i in range(count):
+                y, x = ly[i], lx[i]
+                level[y * ww + x] = 255 - _code(inner, y + oy, x + ox)
+                if markers[y, x] and body[y, x]:
+                    flooded[y, x] = markers[y, x]
+                    order[j] = y * ww + x
+                    j += 1
+            _flood_levels(level, order, marked, ww, body_f, flooded_f, queue, queue_x, heads, tails)
         else:
             values = values_all[: count + 1]
             ages, items = scratch_px[3, : count + 1], scratch_px[4, : count + 1]
