@@ -151,8 +151,7 @@ def measured_table(
     }
     starts, lengths = m.ring_starts[keep], m.ring_starts[keep + 1] - m.ring_starts[keep]
     corners = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())  # kept rings' rows
-    rings = linear_rings(m.corners[corners] + (x0, y0), lengths, down, transform)
-    outlines, _ = cut_to_slide(shapely.polygons(rings), bounds)
+    outlines, _ = cut_to_slide(polygons(m.corners[corners] + (x0, y0), lengths, down, transform), bounds)
     return frame(columns, outlines)
 
 
@@ -177,7 +176,10 @@ def tissue_table(
             rows.append((int(value), (box[0].start + ys[0]) * width + box[1].start + xs[0], ys.size,
                          (xs + offset[0]).mean() + 0.5, (ys + offset[1]).mean() + 0.5))
     table = np.array(rows, dtype=np.float64).reshape(-1, 5)
-    outlines, cut = cut_to_slide(polygons(shapes, CELL, transform), bounds)
+    rings = [ring for shape in shapes for ring in shape]
+    corners = np.concatenate(rings) if rings else np.zeros((0, 2))
+    lengths = np.array([len(ring) for ring in rings], np.int64)
+    outlines, cut = cut_to_slide(polygons(corners, lengths, CELL, transform, np.array([len(shape) for shape in shapes])), bounds)
     cx, cy = transform.to_level0(table[:, 3] * CELL, table[:, 4] * CELL)
     area_px = table[:, 2] * CELL * CELL
     area_um2 = table[:, 2] * (CELL * mpp) ** 2
@@ -223,24 +225,22 @@ def class_names(names: Sequence[str], class_id: np.ndarray) -> np.ndarray:
     return lookup[class_id]
 
 
-def polygons(shapes: list[list[np.ndarray]], downsample: int, transform: Transform) -> np.ndarray:
-    """Polygons from rings in map px ([shell, *holes] per shape), placed in level-0 px."""
-    if not shapes:
+def polygons(corners: np.ndarray, lengths: np.ndarray, downsample: int, transform: Transform,
+             rings_per_shape: np.ndarray | None = None) -> np.ndarray:
+    """Polygons from rings of (x, y) map-px corners, `lengths` corners each, one after the other (not
+    closed), placed in level-0 px. Shape k has `rings_per_shape[k]` rings, its shell then its holes
+    (one each when None). Built from the flat coordinates at once (GeoArrow's layout)."""
+    n = len(lengths)
+    if n == 0:
         return np.array([], dtype=object)
-    rings = [ring for shape in shapes for ring in shape]
-    linear = linear_rings(np.concatenate(rings), np.array([len(ring) for ring in rings]), downsample, transform)
-    if len(rings) == len(shapes):  # no holes: all at once
-        return shapely.polygons(linear)
-    starts = np.cumsum([0] + [len(shape) for shape in shapes])
-    shells_and_holes = zip(starts[:-1], starts[1:])
-    return np.array([shapely.Polygon(linear[a], linear[a + 1 : b]) for a, b in shells_and_holes], dtype=object)
-
-
-def linear_rings(corners: np.ndarray, lengths: np.ndarray, downsample: int, transform: Transform) -> np.ndarray:
-    """Rings of (x, y) map-px corners, `lengths` corners each, one after the other, placed in level-0 px."""
-    coords = corners * downsample
-    x, y = transform.to_level0(coords[:, 0], coords[:, 1])
-    return shapely.linearrings(np.column_stack([x, y]), indices=np.repeat(np.arange(len(lengths)), lengths))
+    ends = np.cumsum(lengths)
+    closed = np.empty((len(corners) + n, 2))
+    closed[np.arange(len(corners)) + np.repeat(np.arange(n), lengths)] = corners  # room for each ring's closing point
+    closed[ends + np.arange(n)] = corners[ends - lengths]
+    x, y = transform.to_level0(closed[:, 0] * downsample, closed[:, 1] * downsample)
+    ring_offsets = np.concatenate([[0], ends + np.arange(1, n + 1)])
+    shape_offsets = np.arange(n + 1) if rings_per_shape is None else np.concatenate([[0], np.cumsum(rings_per_shape)])
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.column_stack([x, y]), (ring_offsets, shape_offsets))
 
 
 def cut_to_slide(outlines: np.ndarray, bounds: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -540,11 +540,13 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
         hh, ww = boxes[s, 2] - boxes[s, 0] + 2, boxes[s, 3] - boxes[s, 1] + 2
         most_px = max(most_px, starts[s + 1] - starts[s] + 1)
         most_box, most_sides = max(most_box, hh * ww + 1), max(most_sides, 2 * (hh + ww))
+    if most_box >= 2**31:
+        raise ValueError("nuclei: a support's box holds 2**31 px or more")
     scratch_bool = np.empty((4, most_box), np.bool_)  # eroded, seeds, body, border
     scratch_int = np.empty((3, most_box), np.int32)  # comp, markers, flooded
-    queue_all = np.empty(most_box, np.int64)
-    queue_x_all = np.empty(most_box, np.int64)
-    value_all = np.empty(most_box, np.float64)
+    queue_all = np.empty(most_box, np.int32)
+    queue_x_all = np.empty(most_box, np.int32)
+    value_all = np.empty(most_box, np.float32)
     heads, tails = np.empty(256, np.int64), np.empty(256, np.int64)
     spans = np.empty(most_sides, np.int64)
     scratch_px = np.empty((6, most_px), np.int64)  # ly, lx, sizes, ages, items, row_of
@@ -594,7 +596,7 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
             eroded[ly[i], lx[i]] = keep
             probability = _read(inner, table, y, x)
             seeds[ly[i], lx[i]] = probability > 0.5
-            value[ly[i] * ww + lx[i]] = -np.float64(probability)
+            value[ly[i] * ww + lx[i]] = -probability
         comp_f = comp.reshape(size2)
         _label_list(eroded.reshape(size2), comp_f, ww, queue, sizes, ly, lx)
         body = scratch_bool[2, :size2].reshape((hh, ww))
