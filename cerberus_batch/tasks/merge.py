@@ -37,7 +37,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cerberus_batch.grid import ChunkBox, Window
 from cerberus_batch.storage.maps import dequantise
-from cerberus_batch.tasks.instances import Measured, empty_table, instance_table, measured_table, tissue_table
+from cerberus_batch.tasks.instances import Measured, empty_table, instance_table, measure, measured_table, tissue_table
 from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei
 from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_regions
 from cerberus_batch.vocabulary import TISSUE
@@ -401,12 +401,13 @@ def _region_tables(
                 under = container.paint(window)
                 labels[under == 0] = 0
                 under_each.append(np.unique(under[labels > 0]) - 1)
-            part = instance_table(labels, _read_classes(maps, kind, window), np.array([1]), kind=kind,
-                                  origin=window[:2], map_width=own.shape[1], **place)
-            if len(part):
-                ids[kind.name][index] = part["instance_id"].iloc[0]
-            parts.append(part)
-        tables[kind.name] = _sorted(parts)
+            measured = measure(labels, _read_classes(maps, kind, window), np.array([1]), len(kind.class_names))
+            if measured.kept.any():  # the row the table keeps: its instance_id as `measured_table` gives it
+                ids[kind.name][index] = (window[0] + measured.first_y[0]) * own.shape[1] + window[1] + measured.first_x[0]
+            parts.append((measured, window[:2]))
+        # One table for all: building a table per region cost more than finding the regions.
+        tables[kind.name] = measured_table(Measured.joined(parts), kind=kind, origin=(0, 0), map_width=own.shape[1],
+                                           **place) if parts else empty_table()
         if container is not None:
             contained[kind.inside] = ids[kind.inside][np.concatenate(under_each or [np.zeros(0, np.int64)])]
     return tables, contained
