@@ -1,6 +1,7 @@
 """Instances per second per core of post-processing, ours against a plain baseline, in one process.
 
-Ours: the chunk tasks plus the slide reduction, as a run does them (`chunk_instances`, `merge_slide`).
+Ours: the chunk tasks plus the slide reduction, as a run does them (`chunk_instances`, `merge_slide`), at
+the run's default chunk size unless `--chunk` says otherwise, given the compared kinds' maps only.
 Baseline: the spec written plainly on the whole map at once — §6.3 with scipy / scikit-image
 (erosion, small-object removal, hole filling, skimage's watershed), §6.1/6.2 for glands and lumens
 (OpenCV dilation per component), and §6.4 per instance with OpenCV `moments` + `findContours` and a
@@ -8,7 +9,8 @@ class vote by `np.unique` — the way the reference does it. One core for both (
 
     pip install -e ".[bench]"
     python benchmarks/bench_postproc.py                                   # synthetic 4032 × 4032 px
-    python benchmarks/bench_postproc.py --maps out/maps/CMU-1 --chunk 1008
+    python benchmarks/bench_postproc.py --maps OUT/maps/<slide>            # a slide's maps, after a run
+    python benchmarks/bench_postproc.py --chunk 1008
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scipy import ndimage  # noqa: E402
 from skimage.morphology import remove_small_objects  # noqa: E402
 from skimage.segmentation import watershed  # noqa: E402
 
+from cerberus_batch.pipeline.config import ProcessingSpec  # noqa: E402
 from cerberus_batch.slides import Transform  # noqa: E402
 from cerberus_batch.storage.maps import dequantise  # noqa: E402
 from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps  # noqa: E402
@@ -94,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--maps", help="Zarr group of one slide's maps; synthetic maps when omitted")
     parser.add_argument("--size", type=int, default=4032, help="synthetic slide size, processing px")
-    parser.add_argument("--chunk", type=int, default=1008, help="chunk size, processing px (multiple of 144)")
+    parser.add_argument("--chunk", type=int, default=ProcessingSpec().chunk, help="chunk size, processing px (multiple of 144)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     if args.maps:
@@ -117,9 +120,11 @@ def main() -> None:
             print(f"{label:>14}: no maps")
             continue
 
+        own = {name: maps[name] for kind in present for name in (kind.prob_map, kind.class_map) if name in maps}
+
         def ours():
-            results = [chunk_instances(maps, box, kinds=present, **place) for box in boxes]
-            return merge_slide(maps, results, kinds=present, **place)
+            results = [chunk_instances(own, box, kinds=present, **place) for box in boxes]
+            return merge_slide(own, results, kinds=present, **place)
 
         def baseline():
             found = 0
