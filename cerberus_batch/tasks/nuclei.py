@@ -18,7 +18,8 @@ The rules, per support S with box B (plus a 1-px margin):
 - flood: skimage's watershed(-inner, markers, mask=body), connectivity 1 (neighbours up, left,
   right, down): labels given on push, a pixel queued at the higher of its value and the level that
   reached it, ties by push order; marker pixels enter in raster order,
-  each lowered by TIE_STEP per later marker pixel of S, so equal probabilities flood in raster order;
+  each lowered by TIE_STEP per later marker pixel of S, so equal probabilities flood in raster order
+  (a heap; uint8 maps level by level in linear time, `_flood_levels`; one marker breadth-first);
 - record: first pixel, area, coordinate sums, class counts, and the outline of the instance's
   first 4-connected part (holes filled), traced clockwise from the first pixel's top-left corner,
   one corner per turn, exactly as `outline.instance_ring`.
