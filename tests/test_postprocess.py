@@ -11,7 +11,7 @@ from skimage.segmentation import watershed
 
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.maps import dequantise
-from cerberus_batch.tasks.instances import instance_table, vote
+from cerberus_batch.tasks.instances import Measured, instance_table, measure, measured_table, vote
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.tasks.nuclei import segment_nuclei
 from cerberus_batch.tasks.outline import first_part, outer_ring
@@ -226,6 +226,19 @@ def test_class_vote_prefers_the_runner_up_over_background() -> None:
     classes[1, 1] = 0
     table = instance_table(labels, classes, np.array([7]), kind=NUCLEI, origin=(0, 0), map_width=6, **PLACE)
     assert table["class_name"].tolist() == ["lymphocyte"] and table["class_prob"].tolist() == [7 / 16]
+
+
+def test_windows_measured_together_keep_their_classes_when_one_finds_nothing() -> None:
+    """Glands are measured window by window and tabled together: a window whose region was painted
+    over holds no instance, and must not cost the others their classes."""
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:5, 1:5] = 1
+    classes = np.full((6, 6), 2, np.int64)
+    painted_over = measure(np.zeros((6, 6), np.int32), classes, np.array([1]), len(NUCLEI.class_names))
+    found = measure(labels, classes, np.array([1]), len(NUCLEI.class_names))
+    joined = Measured.joined([(painted_over, (0, 0)), (found, (10, 10))])
+    table = measured_table(joined, kind=NUCLEI, origin=(0, 0), map_width=20, **PLACE)
+    assert table["class_id"].tolist() == [2] and table["class_prob"].tolist() == [1.0]
 
 
 def test_instance_geometry_in_level0_pixels() -> None:

@@ -88,8 +88,8 @@ def measure(labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, cla
     ys, xs = np.nonzero(np.isin(labels, ids))
     found, first, inverse, area = np.unique(labels[ys, xs], return_index=True, return_inverse=True, return_counts=True)
     counts = None
-    if classes is not None and found.size:
-        width = max(class_count, int(classes.max()) + 1)
+    if classes is not None:  # zero rows when none is found, so windows join with their counts
+        width = max(class_count, int(classes.max(initial=0)) + 1)
         counts = np.bincount(inverse * width + classes[ys, xs], minlength=found.size * width).reshape(found.size, width)
     slices = ndimage.find_objects(labels)
     rings = []

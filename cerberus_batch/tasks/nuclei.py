@@ -145,29 +145,51 @@ def _root(parent, r):
 
 
 @jit
+def _doubled(a):
+    grown = np.empty(2 * a.size, a.dtype)
+    grown[: a.size] = a
+    return grown
+
+
+@jit
+def _row_runs(inner, contour, table, threshold, y, run_x0, run_x1, at):
+    """The foreground runs of row y, written from `at` on; returns the new end, or -1 if they do not fit."""
+    w = inner.shape[1]
+    x = 0
+    while x < w:
+        if _read(inner, table, y, x) + _read(contour, table, y, x) > threshold:
+            start = x
+            x += 1
+            while x < w and _read(inner, table, y, x) + _read(contour, table, y, x) > threshold:
+                x += 1
+            if at == run_x0.size:
+                return -1
+            run_x0[at], run_x1[at] = start, x
+            at += 1
+        x += 1
+    return at
+
+
+@jit
 def _supports(inner, contour, table, threshold):
     h, w = inner.shape
     # Runs of foreground along rows, in raster order; joined to the previous row's runs they touch
-    # (8-connected) by union-find, each component rooted at its first run. Untouched room is free.
-    cap = h * ((w + 1) // 2)
-    run_y = np.empty(cap, np.int64)
-    run_x0 = np.empty(cap, np.int64)
-    run_x1 = np.empty(cap, np.int64)
-    parent = np.empty(cap, np.int64)
+    # (8-connected) by union-find, each component rooted at its first run. Room doubles as needed
+    # (between rows: arrays replaced inside the pixel loop would slow all of it down).
+    room = max(h, 16)
+    run_y, run_x0, run_x1 = np.empty(room, np.int64), np.empty(room, np.int64), np.empty(room, np.int64)  # x1 exclusive
+    parent = np.empty(room, np.int64)
     n_runs = 0
     above = 0  # the previous row's first run
     for y in range(h):
         here = n_runs
-        x = 0
-        while x < w:
-            if _read(inner, table, y, x) + _read(contour, table, y, x) > threshold:
-                start = x
-                x += 1
-                while x < w and _read(inner, table, y, x) + _read(contour, table, y, x) > threshold:
-                    x += 1
-                run_y[n_runs], run_x0[n_runs], run_x1[n_runs], parent[n_runs] = y, start, x, n_runs
-                n_runs += 1
-            x += 1
+        end = _row_runs(inner, contour, table, threshold, y, run_x0, run_x1, here)
+        while end < 0:
+            run_y, run_x0, run_x1, parent = _doubled(run_y), _doubled(run_x0), _doubled(run_x1), _doubled(parent)
+            end = _row_runs(inner, contour, table, threshold, y, run_x0, run_x1, here)
+        for r in range(here, end):
+            run_y[r], parent[r] = y, r
+        n_runs = end
         if y > 0:
             q = above
             for r in range(here, n_runs):
@@ -535,7 +557,7 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
     end = 0
     use_classes = classes.shape[0] == h and classes.shape[1] == w
     # Scratch for the largest support, reused by each: most supports are small, and allocating
-    # twenty arrays per support would cost more than the work on it.
+    # a dozen arrays per support would cost more than the work on it.
     most_px, most_box, most_sides = 1, 1, 1
     for s in chosen:
         hh, ww = boxes[s, 2] - boxes[s, 0] + 2, boxes[s, 3] - boxes[s, 1] + 2
@@ -544,13 +566,13 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
     if most_box >= 2**31:
         raise ValueError("nuclei: a support's box holds 2**31 px or more")
     scratch_bool = np.empty((4, most_box), np.bool_)  # eroded, seeds, body, border
-    scratch_int = np.empty((3, most_box), np.int32)  # comp, markers, flooded
+    scratch_int = np.empty((3, most_box), np.int32)  # comp (then the flood's levels), markers, flooded
     queue_all = np.empty(most_box, np.int32)
-    queue_x_all = np.empty(most_box, np.int32)
+    queue_x_all = np.empty(most_box, np.int32)  # `_enclosed`'s, then the level flood's links
     value_all = np.empty(most_box, np.float32)
     heads, tails = np.empty(256, np.int64), np.empty(256, np.int64)
     spans = np.empty(most_sides, np.int64)
-    scratch_px = np.empty((6, most_px), np.int64)  # ly, lx, sizes, ages, items, row_of
+    scratch_px = np.empty((6, most_px), np.int64)  # ly, lx, sizes, ages (or the level flood's order), items, row_of
     values_all = np.empty(most_px, np.float64)
     box_all = np.empty((most_px, 4), np.int64)
     for s in chosen:
@@ -674,16 +696,16 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
                         queue[tail] = q
                         tail += 1
         elif table.size == 256:  # uint8 maps: levels in turn
-            level, order = comp.reshape(size2), scratch_px[3, :marked]  # both free by now
+            levels, order = comp.reshape(size2), scratch_px[3, :marked]  # both free by now
             j = 0
             for i in range(count):
                 y, x = ly[i], lx[i]
-                level[y * ww + x] = 255 - _code(inner, y + oy, x + ox)
+                levels[y * ww + x] = 255 - _code(inner, y + oy, x + ox)
                 if markers[y, x] and body[y, x]:
                     flooded[y, x] = markers[y, x]
                     order[j] = y * ww + x
                     j += 1
-            _flood_levels(level, order, marked, ww, body_f, flooded_f, queue, queue_x, heads, tails)
+            _flood_levels(levels, order, marked, ww, body_f, flooded_f, queue, queue_x, heads, tails)
         else:
             values = values_all[: count + 1]
             ages, items = scratch_px[3, : count + 1], scratch_px[4, : count + 1]
