@@ -289,18 +289,25 @@ def _label_list(on, comp, ww, queue, sizes, ly, lx):
             continue
         n += 1
         comp[start] = n
-        head, tail = 0, 1
         queue[0] = start
-        while head < tail:
-            p = queue[head]
-            head += 1
-            for q in (p - ww, p - 1, p + 1, p + ww):
-                if on[q] and not comp[q]:
-                    comp[q] = n
-                    queue[tail] = q
-                    tail += 1
-        sizes[n] = tail
+        sizes[n] = _spread(on, comp, ww, queue, 1, n)
     return n
+
+
+@jit
+def _spread(on, comp, ww, queue, tail, value):
+    """Give `value` in the flat `comp` to every `on` pixel 4-connected to the `tail` pixels queued
+    (already given it) and not given a value yet; returns how many pixels have it."""
+    head = 0
+    while head < tail:
+        p = queue[head]
+        head += 1
+        for q in (p - ww, p - 1, p + 1, p + ww):
+            if on[q] and not comp[q]:
+                comp[q] = value
+                queue[tail] = q
+                tail += 1
+    return tail
 
 
 @jit
@@ -587,7 +594,6 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
         for i in range(count):
             ly[i], lx[i] = rows[starts[s] + i] - oy, cols[starts[s] + i] - ox
         queue, queue_x = queue_all[: size2 + 1], queue_x_all[: size2 + 1]
-        value = value_all[:size2]  # -inner, the flood's height, at the support's pixels
         sizes = scratch_px[2, : count + 1]
         border = scratch_bool[3, : size2 + 1]
         comp = scratch_int[0, :size2].reshape((hh, ww))
@@ -617,9 +623,7 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
                     else:
                         keep = keep and support[qy, qx] == label
             eroded[ly[i], lx[i]] = keep
-            probability = _read(inner, table, y, x)
-            seeds[ly[i], lx[i]] = probability > 0.5
-            value[ly[i] * ww + lx[i]] = -probability
+            seeds[ly[i], lx[i]] = _read(inner, table, y, x) > 0.5
         comp_f = comp.reshape(size2)
         _label_list(eroded.reshape(size2), comp_f, ww, queue, sizes, ly, lx)
         body = scratch_bool[2, :size2].reshape((hh, ww))
@@ -686,15 +690,7 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
                     flooded[y, x] = only
                     queue[tail] = y * ww + x
                     tail += 1
-            head = 0
-            while head < tail:
-                p = queue[head]
-                head += 1
-                for q in (p - ww, p - 1, p + 1, p + ww):
-                    if body_f[q] and not flooded_f[q]:
-                        flooded_f[q] = only
-                        queue[tail] = q
-                        tail += 1
+            _spread(body_f, flooded_f, ww, queue, tail, only)
         elif table.size == 256:  # uint8 maps: levels in turn
             levels, order = comp.reshape(size2), scratch_px[3, :marked]  # both free by now
             j = 0
@@ -707,10 +703,14 @@ def _measure(support, boxes, rows, cols, starts, chosen, inner, table, classes, 
                     j += 1
             _flood_levels(levels, order, marked, ww, body_f, flooded_f, queue, queue_x, heads, tails)
         else:
+            value = value_all[:size2]  # -inner, the flood's height, at the support's pixels
             values = values_all[: count + 1]
             ages, items = scratch_px[3, : count + 1], scratch_px[4, : count + 1]
             size = 0
             rank = 0
+            for i in range(count):
+                y, x = ly[i], lx[i]
+                value[y * ww + x] = -_read(inner, table, y + oy, x + ox)
             for i in range(count):
                 y, x = ly[i], lx[i]
                 if markers[y, x] and body[y, x]:
