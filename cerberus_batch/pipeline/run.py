@@ -165,7 +165,12 @@ class CohortRun:
             if outcome.status != "pending":  # failed (or done) already: the rest of its tasks do not count
                 pass
             elif future.status == "finished":
-                on_done(slide, future)
+                try:  # whatever a slide holds, only that slide fails
+                    on_done(slide, future)
+                except Exception as err:  # noqa: BLE001 - reported as the slide's failure, with its traceback
+                    if slide.id not in self.started:  # it had left: the failure is the run's own
+                        raise
+                    self.fail(slide, first_line(err, typed=True), traceback.format_exception(err))
             elif future.status == "error":
                 err = future.exception()
                 self.fail(slide, first_line(err, typed=True), traceback.format_exception(type(err), err, future.traceback()))
@@ -401,6 +406,9 @@ def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_pro
         except KeyboardInterrupt:
             report.status = "interrupted"
             client.cancel([f for futures in run.pending.values() for f in futures])
+        except BaseException:  # the run itself broke (a full disk, a lost scheduler): its report must not say "running"
+            report.status = "failed"
+            raise
         finally:
             report.finished = time.time()
             for slide_id in run.started:  # unfinished: a replanned slide's earlier row is gone from the ledger

@@ -26,8 +26,10 @@ from cerberus_batch.vocabulary import TISSUE
 if TYPE_CHECKING:  # annotations only: tasks need not load the slide readers
     from cerberus_batch.slides.transform import Transform
 
+# "str", not "object": an empty table's names must still be stored as text (an empty object column is
+# stored with no type, and a dataset read from such a part first cannot read the other slides' names).
 COLUMNS = {
-    "slide_id": "object", "instance_id": "int64", "class_id": "int32", "class_name": "object",
+    "slide_id": "object", "instance_id": "int64", "class_id": "int32", "class_name": "str",
     "class_prob": "float64", "area_px": "int64", "area_um2": "float64",
     "centroid_x": "float64", "centroid_y": "float64",
 }

@@ -112,8 +112,11 @@ class BorderShare:
 
 
 def border_shares(boxes: Sequence[ChunkBox], count: int) -> list[BorderShare]:
-    """A slide's chunk rows (of its chunks' `boxes`) split into at most `count` runs of consecutive rows."""
+    """A slide's chunk rows (of its chunks' `boxes`) split into at most `count` runs of consecutive rows;
+    none for a slide without chunks (no tissue)."""
     rows = sorted({box[1] for box in boxes})
+    if not rows:
+        return []
     shares = []
     for run in np.array_split(np.arange(len(rows)), min(count, len(rows))):
         first, last = int(run[0]), int(run[-1])
