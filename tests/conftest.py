@@ -62,6 +62,13 @@ def parity_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_parity_model_dir(tmp_path_factory.mktemp("parity_model"))
 
 
+def mask_file(folder: Path, name: str = "mask.png") -> Path:
+    """Where a test's mask goes: `folder/masks/` (made here), apart from the output a cohort file in
+    `folder` writes (an output may not lie in a folder holding a mask)."""
+    (folder / "masks").mkdir(exist_ok=True)
+    return folder / "masks" / name
+
+
 def under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
 

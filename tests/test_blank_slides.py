@@ -15,6 +15,7 @@ from PIL import Image
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.testing.slides import make_synthetic_slide
+from conftest import mask_file
 
 
 def run(cohort: Path) -> subprocess.CompletedProcess:
@@ -51,14 +52,14 @@ def assert_blank_slide_done_beside_a_good_one(cohort: Path, blank: str) -> None:
 
 
 def test_a_slide_with_an_all_black_mask_finishes_with_a_note_and_the_other_slide_its_tables(tmp_path, cmu_slide):
-    make_synthetic_slide(tmp_path / "good.svs", size=(800, 640), seed=2)
-    Image.fromarray(np.zeros((297, 222), np.uint8)).save(tmp_path / "blank.png")  # CMU-1-Small-Region is 2220 x 2967 px
-    cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "blank", "mask": "blank.png"}, {"path": "good.svs"}])
+    make_synthetic_slide(tmp_path / "slides" / "good.svs", size=(800, 640), seed=2)
+    Image.fromarray(np.zeros((297, 222), np.uint8)).save(mask_file(tmp_path, "blank.png"))  # CMU-1-Small-Region is 2220 x 2967 px
+    cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "blank", "mask": "masks/blank.png"}, {"path": "slides/good.svs"}])
     assert_blank_slide_done_beside_a_good_one(cohort, "blank")
 
 
 def test_a_white_slide_with_the_automatic_mask_finishes_with_a_note(tmp_path):
-    make_synthetic_slide(tmp_path / "good.svs", size=(800, 640), seed=2)
-    Image.fromarray(np.full((640, 800, 3), 255, np.uint8)).save(tmp_path / "white.png")
-    cohort = write_cohort(tmp_path, [{"path": "white.png", "mpp": 0.5}, {"path": "good.svs"}])
+    make_synthetic_slide(tmp_path / "slides" / "good.svs", size=(800, 640), seed=2)
+    Image.fromarray(np.full((640, 800, 3), 255, np.uint8)).save(tmp_path / "slides" / "white.png")
+    cohort = write_cohort(tmp_path, [{"path": "slides/white.png", "mpp": 0.5}, {"path": "slides/good.svs"}])
     assert_blank_slide_done_beside_a_good_one(cohort, "white")

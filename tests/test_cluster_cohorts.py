@@ -17,14 +17,16 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 def small_cohort(folder: Path, cluster: dict, output: str = "out") -> Path:
-    """A one-slide stain-model cohort: a 2000×1600 synthetic slide cut into six 432 px chunks."""
-    slide = folder / "synthetic.svs"
+    """A one-slide stain-model cohort: a 2000×1600 synthetic slide (`folder/slides/synthetic.svs`, unless
+    one is there already) cut into six 432 px chunks."""
+    slide = folder / "slides" / "synthetic.svs"
     if not slide.exists():
+        slide.parent.mkdir(exist_ok=True)
         make_synthetic_slide(slide, size=(2000, 1600), seed=1)
     body = {
         "name": f"cluster-{cluster.get('kind', 'local')}",
         "output": output,
-        "slides": [{"path": slide.name, "id": "synthetic"}],
+        "slides": [{"path": f"slides/{slide.name}", "id": "synthetic"}],
         "model": {"kind": "stain"},
         "processing": {"chunk": 432},
         "cluster": cluster,

@@ -28,11 +28,11 @@ UNFINISHED = {"waiting", "queued", "no-worker", "processing"}
 
 def cohort_of(folder: Path, count: int) -> Path:
     """`count` copies of one small synthetic slide (800 x 640 px: one chunk each), ids s00, s01, ..."""
-    slide = folder / "s00.svs"
+    slide = folder / "slides" / "s00.svs"
     make_synthetic_slide(slide, size=(800, 640), seed=2)
     for index in range(1, count):
-        shutil.copyfile(slide, folder / f"s{index:02d}.svs")
-    body = {"name": "flow", "output": "out", "slides": {"glob": "s*.svs"}, "model": {"kind": "stain"},
+        shutil.copyfile(slide, slide.with_name(f"s{index:02d}.svs"))
+    body = {"name": "flow", "output": "out", "slides": {"glob": "slides/s*.svs"}, "model": {"kind": "stain"},
             "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
     (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
     return folder / "cohort.yaml"

@@ -128,8 +128,8 @@ def test_a_single_slide_output_needs_no_slide_id(output, tmp_path):
 def test_stain_model_run_exports_nuclei_and_tissue_regions(tmp_path):
     """A real run of the weight-free model: its own class names, no glands or lumens."""
     for index, slide in enumerate(SLIDES):
-        make_synthetic_slide(tmp_path / f"{slide}.svs", size=(800, 640), seed=index + 1)
-    body = {"name": "export", "output": "out", "slides": {"glob": "*.svs"}, "model": {"kind": "stain"},
+        make_synthetic_slide(tmp_path / "slides" / f"{slide}.svs", size=(800, 640), seed=index + 1)
+    body = {"name": "export", "output": "out", "slides": {"glob": "slides/*.svs"}, "model": {"kind": "stain"},
             "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
     (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(body))
     assert CliRunner().invoke(main, ["run", str(tmp_path / "cohort.yaml"), "--no-progress"]).exit_code == 0

@@ -21,6 +21,7 @@ from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.testing.slides import make_synthetic_slide
+from conftest import mask_file
 
 KINDS = ("nuclei", "glands", "lumens", "tissue")
 
@@ -138,9 +139,9 @@ def test_cerberus_instances_exact_on_real_slide(cmu_slide, parity_model_dir, clu
     """Deterministic-weights Cerberus on a tissue box crossing 432-px chunk borders of CMU-1-Small-Region."""
     mask = np.zeros((297, 222), np.uint8)  # the slide (2220 x 2967 px) at 1/10 scale
     mask[80:95, 36:51] = 255  # processing px ~(360..510, 800..950): crosses the 432 grid lines
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(mask).save(mask_file(tmp_path))
     output = run(
-        tmp_path, [{"path": str(cmu_slide), "id": "cmu", "mask": "mask.png"}], cluster,
+        tmp_path, [{"path": str(cmu_slide), "id": "cmu", "mask": "masks/mask.png"}], cluster,
         model={"kind": "cerberus", "weights": str(parity_model_dir)},
         processing={"chunk": 432, "tile": 432, "tissue_mask": "given"},
     )

@@ -32,7 +32,8 @@ def cli_run(cohort) -> subprocess.Popen:
 
 def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
     # A slide large enough that the first run is still working when the second one starts.
-    make_synthetic_slide(tmp_path / "synthetic.svs", size=(5000, 4000), seed=3)
+    (tmp_path / "slides").mkdir()
+    make_synthetic_slide(tmp_path / "slides" / "synthetic.svs", size=(5000, 4000), seed=3)
     cohort = small_cohort(tmp_path, {"kind": "local", "workers": 1, "dashboard_address": ":0"})
     lock = OutputLayout(tmp_path / "out").lock
     first = cli_run(cohort)

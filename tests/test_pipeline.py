@@ -26,6 +26,7 @@ from cerberus_batch.slides import ChunkPlan, open_slide, plan_chunks, tissue_mas
 from cerberus_batch.storage.maps import dequantise
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import pool2, read_chunk
+from conftest import mask_file
 
 STEP = 1 / 255 + 1e-6  # one uint8 quantisation step
 
@@ -85,11 +86,11 @@ def test_cerberus_parity_weights_on_a_small_region(tmp_path, cluster, cmu_slide,
     # A given tissue mask keeps only a small box, so the CPU run stays short.
     mask = np.zeros((297, 222), np.uint8)  # the slide (2220 x 2967 px) at 1/10 scale
     mask[130:150, 100:120] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(mask).save(mask_file(tmp_path))
     cohort = load_cohort(
         write_cohort(
             tmp_path,
-            [{"path": str(cmu_slide), "id": "cmu", "mask": "mask.png"}],
+            [{"path": str(cmu_slide), "id": "cmu", "mask": "masks/mask.png"}],
             model={"kind": "cerberus", "weights": str(parity_model_dir)},
             processing={"chunk": 432, "tile": 432, "tissue_mask": "given"},
         )
@@ -159,7 +160,8 @@ def test_kill_and_resume_computes_only_the_rest_and_gives_identical_maps(tmp_pat
 
 
 def test_bad_slide_is_reported_and_the_rest_finish(tmp_path, cmu_slide):
-    truncated = tmp_path / "truncated.svs"
+    truncated = tmp_path / "slides" / "truncated.svs"
+    truncated.parent.mkdir()
     truncated.write_bytes(cmu_slide.read_bytes()[:200_000])
     cohort = write_cohort(
         tmp_path,
@@ -218,7 +220,8 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, cmu_slide):
 
 
 def test_validate_prints_the_plan_and_names_unreadable_slides(tmp_path, cmu_slide):
-    truncated = tmp_path / "truncated.svs"
+    truncated = tmp_path / "slides" / "truncated.svs"
+    truncated.parent.mkdir()
     truncated.write_bytes(cmu_slide.read_bytes()[:200_000])
     cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "cmu"}, {"path": str(truncated)}], processing={"chunk": 1008})
     result = CliRunner().invoke(main, ["validate", str(cohort)], terminal_width=200)
@@ -233,11 +236,11 @@ def test_validate_prints_the_plan_and_names_unreadable_slides(tmp_path, cmu_slid
 
 def test_a_changed_mask_recomputes_the_slide_instead_of_mixing_plans(tmp_path, cluster, cmu_slide):
     """Ledger entries made under one tissue mask never count for another; a broken map group is rebuilt."""
-    def mask_file(name: str, columns: slice) -> str:
+    def column_mask(name: str, columns: slice) -> str:
         mask = np.zeros((297, 222), np.uint8)  # the slide (2220 x 2967 px) at 1/10 scale
         mask[60:200, columns] = 255
-        Image.fromarray(mask).save(tmp_path / name)
-        return name
+        Image.fromarray(mask).save(mask_file(tmp_path, name))
+        return f"masks/{name}"
 
     def cohort(folder: str, mask: str):
         (tmp_path / folder).mkdir(exist_ok=True)
@@ -247,7 +250,7 @@ def test_a_changed_mask_recomputes_the_slide_instead_of_mixing_plans(tmp_path, c
         (tmp_path / folder / "cohort.yaml").write_text(yaml.safe_dump(body))
         return load_cohort(tmp_path / folder / "cohort.yaml")
 
-    left, right = mask_file("left.png", slice(20, 110)), mask_file("right.png", slice(110, 200))
+    left, right = column_mask("left.png", slice(20, 110)), column_mask("right.png", slice(110, 200))
     assert run_cohort(cohort("rerun", left), show_progress=False, cluster=cluster).status == "ok"
     report = run_cohort(cohort("rerun", right), show_progress=False, cluster=cluster)
     assert report.status == "ok" and report.slides["cmu"].chunks_skipped == 0

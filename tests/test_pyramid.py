@@ -91,8 +91,8 @@ def cluster():
 def wide(tmp_path_factory, cluster):
     """A run of the stain model on a slide whose maps are wider than 1,000 px; the pyramid graph seen."""
     folder = tmp_path_factory.mktemp("pyramid")
-    make_synthetic_slide(folder / "wide.svs", size=SLIDE_SIZE, seed=4)
-    body = {"name": "pyramid", "output": "out", "slides": [{"path": "wide.svs", "id": "wide"}],
+    make_synthetic_slide(folder / "slides" / "wide.svs", size=SLIDE_SIZE, seed=4)
+    body = {"name": "pyramid", "output": "out", "slides": [{"path": "slides/wide.svs", "id": "wide"}],
             "model": {"kind": "stain"}, "processing": {"chunk": 432}}
     (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
     cohort = load_cohort(folder / "cohort.yaml")

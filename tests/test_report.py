@@ -38,10 +38,10 @@ def run_output(tmp_path_factory) -> Path:
     """Two small synthetic slides and one file that is not a slide, run by the stain model."""
     folder = tmp_path_factory.mktemp("report")
     for seed, slide_id in enumerate(GOOD, start=1):
-        make_synthetic_slide(folder / f"{slide_id}.svs", size=(1600, 1200), seed=seed)
-    (folder / "broken.svs").write_bytes(b"not a slide at all")
+        make_synthetic_slide(folder / "slides" / f"{slide_id}.svs", size=(1600, 1200), seed=seed)
+    (folder / "slides" / "broken.svs").write_bytes(b"not a slide at all")
     body = {"name": "report-cohort", "output": "out",
-            "slides": [{"path": f"{s}.svs", "id": s} for s in (*GOOD, "broken")],
+            "slides": [{"path": f"slides/{s}.svs", "id": s} for s in (*GOOD, "broken")],
             "model": {"kind": "stain"}, "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
     (folder / "cohort.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
     report = run_cohort(load_cohort(folder / "cohort.yaml"), show_progress=False)

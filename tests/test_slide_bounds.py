@@ -30,6 +30,7 @@ from cerberus_batch.storage.maps import quantise
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import predict_chunk
+from conftest import mask_file
 
 DEMO_A = Path(__file__).parent.parent / "configs" / "demo" / "slides" / "demo-a.svs"
 OBJECTS = ("nuclei", "glands", "lumens")
@@ -131,8 +132,8 @@ def test_cerberus_maps_are_background_past_the_slide(cmu_slide, parity_model_dir
     """Deterministic-weights Cerberus on the bottom-right corner of CMU-1-Small-Region, whose last cells overhang it."""
     mask = np.zeros((297, 222), np.uint8)  # the slide at 1/10 scale
     mask[-12:, -12:] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    output = run(tmp_path, {"path": str(cmu_slide), "id": "cmu", "mask": "mask.png"}, cluster,
+    Image.fromarray(mask).save(mask_file(tmp_path))
+    output = run(tmp_path, {"path": str(cmu_slide), "id": "cmu", "mask": "masks/mask.png"}, cluster,
                  model={"kind": "cerberus", "weights": str(parity_model_dir)},
                  processing={"chunk": 432, "tile": 432, "tissue_mask": "given"})
     h, w = 2967, 2220  # processing px: the slide, read natively

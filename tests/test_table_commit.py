@@ -186,13 +186,13 @@ class Reader(threading.Thread):
 
 
 def test_sigkill_during_a_merge_leaves_whole_tables_and_the_rerun_gives_the_uninterrupted_ones(tmp_path, cluster):
-    slide = tmp_path / "synthetic.svs"
+    slide = tmp_path / "inputs" / "synthetic.svs"  # apart from the outputs
     make_synthetic_slide(slide, size=(1600, 1280), seed=1)  # 2 x 2 chunks of 432 px at 0.5 µm/px
     masks = {}
     for name, columns in (("left", slice(0, 90)), ("all", slice(0, 160))):
         mask = np.zeros((128, 160), np.uint8)  # the slide at 1/10 scale
         mask[:, columns] = 255
-        masks[name] = tmp_path / f"{name}.png"
+        masks[name] = tmp_path / "inputs" / f"{name}.png"
         Image.fromarray(mask).save(masks[name])
     finish(cohort_with_mask(tmp_path / "whole", slide, masks["all"]), cluster)  # the uninterrupted run
     uninterrupted = all_tables(tmp_path / "whole" / "out")

@@ -83,6 +83,7 @@ def make_synthetic_slide(path: str | Path, size: tuple[int, int] = (6000, 5000),
         classes[rows, cols] = NUCLEUS
         centres.append((shape.cx + 0.5, shape.cy + 0.5))
     image = _render(rng, classes)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     _write_svs(Path(path), image)
     return SyntheticSlide(Path(path), image, nuclei, glands, lumens, centres)
 
