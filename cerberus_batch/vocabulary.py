@@ -26,6 +26,8 @@ class StoredMap:
     downsample: int  # processing px per map px
 
 
+INST_CHANNELS = ("background", "inner", "contour")  # an INST head's outputs; its map keeps inner and contour
+
 # Model head → its maps, in the order a slide's maps are laid out. Glands and lumens are kept at half
 # resolution, as the reference's WSI mode post-processes them there; tissue type is one value per cell.
 HEAD_MAPS: dict[str, tuple[StoredMap, ...]] = {
@@ -91,6 +93,12 @@ DRAWING_ORDER = (GLANDS, LUMENS, NUCLEI)
 def model_class_names() -> dict[str, tuple[str, ...]]:
     """What the class index of each classifying head means, for a Cerberus model."""
     return {kind.class_head: kind.classes for kind in KINDS if kind.class_head}
+
+
+def head_outputs() -> dict[str, tuple[str, ...]]:
+    """What each output channel of each head of a Cerberus model means: its classes, or the INST channels."""
+    classes = model_class_names()
+    return {head: classes.get(head, INST_CHANNELS) for head in HEAD_MAPS}
 
 
 def class_names(kind: Kind, model_names: Mapping[str, Sequence[str]]) -> tuple[str, ...]:

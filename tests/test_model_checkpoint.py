@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from model_variants import copy_model_dir, flip_tensor_bytes, model_dir_with_heads
 from parity_model import DATA, parity_state_dict
+from torch.utils.serialization import config as torch_serialization
 
 from cerberus_batch.model import CheckpointError, load_model
+from cerberus_batch.vocabulary import INST_CHANNELS, NUCLEI, TISSUE
 
 
 class Payload:
@@ -56,11 +61,77 @@ def test_no_desc(tmp_path: Path, state: dict) -> None:
     assert _error(tmp_path) == f"{tmp_path / 'weights.tar'}: no 'desc' state dict"
 
 
-def test_pickled_object_refused(tmp_path: Path, state: dict) -> None:
-    _model_dir(tmp_path, {"desc": state, "extra_info": Payload()})
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    # torch words these two refusals differently ("Unsupported global", "unsupported GLOBAL ... is blocked").
+    [(Payload(), f"{__name__}.Payload"), (os.system, f"{os.system.__module__}.system")],
+)
+def test_pickled_object_refused(tmp_path: Path, state: dict, payload: object, name: str) -> None:
+    _model_dir(tmp_path, {"desc": state, "extra_info": payload})
+    assert _error(tmp_path) == (
+        f"{tmp_path / 'weights.tar'}: holds pickled Python objects ({name}), refused by weights_only loading"
+    )
+
+
+def test_flipped_tensor_bytes_refused(tmp_path: Path, parity_model_dir: Path, state: dict) -> None:
+    """torch's zip reader skips CRCs, so 4 KiB flipped in a tensor load as a wrong tensor unless we check them."""
+    weights = copy_model_dir(parity_model_dir, tmp_path) / "weights.tar"
+    member = flip_tensor_bytes(weights)
+    loaded = torch.load(weights, map_location="cpu", weights_only=True)["desc"]
+    assert sum(not torch.equal(loaded[k], state[k]) for k in state) == 1  # the flip landed in one tensor's data
+    assert _error(tmp_path) == f"{weights}: corrupted: {member} fails its CRC check; download the weights again"
+
+
+def test_damaged_zip_refused(tmp_path: Path, parity_model_dir: Path) -> None:
+    weights = copy_model_dir(parity_model_dir, tmp_path) / "weights.tar"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # cut into the central directory
+    assert _error(tmp_path).startswith(f"{weights}: corrupted: unreadable zip archive (")
+
+
+def test_legacy_checkpoint_loads_with_a_warning(tmp_path: Path, state: dict) -> None:
+    """A pre-1.6 (non-zip) checkpoint records no checksums: it loads, and the user is told it was not verified."""
+    torch.save({"desc": state}, tmp_path / "weights.tar", _use_new_zipfile_serialization=False)
+    shutil.copyfile(DATA / "settings.yml", tmp_path / "settings.yml")
+    assert not zipfile.is_zipfile(tmp_path / "weights.tar")
+    with pytest.warns(UserWarning, match=f"^{tmp_path / 'weights.tar'}: .*no checksums"):
+        assert load_model(tmp_path, device="cpu").running[-1] == "Patch-Class"
+
+
+def test_zip_saved_without_checksums_loads_with_a_warning(tmp_path: Path, state: dict) -> None:
+    with torch_serialization.patch({"save.compute_crc32": False}):  # torch then records every CRC as 0
+        _model_dir(tmp_path, {"desc": state})
+    with pytest.warns(UserWarning, match=f"^{tmp_path / 'weights.tar'}: .*no checksums"):
+        assert load_model(tmp_path, device="cpu").running[-1] == "Patch-Class"
+
+
+@pytest.mark.parametrize(
+    ("decoder", "key", "classes", "expected"),
+    [
+        ("Patch-Class", "Patch-Class", 4, TISSUE.classes),
+        ("Nuclei#TYPE", "Nuclei-TYPE", 5, NUCLEI.classes),
+        ("Nuclei", "Nuclei-INST", 2, INST_CHANNELS),
+    ],
+)
+def test_head_sizes_checked_against_the_vocabulary(
+    tmp_path: Path, decoder: str, key: str, classes: int, expected: tuple[str, ...]
+) -> None:
+    """Class indices mean the vocabulary's names (colours, tables, summaries): another count is another model."""
+    model_dir_with_heads(tmp_path, decoder, classes)
+    assert _error(tmp_path) == (
+        f"{tmp_path / 'settings.yml'}: {key} has {classes} outputs; this package reads {len(expected)} "
+        f"({', '.join(expected)})"
+    )
+
+
+def test_head_size_of_a_head_not_run_is_not_checked(tmp_path: Path) -> None:
+    model_dir_with_heads(tmp_path, "Patch-Class", 4)
+    assert load_model(tmp_path, device="cpu", heads=["nuclei"]).running == ("Nuclei", "Nuclei#TYPE")
+
+
+def test_unknown_head_refused(tmp_path: Path) -> None:
+    model_dir_with_heads(tmp_path, "Mucin", 3)
     message = _error(tmp_path)
-    assert message.startswith(f"{tmp_path / 'weights.tar'}: ")
-    assert "pickled Python objects" in message and "weights_only" in message
+    assert message.startswith(f"{tmp_path / 'settings.yml'}: Mucin-INST is not a head this package reads (")
 
 
 def test_missing_keys_listed(tmp_path: Path, state: dict) -> None:

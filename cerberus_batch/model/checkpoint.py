@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -10,11 +12,15 @@ import torch
 import yaml
 
 from cerberus_batch.errors import CheckpointError
+from cerberus_batch.model.integrity import verify_weights
 from cerberus_batch.model.network import CerberusNet
+from cerberus_batch.vocabulary import head_outputs
 
 WEIGHTS = "weights.tar"
 SETTINGS = "settings.yml"
 _SHOWN = 3  # keys listed in a missing/unexpected-keys message
+# The class a weights_only load refused; torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y".
+_REFUSED_GLOBAL = re.compile(r"\bglobal\s+(\w+(?:\.\w+)+)", re.IGNORECASE)
 
 
 class _SettingsLoader(yaml.SafeLoader):
@@ -67,8 +73,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            raise CheckpointError(f"{path}: holds pickled Python objects, refused by weights_only loading") from None
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused:
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects ({refused[1]}), refused by weights_only loading"
+            ) from None
         raise CheckpointError(f"{path}: not a torch checkpoint") from None
     except Exception:  # garbage bytes surface as whatever the unpickler trips over (IndexError, EOFError, ...)
         raise CheckpointError(f"{path}: not a torch checkpoint") from None
@@ -78,6 +87,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
+
+
+def _check_heads(path: Path, model: CerberusNet) -> None:
+    """The running heads' sizes against the vocabulary: their indices are stored, coloured and summarised by
+    the vocabulary's names, so another count is another model's classes."""
+    known = head_outputs()
+    for key, outputs in model.output_classes.items():
+        if key not in known:
+            raise CheckpointError(f"{path}: {key} is not a head this package reads ({', '.join(known)})")
+        if outputs != len(known[key]):
+            names = known[key]
+            raise CheckpointError(
+                f"{path}: {key} has {outputs} outputs; this package reads {len(names)} ({', '.join(names)})"
+            )
 
 
 def _check_layout(path: Path, state: Mapping[str, torch.Tensor], model: CerberusNet) -> None:
@@ -114,7 +137,11 @@ def load_model(
         model.run_only(heads)
     except ValueError as err:
         raise CheckpointError(f"{settings}: {err}") from None
+    _check_heads(settings, model)
+    unverified = verify_weights(weights)
     state = read_state_dict(weights)
     _check_layout(weights, state, model)
     model.load_state_dict(state, strict=True)
+    if unverified:  # only now: a file that does not load is refused, not warned about
+        warnings.warn(unverified, stacklevel=2)
     return model.eval().to(device or default_device())
