@@ -24,11 +24,11 @@ from cerberus_batch.errors import OutputError
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.colours import tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.owned import claim_files
 from cerberus_batch.storage.summary import summary_class_counts
 from cerberus_batch.storage.zarr_maps import open_slide_maps
 from cerberus_batch.vocabulary import NUCLEI, OBJECTS, TISSUE, class_names, computed
 
-REPORT = "report.html"  # under OUT
 # Bokeh's JavaScript, inline; the plots need its core only (not its widgets, tables, WebGL or MathJax: 2.7 MB more).
 BOKEH = Resources(mode="inline", components=["bokeh"])
 DENSITY_TITLE = "Nuclei density per slide (nuclei per mm² of tissue)"
@@ -41,16 +41,21 @@ class CohortReport:
 
     def __init__(self, output: str | Path) -> None:
         self.layout = OutputLayout(output)
+        self.claimed = False  # listed as ours (`storage.owned`), checked once: a run rewrites it often
 
     @property
     def path(self) -> Path:
-        return self.layout.root / REPORT
+        return self.layout.report
 
     def write(self) -> Path:
-        """(Re)write the report from the run's records; it appears whole or not at all."""
+        """(Re)write the report from the run's records; it appears whole or not at all. A user's
+        `report.html` there is refused (OutputError), never replaced."""
         layout = self.layout
         if not layout.run_report.is_file():
             raise OutputError(f"{layout.root}: no {layout.run_report.name} (has a run started here?)")
+        if not self.claimed:
+            claim_files(layout.root, [self.path])
+            self.claimed = True
         run = json.loads(layout.run_report.read_text())
         summary_file = layout.summaries[0]
         summary = pd.read_parquet(summary_file).set_index("slide_id") if summary_file.is_file() else pd.DataFrame()

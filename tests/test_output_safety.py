@@ -1,23 +1,33 @@
-"""Inputs are never touched: an output folder that is, holds or lies inside an input is refused
-before anything is written, and no write ever removes a folder we did not write."""
+"""Inputs and user files are never touched: an output folder that is, holds or lies inside an input is
+refused before anything is written; a user's file or folder where a run would write is refused, in one
+line, before any work starts; `--fresh` removes only what we wrote; a kill's leftovers are swept."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from distributed import LocalCluster
 from PIL import Image
 
 from cerberus_batch.cli import main
 from cerberus_batch.errors import OutputError
 from cerberus_batch.model.stain import StainPredictor
+from cerberus_batch.pipeline.config import load_cohort
+from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.pipeline.tile import run_tile_mode
 from cerberus_batch.storage.atomic import atomic_path
+from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.testing.slides import make_synthetic_slide
 
 DEMO_SLIDE = Path(__file__).parent.parent / "configs" / "demo" / "slides" / "demo-a.svs"
 
@@ -58,18 +68,22 @@ def test_tile_never_replaces_a_folder_it_did_not_write(tmp_path):
     output = tmp_path / "out"
     (output / "c").mkdir(parents=True)
     (output / "c" / "precious.txt").write_text("years of work")
-    errors = {o.image.name: o.error for o in run_tile_mode(images, output, StainPredictor())}
-    assert "was not written by cerberus-batch" in errors["c.png"]
-    assert (output / "c" / "precious.txt").read_text() == "years of work"
+    before = tree_hashes(output)
+    # Refused in one line naming it, before any image is processed.
+    with pytest.raises(OutputError, match=f"^{re.escape(str(output / 'c'))}: exists and was not written by cerberus-batch") as refused:
+        run_tile_mode(images, output, StainPredictor())
+    assert "\n" not in str(refused.value)
+    assert tree_hashes(output) == before
+    # Once the user's folder is gone, the rerun writes `c`, and a third run replaces what we wrote;
     # a/b.png's output folder a/b lies inside a.png's: a.png is refused, as a name clash.
-    assert f"would hold the output of {images / 'a' / 'b.png'}" in errors["a.png"]
-    assert errors["b.png"] is None and (output / "a" / "b" / "nuclei.parquet").is_file()
-    # Once the user's folder is gone, the rerun writes `c`, and a third run replaces what we wrote.
     shutil.rmtree(output / "c")
+    killed_inside_atomic_path(output / "c")  # a kill while writing `c` leaves its hidden partial, which a rerun sweeps
     for _ in range(2):
         errors = {o.image.name: o.error for o in run_tile_mode(images, output, StainPredictor())}
+        assert f"would hold the output of {images / 'a' / 'b.png'}" in errors["a.png"]
         assert errors["b.png"] is None and errors["c.png"] is None
-        assert (output / "c" / "nuclei.parquet").is_file()
+        assert (output / "c" / "nuclei.parquet").is_file() and (output / "a" / "b" / "nuclei.parquet").is_file()
+        assert leftovers(output) == []
 
 
 def test_atomic_path_refuses_to_replace_an_unknown_folder(tmp_path):
@@ -113,3 +127,126 @@ def test_run_refuses_an_output_that_overlaps_an_input(tmp_path, case):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and str(named) in lines[0] and "output folder" in lines[0], result.output
     assert tree_hashes(inputs) == before
+
+
+def killed_inside_atomic_path(target: Path) -> None:
+    """A process killed (SIGKILL) while it writes `target` through `atomic_path`, as a worker can be."""
+    code = (
+        "import os, signal, sys\n"
+        "from cerberus_batch.storage.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as partial:\n"
+        "    partial.write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert len(leftovers(target.parent)) >= 1
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden partials and moved-aside copies of atomic writes under `folder`."""
+    return sorted(str(p.relative_to(folder)) for pattern in (".*.part", ".*.old") for p in folder.rglob(pattern))
+
+
+def small_cohort(folder: Path, ids: tuple[str, ...] = ("a",), size: tuple[int, int] = (800, 640)) -> Path:
+    """Synthetic slides (one chunk each at this size) in `folder/slides` and a cohort file writing to `folder/out`."""
+    (folder / "slides").mkdir(parents=True)
+    for seed, slide_id in enumerate(ids, start=1):
+        make_synthetic_slide(folder / "slides" / f"{slide_id}.svs", size=size, seed=seed)
+    body = {"name": "safety", "output": "out", "slides": [{"path": f"slides/{i}.svs", "id": i} for i in ids],
+            "model": {"kind": "stain"}, "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
+    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
+    return folder / "cohort.yaml"
+
+
+USER_FILES = {  # a user's file where a run would write, and the path the refusal names
+    "report.html": "report.html",
+    "summary.csv": "summary.csv",
+    "masks/a.png": "masks/a.png",
+    "maps/a/notes.txt": "maps/a",
+    "logs/a.log": "logs/a.log",
+}
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["run", "run --fresh"])
+@pytest.mark.parametrize("user_file", USER_FILES)
+def test_a_users_file_where_a_run_writes_is_refused_in_one_line_before_any_work(tmp_path, user_file, fresh):
+    cohort = small_cohort(tmp_path)
+    output = tmp_path / "out"
+    (output / user_file).parent.mkdir(parents=True)
+    (output / user_file).write_bytes(b"the user's own " + user_file.encode())
+    before = tree_hashes(output)
+    result = CliRunner().invoke(main, ["run", str(cohort), "--no-progress", *(["--fresh"] if fresh else [])])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert f"{output / USER_FILES[user_file]}: exists and was not written by cerberus-batch" in lines[0]
+    assert tree_hashes(output) == before  # no slide planned, nothing written, the user's file as it was
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as local:
+        yield local
+
+
+def test_fresh_removes_only_what_we_wrote(tmp_path, cluster):
+    cohort_file = small_cohort(tmp_path, ids=("a", "b"))
+    output = tmp_path / "out"
+    assert run_cohort(load_cohort(cohort_file), show_progress=False, cluster=cluster).status == "ok"
+    # The user adds files of their own beside ours, and one where a run may write (a failed slide's log).
+    user = ["notes.txt", "masks/README.txt", "logs/a.log", "maps/mine/notes.txt", "tables/nuclei/mine.txt", "plans/b.json.bak"]
+    for name in user:
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_bytes(b"the user's own " + name.encode())
+    ours = {p: h for p, h in tree_hashes(output).items() if p not in user}
+    # The next cohort holds slide a only: a --fresh run is refused over the user's log, and removes nothing.
+    body = yaml.safe_load(cohort_file.read_text())
+    body["slides"] = body["slides"][:1]
+    cohort_file.write_text(yaml.safe_dump(body))
+    cohort = load_cohort(cohort_file)
+    before = tree_hashes(output)
+    with pytest.raises(OutputError, match=f"^{re.escape(str(output / 'logs' / 'a.log'))}: exists and was not written by cerberus-batch") as refused:
+        run_cohort(cohort, fresh=True, show_progress=False, cluster=cluster)
+    assert "\n" not in str(refused.value)
+    assert tree_hashes(output) == before
+
+    # The log moved away, --fresh recomputes a and removes what we wrote of b; every user file stays.
+    (output / "logs" / "a.log").unlink()
+    user.remove("logs/a.log")
+    report = run_cohort(cohort, fresh=True, show_progress=False, cluster=cluster)
+    assert report.status == "ok" and report.slides["a"].chunks_skipped == 0 and not report.slides["a"].tables_skipped
+    after = tree_hashes(output)
+    assert {name: after.get(name) for name in user} == {name: before[name] for name in user}
+    layout = OutputLayout(output)
+    for gone in (layout.maps("b"), layout.mask("b"), layout.plan("b"), layout.overview("b"), layout.table_folder("nuclei", "b")):
+        assert str(gone.relative_to(output)) in ours and not gone.exists(), gone
+    assert layout.mask("a").is_file() and layout.table_files("nuclei", "a")
+
+
+def test_the_rerun_sweeps_what_a_kill_left_half_written(tmp_path, cluster):
+    cohort = load_cohort(small_cohort(tmp_path, ids=("wide",), size=(2400, 640)))  # maps over 1,000 px: viewer levels
+    output = tmp_path / "out"
+    layout = OutputLayout(output)
+    assert run_cohort(cohort, show_progress=False, cluster=cluster).status == "ok"
+    assert (layout.maps("wide") / "nuclei_prob" / "1").is_dir()
+    # A worker killed while it builds the viewer levels, before the ledger records them ...
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from cerberus_batch.storage import pyramid\n"
+        "pyramid.halve_into = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "pyramid.build_pyramid(Path(sys.argv[1]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(layout.maps("wide"))], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    (layout.ledger / "wide" / "pyramid.json").unlink()
+    # ... and one killed while it writes the slide's mask.
+    killed_inside_atomic_path(layout.mask("wide"))
+    left = leftovers(output)
+    assert any(name.startswith("maps/wide/") and "/.1." in name for name in left), left
+    assert any(name.startswith("masks/.wide.png.") for name in left), left
+
+    report = run_cohort(cohort, show_progress=False, cluster=cluster)
+    assert report.status == "ok" and report.slides["wide"].chunks_skipped == report.slides["wide"].chunks
+    assert leftovers(output) == []
+    assert (layout.maps("wide") / "nuclei_prob" / "1").is_dir()

@@ -41,6 +41,7 @@ from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, Ledger, check_run
 from cerberus_batch.storage.output_folder import claim_output
+from cerberus_batch.storage.owned import claim_run
 from cerberus_batch.storage.summary import write_cohort_summary
 from cerberus_batch.tasks.merge import border_shares
 
@@ -366,10 +367,11 @@ def run_cohort(
 ) -> RunReport:
     """Run a validated cohort to the end; returns the report (also written to the output folder).
 
-    The output folder is checked to stand apart from every input and locked against other runs
-    before anything is written to it.
+    The output folder is checked to stand apart from every input and locked against other runs,
+    and every path the run writes there to be absent or ours, before anything is written to it.
     """
-    with claim_output(cohort.output, cohort_inputs(cohort), "cerberus-batch run") as lock:
+    with (claim_output(cohort.output, cohort_inputs(cohort), "cerberus-batch run") as lock,
+          claim_run(cohort.output, [slide.id for slide in cohort.slides])):
         return _run_locked(cohort, fresh, allow_device_change, show_progress, cluster, lock.taken_over)
 
 

@@ -28,6 +28,7 @@ from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.layout import ImageLayout
 from cerberus_batch.storage.maps import MapSpec, map_specs
 from cerberus_batch.storage.output_folder import claim_output
+from cerberus_batch.storage.owned import claim_folders
 from cerberus_batch.storage.pyramid import build_pyramid
 from cerberus_batch.storage.tables import write_geoparquet
 from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
@@ -131,8 +132,8 @@ def run_tile_mode(
 ) -> list[TileOutcome]:
     """Every image of `input_dir` in turn; one that fails is reported and the others go on.
 
-    The output folder must stand apart from the input folder and `model_dir`, and no other run
-    may hold it (OutputError otherwise, before anything is written).
+    The output folder must stand apart from the input folder and `model_dir`, no other run may
+    hold it, and no image's folder there may be a user's (OutputError otherwise, before anything is written).
     """
     inputs = {"input folder": Path(input_dir)} | ({"model folder": Path(model_dir)} if model_dir else {})
     with claim_output(Path(output_dir), inputs, "cerberus-batch tile") as lock:
@@ -160,11 +161,14 @@ def _run_images(
             outcome.error = f"{path}: its output folder {folder} would hold the output of {holds[folder]}; rename one of them"
         else:
             claimed[folder] = path
-            try:
-                outcome.counts = process_image(path, folder, predictor, mpp)
-            except Exception as err:  # any failure is this image's alone; the run reports it and goes on
-                outcome.error = first_line(err, path=path)
         outcomes.append(outcome)
+    claim_folders(list(claimed))  # a user's file or folder in the way: refused before any image is processed
+    for outcome in outcomes:
+        if outcome.error is None:
+            try:
+                outcome.counts = process_image(outcome.image, outcome.folder, predictor, mpp)
+            except Exception as err:  # any failure is this image's alone; the run reports it and goes on
+                outcome.error = first_line(err, path=outcome.image)
         if on_image is not None:
             on_image(outcome)
     return outcomes

@@ -10,11 +10,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 from cerberus_batch.errors import OutputError
 
@@ -22,6 +23,14 @@ from cerberus_batch.errors import OutputError
 # as Zarr warns about files it does not know); only a folder so marked may be replaced.
 MARKER = ".cerberus-batch"
 SOFTWARE = "cerberus-batch"
+# What atomic_path leaves beside `name` when killed: its partial (".part") or the folder it moved
+# aside (".old"); a uuid4's 32 hex digits make the name ours.
+LEFTOVER = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{32}\.(part|old)")
+
+
+def _beside(target: Path, kind: str) -> Path:
+    """A hidden sibling of `target` of this kind ("part" or "old"), named as LEFTOVER matches."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.{kind}")
 
 
 def is_ours(folder: Path) -> bool:
@@ -100,8 +109,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     make_dirs(target.parent)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+    partial, old = _beside(target, "part"), _beside(target, "old")
     try:
         yield partial
         if partial.is_dir():
@@ -112,10 +120,29 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             fsync_path(target.parent)
     finally:
         for leftover in (partial, old):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+            remove_path(leftover)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, or a folder with all it holds (a link: only the link); nothing if it is gone."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep_leftovers(folder: Path, names: Collection[str] | None = None) -> None:
+    """Remove what killed atomic writes left in `folder` (of targets with these names; any without).
+
+    Only while nothing else writes there: a live write's partial has the same form."""
+    try:
+        entries = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        found = LEFTOVER.fullmatch(entry)
+        if found and (names is None or found["name"] in names):
+            remove_path(folder / entry)
 
 
 def replace_folder(built: Path, target: Path, aside: Path) -> None:

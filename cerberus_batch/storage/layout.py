@@ -1,7 +1,8 @@
 """The output folder, named once: every path a run writes under OUT comes from here.
 
 ```
-OUT/run.json  run_report.json  summary.parquet  summary.csv  .cerberus-batch.lock
+OUT/run.json  run_report.json  summary.parquet  summary.csv  report.html  .cerberus-batch.lock
+OUT/.cerberus-batch-files.json                      the files runs wrote here (`storage.owned`)
 OUT/maps/<slide>/                                   Zarr group of the slide's maps
 OUT/tables/<kind>/slide_id=<slide>/part-*.parquet   GeoParquet, hive-partitioned by slide, a part per chunk + the merge's
 OUT/tables/<kind>/.staging/slide_id=<slide>/<run token>/   a run's parts of the slide until its commit renames them into place
@@ -14,6 +15,7 @@ OUT/ledger/<slide>/                                 resume markers
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 MAPS, TABLES, LEDGER, MASKS, PLANS, LOGS = "maps", "tables", "ledger", "masks", "plans", "logs"
 PARTITION = "slide_id="  # hive partitioning: readers turn the folder name back into the slide_id column
@@ -47,13 +49,39 @@ class OutputLayout:
         return self.root / "summary.parquet", self.root / "summary.csv"
 
     @property
+    def report(self) -> Path:
+        """The cohort report (`cohort_report`)."""
+        return self.root / "report.html"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".cerberus-batch.lock"
 
     @property
-    def run_folders(self) -> tuple[Path, ...]:
-        """Everything a run computes, per slide: what `--fresh` clears."""
-        return tuple(self.root / name for name in (LEDGER, MAPS, TABLES, PLANS, MASKS, LOGS))
+    def owned(self) -> Path:
+        """The list of files runs wrote, or were about to write, here (`storage.owned`)."""
+        return self.root / ".cerberus-batch-files.json"
+
+    @property
+    def run_files(self) -> tuple[Path, ...]:
+        """The files a run writes for its whole cohort."""
+        return (self.run_settings, self.run_report, *self.summaries, self.report)
+
+    def work_folders(self, kinds: Iterable[str]) -> tuple[Path, ...]:
+        """Folders holding only a run's records and staged parts, removed whole when they go."""
+        return (self.ledger, *(self.tables(kind) / STAGING for kind in kinds))
+
+    def slide_files(self, slide_id: str) -> tuple[Path, ...]:
+        """The files a run may write for a slide (its log only if the slide fails)."""
+        return (self.mask(slide_id), self.plan(slide_id), self.log(slide_id), self.overview(slide_id), self.overview_preview(slide_id))
+
+    def slide_folders(self, slide_id: str, kinds: Iterable[str]) -> tuple[Path, ...]:
+        """The folders a run writes for a slide, each carrying our mark (`atomic.is_ours`): its maps, its table partitions."""
+        return (self.maps(slide_id), *(self.table_folder(kind, slide_id) for kind in kinds))
+
+    def slide_folders_found(self, kinds: Iterable[str]) -> list[Path]:
+        """Whatever is where `slide_folders` of any slide would be."""
+        return [*self.root.glob(f"{MAPS}/*"), *(p for kind in kinds for p in self.tables(kind).glob(f"{PARTITION}*"))]
 
     def maps(self, slide_id: str) -> Path:
         return self.root / MAPS / slide_id

@@ -15,6 +15,7 @@ from typing import Any
 from cerberus_batch.errors import RunMismatch
 from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.owned import remove_owned
 
 
 NUMERICS = "numerics"  # the fingerprint key a resume may change with --allow-device-change
@@ -67,7 +68,7 @@ class Ledger:
 def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_device_change: bool = False) -> None:
     """Refuse to mix runs: the settings that determine the maps must match the folder's.
 
-    With `fresh`, the old run's folders are dropped so everything is recomputed. With
+    With `fresh`, what earlier runs wrote is removed (and only that) so everything is recomputed. With
     `allow_device_change`, maps made with other numerics (device kind, precision) may be
     continued; they agree only within the precision of the coarser one.
     """
@@ -87,7 +88,6 @@ def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_d
                 f"{output}: holds a run with different {', '.join(changed)}; "
                 "use another output folder or pass --fresh to recompute it"
             )
-    if fresh and path.is_file():  # only a folder that holds our run.json is ours to clear
-        for stale in layout.run_folders:
-            shutil.rmtree(stale, ignore_errors=True)
+    if fresh:
+        remove_owned(output)
     write_bytes_durably(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())

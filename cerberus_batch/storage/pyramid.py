@@ -10,7 +10,7 @@ nearest-neighbour sampling would pick). A level's scale and translation follow f
 
 Each level is built beside its place and renamed into it, and the metadata listing the levels is
 written after them (a rebuild first lists level 0 only), so a reader never meets a listed level that
-is not there.
+is not there. A rebuild first removes what a killed one left half written.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 
-from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, fsync_tree
+from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, fsync_tree, sweep_leftovers
 from cerberus_batch.storage.zarr_maps import LEVEL0, MEAN, MODE, open_slide_maps
 
 SMALLEST = 1000  # px: no level is added below a map whose longer side is this or less
@@ -51,6 +51,7 @@ def build_levels(image: zarr.Group) -> int:
     if len(multiscale["datasets"]) > 1:  # a rebuild: the levels it replaces are no longer listed
         _list_levels(image, multiscale, 1)
     folder = Path(image.store.root) / image.path
+    sweep_leftovers(folder)  # the levels a killed build left half written
     for k, shape in enumerate(shapes[1:], start=1):
         with atomic_path(folder / str(k)) as partial:
             target = zarr.create_array(
