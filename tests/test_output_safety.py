@@ -98,7 +98,8 @@ def test_atomic_path_refuses_to_replace_an_unknown_folder(tmp_path):
     assert (target / "theirs.txt").read_text() == "keep"
 
 
-@pytest.mark.parametrize("case", ["output is the slides' folder", "output inside the model folder", "output holds the mask"])
+@pytest.mark.parametrize("case", ["output is the slides' folder", "output inside the model folder", "output holds the mask",
+                                  "output inside the slides' folder", "output inside the masks' folder"])
 def test_run_refuses_an_output_that_overlaps_an_input(tmp_path, case):
     inputs = tmp_path / "inputs"
     (inputs / "model").mkdir(parents=True)
@@ -117,6 +118,10 @@ def test_run_refuses_an_output_that_overlaps_an_input(tmp_path, case):
         (inputs / "model" / "weights.tar").write_bytes(b"x")
         body["model"] = {"kind": "cerberus", "weights": str(inputs / "model")}
         body["output"], named = str(inputs / "model" / "out"), inputs / "model"
+    elif case == "output inside the slides' folder":  # SLIDES/out beside SLIDES/a.svs
+        body["output"], named = str(slide.parent / "out"), f"lies inside the folder of slide a {slide.parent}"
+    elif case == "output inside the masks' folder":
+        body["output"], named = str(mask.parent / "out"), f"lies inside the folder of the mask of slide a {mask.parent}"
     else:
         body["output"], named = str(inputs / "masks"), mask
     cohort = tmp_path / "cohort.yaml"
@@ -250,3 +255,19 @@ def test_the_rerun_sweeps_what_a_kill_left_half_written(tmp_path, cluster):
     assert report.status == "ok" and report.slides["wide"].chunks_skipped == report.slides["wide"].chunks
     assert leftovers(output) == []
     assert (layout.maps("wide") / "nuclei_prob" / "1").is_dir()
+
+
+def test_an_output_of_version_0_2_resumes_its_files_being_ours(tmp_path):
+    """Version 0.2 kept no list of its files, only its run.json: what lies at our paths beside it is its own."""
+    cohort = small_cohort(tmp_path)
+    output = tmp_path / "out"
+    assert CliRunner().invoke(main, ["run", str(cohort), "--no-progress"]).exit_code == 0
+    OutputLayout(output).owned.unlink()  # as version 0.2 left it
+    again = CliRunner().invoke(main, ["run", str(cohort), "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert "1 of 1 chunks already done, tables already written" in again.output
+    # Without a run.json the same files are a user's.
+    OutputLayout(output).owned.unlink()
+    OutputLayout(output).run_settings.unlink()
+    refused = CliRunner().invoke(main, ["run", str(cohort), "--no-progress"])
+    assert refused.exit_code == 1 and "exists and was not written by cerberus-batch" in refused.output

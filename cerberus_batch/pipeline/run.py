@@ -76,17 +76,22 @@ class RunReport:
 class QuietTaskFailures(WorkerPlugin):
     """Drops the workers' log records of task failures and of the cancellations that follow
     them (a multi-line "Compute Failed" block per try): the run reports each failed slide once,
-    as one line, and writes the task's traceback to `OUT/logs/<slide>.log`."""
+    as one line, and writes the task's traceback to `OUT/logs/<slide>.log`. A heartbeat that finds
+    the scheduler gone (at shutdown, the scheduler may close before a worker) keeps its line, not its traceback."""
 
     name = "cerberus-batch-quiet-task-failures"
 
     def setup(self, worker) -> None:
         for logger in ("distributed.worker", "distributed.worker.state_machine"):
-            logging.getLogger(logger).addFilter(_not_a_task_failure)
+            logging.getLogger(logger).addFilter(_quieter)
 
 
-def _not_a_task_failure(record: logging.LogRecord) -> bool:
+def _quieter(record: logging.LogRecord) -> bool:
+    """Whether a worker's log record is shown; a missed heartbeat is shown as one line."""
     message = str(record.msg)
+    if message.startswith("Failed to communicate with scheduler during heartbeat"):
+        record.exc_info, record.exc_text = None, None
+        return True
     return not (message.startswith("Compute Failed") or ("Async instruction" in message and "CancelledError" in message))
 
 
@@ -351,14 +356,20 @@ def resumed(outcome: SlideOutcome) -> str:
 
 
 def cohort_inputs(cohort: Cohort) -> dict[str, Path]:
-    """Every file and folder a run reads, named as a user would: the output must stay apart from them."""
+    """Every file and folder a run reads, named as a user would: the output must stay apart from them.
+
+    The folders holding slides and masks count too: an output among a lab's slides is one glob or
+    one `rm` away from them. The cohort file's folder does not: the output beside it is the usual place.
+    """
     inputs = {"cohort file": cohort.source}
     if cohort.model.weights is not None:
         inputs["model folder"] = cohort.model.weights
     for slide in cohort.slides:
         inputs[f"slide {slide.id}"] = slide.path
+        inputs[f"folder of slide {slide.id}"] = slide.path.parent
         if slide.mask is not None:
             inputs[f"mask of slide {slide.id}"] = slide.mask
+            inputs[f"folder of the mask of slide {slide.id}"] = slide.mask.parent
     return inputs
 
 

@@ -60,6 +60,9 @@ def claim_files(output: Path, files: Sequence[Path], folders: Sequence[Path] = (
     layout = OutputLayout(output)
     names = listed(layout)
     present = _present([*files, *folders])
+    if not layout.owned.exists() and layout.run_settings.is_file():
+        # An output of version 0.2, which kept no list: what lies at our paths beside its run.json is its.
+        names = {_name(layout, f) for f in files if f in present}
     _refuse([f for f in files if f in present and _name(layout, f) not in names]
             + [folder for folder in folders if folder in present and not is_ours(folder)])
     claimed = names | {_name(layout, f) for f in files}
