@@ -135,10 +135,23 @@ def cluster_spec(cohort_file: str) -> None:
         raise click.ClickException(f"{cohort_file}: cluster: {err}") from None
 
 
+def _mpp(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A resolution option, bounded like the cohort file's."""
+    from cerberus_batch.pipeline.config import microscope_mpp
+
+    try:
+        return value if value is None else microscope_mpp(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+MPP_OVERRIDE = click.option("--mpp-override", type=float, callback=_mpp, help="Level-0 µm/px, for slides without (or with wrong) metadata.")
+
+
 @main.command()
 @click.argument("slide", type=click.Path(dir_okay=False))
-@click.option("--mpp-override", type=float, help="Level-0 µm/px, for slides without (or with wrong) metadata.")
-@click.option("--target-mpp", type=float, default=0.5, show_default=True, help="Processing resolution, µm/px.")
+@MPP_OVERRIDE
+@click.option("--target-mpp", type=float, default=0.5, show_default=True, callback=_mpp, help="Processing resolution, µm/px.")
 @click.option("--chunk", type=int, default=2016, show_default=True, help="Chunk side in processing px (multiple of 144).")
 @click.option("--mask", "mask_source", default="auto", show_default=True, help='"auto", "none" or a mask image.')
 def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: int, mask_source: str) -> None:
@@ -147,10 +160,12 @@ def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: in
     from rich.table import Table
 
     from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
+    from cerberus_batch.slides.plan import check_extent
 
     try:
         with open_slide(slide, mpp=mpp_override) as opened:
             view = opened.at_mpp(target_mpp)
+            check_extent(view)
             mask = tissue_mask(view, mask_source)
             plan = plan_chunks(view, mask, chunk=chunk, slide_id=Path(slide).stem)
     except (SlideError, ValueError) as err:
@@ -177,14 +192,17 @@ def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: in
 @main.command()
 @click.argument("slide", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="PNG to write (white = tissue).")
-@click.option("--mpp-override", type=float, help="Level-0 µm/px, for slides without (or with wrong) metadata.")
+@MPP_OVERRIDE
 def mask(slide: str, output: str, mpp_override: float | None) -> None:
     """Detect tissue automatically and save the mask as a PNG for QC or editing."""
     from cerberus_batch.slides import open_slide, tissue_mask
+    from cerberus_batch.slides.plan import check_extent
 
     try:
         with open_slide(slide, mpp=mpp_override) as opened:
-            found = tissue_mask(opened.at_mpp())
+            view = opened.at_mpp()
+            check_extent(view)
+            found = tissue_mask(view)
         found.save_png(output)
     except (SlideError, OSError) as err:
         raise click.ClickException(str(err)) from None

@@ -58,7 +58,7 @@ def test_glob_and_manifest_forms(tmp_path):
     [
         ({"colour": "blue"}, "colour"),
         ({"processing": {"chunk": "big"}}, "processing.chunk"),
-        ({"processing": {"chunk": 1000}}, "processing.chunk: Value error, must be a multiple of 144"),
+        ({"processing": {"chunk": 1000}}, "processing.chunk: must be a multiple of 144"),
         ({"slides": [{"path": "slides/missing.svs"}]}, "slides.0.path: slide file not found"),
         ({"slides": [{"path": "slides/a.svs", "id": "x"}, {"path": "slides/b.svs", "id": "x"}]}, "slides.1.id: duplicate"),
         ({"slides": [{"path": "slides/a.svs", "id": "../evil"}]}, "slides.0.id: '../evil' is not a safe folder name"),
@@ -120,7 +120,7 @@ colour: blue
         # Checked although other sections are invalid: the model section itself is valid.
         f"{path}:13: model.weights: folder not found: {here}/models/nowhere",
         f"{path}:15: processing.batchsize: unknown key; did you mean batch_size?",
-        f"{path}:16: processing.chunk: Value error, must be a multiple of 144 (output cell size), got 1000",
+        f"{path}:16: processing.chunk: must be a multiple of 144 (output cell size), got 1000",
         f"{path}:19: cluster.slurm.cors: unknown key; did you mean cores?",
         f"{path}:20: colour: unknown key; valid keys: name, output, slides, model, processing, cluster",
     ]

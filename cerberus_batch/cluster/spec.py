@@ -9,9 +9,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Upper bounds, beyond which a number is a typo that would start or submit absurdly much.
+MAX_NODE_CORES = 1024  # the largest single machines have a few hundred cores: workers, threads or processes on one
+MAX_NODE_GPUS = 16  # the largest nodes carry 8, a few 16, accelerators
+MAX_WORKERS = 10_000  # a Dask scheduler serves a few thousand workers: jobs or pods of a cohort
+OnNode = Annotated[int, Field(ge=1, le=MAX_NODE_CORES)]
+Gpus = Annotated[int, Field(ge=0, le=MAX_NODE_GPUS)]
+Workers = Annotated[int, Field(ge=0, le=MAX_WORKERS)]
 
 
 class Strict(BaseModel):
@@ -24,13 +32,13 @@ class SlurmSpec(Strict):
     queue: Optional[str] = None  # the partition
     account: Optional[str] = None
     walltime: str = "04:00:00"
-    cores: PositiveInt = 4  # per job
+    cores: OnNode = 4  # per job
     memory: str = "16GB"  # per job
-    processes: Optional[PositiveInt] = None  # workers per job; default: one per GPU, else one
-    gpus_per_job: NonNegativeInt = 0  # `--gres=gpu:N`; each worker then carries one GPU
+    processes: Optional[OnNode] = None  # workers per job; default: one per GPU, else one
+    gpus_per_job: Gpus = 0  # `--gres=gpu:N`; each worker then carries one GPU
     job_directives: list[str] = []  # extra `#SBATCH` lines, e.g. "--constraint=a100"
-    min_jobs: NonNegativeInt = 0
-    max_jobs: PositiveInt = 4
+    min_jobs: Workers = 0
+    max_jobs: Annotated[Workers, Field(ge=1)] = 4
     local_directory: Optional[str] = None  # worker scratch space on the node, e.g. "$TMPDIR"
     log_directory: Optional[str] = None  # where job stdout/stderr go
     python: Optional[str] = None  # interpreter on the nodes; default: the one running this
@@ -80,12 +88,12 @@ class KubernetesSpec(Strict):
     name: str = Field("cerberus-batch", pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=53)
     image: str  # must contain cerberus-batch, same version as here
     namespace: str = "default"
-    workers: PositiveInt = 2
-    threads_per_worker: PositiveInt = 1
+    workers: Annotated[Workers, Field(ge=1)] = 2
+    threads_per_worker: OnNode = 1
     cpu: str = "2"  # requests and limits per worker
     memory: str = "8Gi"
-    gpus_per_worker: NonNegativeInt = 0  # `nvidia.com/gpu` limit; workers then carry the GPU resource
-    cpu_workers: NonNegativeInt = 0  # extra GPU-less workers for post-processing (needs gpus_per_worker)
+    gpus_per_worker: Gpus = 0  # `nvidia.com/gpu` limit; workers then carry the GPU resource
+    cpu_workers: Workers = 0  # extra GPU-less workers for post-processing (needs gpus_per_worker)
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     volumes: dict[str, Volume] = {}  # e.g. {slides: {claim: slides-pvc, mount: /data/slides, read_only: true}}
@@ -124,8 +132,8 @@ SECTIONS = ("slurm", "kubernetes", "address")
 
 class ClusterSpec(Strict):
     kind: Literal["local", "slurm", "kubernetes", "address"] = "local"
-    workers: Optional[PositiveInt] = None  # CPU workers; default: one per free core (GPU workers come on top)
-    threads_per_worker: PositiveInt = 1
+    workers: Optional[OnNode] = None  # CPU workers; default: one per free core (GPU workers come on top)
+    threads_per_worker: OnNode = 1
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:8787"
     slurm: Optional[SlurmSpec] = None

@@ -8,36 +8,73 @@ from __future__ import annotations
 
 import csv
 import glob as globlib
+import math
 import re
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, PositiveInt, ValidationError, field_validator
 
 from cerberus_batch.cluster.spec import ClusterSpec, Strict
 from cerberus_batch.errors import CohortError, first_line
 from cerberus_batch.grid import CELL
+from cerberus_batch.slides.sources import PLAUSIBLE_MPP
+from cerberus_batch.storage.maps import map_specs
+from cerberus_batch.vocabulary import HEAD_MAPS, model_class_names
 
 # \A and \Z, not ^ and $: `$` also matches before a final newline, and "abc\n" is no folder name.
 SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 SLIDE_FIELDS = ("path", "id", "mask")  # the SlideSpec fields the slide checks name
+# A batch never holds more passes than fit in memory anyway (`model.memory`); even patch mode's 448-px
+# passes, the smallest, fill the largest accelerators (~140 GB) at several hundred, so more is a typo.
+MAX_BATCH_SIZE = 1024
+# One chunk's stored maps (uint8 or float16); a chunk task also holds the model's float32 outputs for the
+# whole chunk (about 10x more) and its input, so this keeps a chunk task within a few GB of a worker.
+CHUNK_MAPS_BYTES = 256 * 2**20
+
+
+def microscope_mpp(value: float) -> float:
+    """`value` (µm/px), or ValueError where no microscope records it: a level-0 resolution outside
+    that range is a wrong override, and processing outside it is interpolation beyond any scan or
+    coarser than a nucleus (Cerberus was trained at 0.5 µm/px)."""
+    low, high = PLAUSIBLE_MPP
+    if not low <= value <= high:  # also refuses nan
+        raise ValueError(f"{value:g} µm/px is outside {low:g}–{high:g} µm/px, the resolutions microscopes record")
+    return value
+
+
+Mpp = Annotated[float, AfterValidator(microscope_mpp)]
+
+
+def chunk_bytes_per_px(dtype: str) -> float:
+    """Bytes per processing px of a chunk of every map a run may store, probabilities as `dtype`."""
+    return sum(
+        (spec.channels or 1) * (np.dtype(dtype).itemsize if spec.probability else 1) / spec.downsample**2
+        for spec in map_specs(HEAD_MAPS, model_class_names())
+    )
+
+
+def largest_chunk(dtype: str) -> int:
+    """The largest chunk (whole cells) whose maps fit in CHUNK_MAPS_BYTES."""
+    return math.isqrt(int(CHUNK_MAPS_BYTES / chunk_bytes_per_px(dtype))) // CELL * CELL
 
 
 class SlideSpec(Strict):
     path: Path
     id: Optional[str] = None
     mask: Optional[Path] = None
-    mpp: Optional[PositiveFloat] = None  # level-0 µm/px override for slides without metadata
+    mpp: Optional[Mpp] = None  # level-0 µm/px override for slides without metadata
 
 
 class SlideGlob(Strict):
     glob: str
     masks: Optional[str] = None  # e.g. "masks/{stem}.png"
-    mpp: Optional[PositiveFloat] = None
+    mpp: Optional[Mpp] = None
 
 
 class SlideManifest(Strict):
@@ -53,11 +90,11 @@ class ModelSpec(Strict):
 
 
 class ProcessingSpec(Strict):
-    mpp: PositiveFloat = 0.5
+    mpp: Mpp = 0.5
     chunk: PositiveInt = 2016  # output px per chunk side
     mode: Literal["tile", "patch"] = "tile"
     tile: PositiveInt = 1008  # output px per forward pass in tile mode
-    batch_size: PositiveInt = 8
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
     tissue_mask: Literal["auto", "none", "given"] = "auto"
     dtype: Literal["uint8", "float16"] = "uint8"
 
@@ -128,9 +165,17 @@ def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
         missing = [s.id for s in slides if s.mask is None]
         if missing:
             report.at(("processing", "tissue_mask"), f"'given', but these slides have no mask: {', '.join(map(repr, missing))}")
-    if model is not None and processing is not None and model.kind == "cerberus" and processing.mode == "tile":
-        if processing.chunk % processing.tile:  # Cerberus tiles lie on a slide-wide grid, so a chunk holds whole tiles
-            report.at(("processing", "chunk"), f"{processing.chunk} is not a multiple of processing.tile ({processing.tile})")
+    if processing is not None:
+        # Bounded here, not by a field, as the bound depends on the dtype. A pass never covers more than a chunk.
+        most = largest_chunk(processing.dtype)
+        too_big = [field for field in ("chunk", "tile") if getattr(processing, field) > most]
+        for field in too_big:
+            report.at(("processing", field), f"{getattr(processing, field)} px is more than {most} px, the largest chunk "
+                      f"whose maps ({chunk_bytes_per_px(processing.dtype):.2f} B per px as {processing.dtype}) fit in "
+                      f"{CHUNK_MAPS_BYTES // 2**20} MiB of a worker's memory")
+        if not too_big and model is not None and model.kind == "cerberus" and processing.mode == "tile":
+            if processing.chunk % processing.tile:  # Cerberus tiles lie on a slide-wide grid, so a chunk holds whole tiles
+                report.at(("processing", "chunk"), f"{processing.chunk} is not a multiple of processing.tile ({processing.tile})")
     if report.found:
         raise CohortError(report.message())
     return Cohort(
@@ -221,12 +266,30 @@ class _Problems:
         return "\n".join(f"{file}:{line}: {text}" if line else f"{file}: {text}" for file, line, text in ordered)
 
 
+# Pydantic's wording of the errors numbers get, as ours; `{}` is the value given.
+NUMBER_ERRORS = {
+    "greater_than": "must be more than {gt}, got {}",
+    "greater_than_equal": "must be at least {ge}, got {}",
+    "less_than": "must be less than {lt}, got {}",
+    "less_than_equal": "must be at most {le}, got {}",
+    "int_parsing": "must be a whole number, got {!r}",
+    "int_from_float": "must be a whole number, got {}",
+    "int_type": "must be a whole number, got {!r}",
+    "float_parsing": "must be a number, got {!r}",
+    "float_type": "must be a number, got {!r}",
+}
+
+
 def _explained(err: ValidationError, model: type[BaseModel]) -> list[tuple[tuple, str]]:
     """Each of pydantic's errors as (location, one-line text); an unknown key names the nearest valid one."""
     out = []
     for error in err.errors():
         loc, text = error["loc"], error["msg"]
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "value_error":  # our own validators' text, without pydantic's "Value error, "
+            text = str(error["ctx"]["error"])
+        elif error["type"] in NUMBER_ERRORS:
+            text = NUMBER_ERRORS[error["type"]].format(error["input"], **error.get("ctx", {}))
+        elif error["type"] == "extra_forbidden":
             valid = _keys_at(model, loc[:-1])
             near = get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.7)  # 0.6 offers cluster for colour
             hint = f"; did you mean {near[0]}?" if near else f"; valid keys: {', '.join(valid)}" if valid else ""

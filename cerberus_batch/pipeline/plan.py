@@ -7,12 +7,14 @@ from typing import Iterator
 from cerberus_batch.errors import first_line
 from cerberus_batch.pipeline.config import Cohort, ProcessingSpec, SlideEntry
 from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, open_slide, plan_chunks, tissue_mask
+from cerberus_batch.slides.plan import check_extent
 
 
 def plan_slide(view: SlideView, slide: SlideEntry, processing: ProcessingSpec) -> tuple[TissueMask, ChunkPlan]:
     """Plan a cohort's slide: the tissue mask it gets (its own file wins over the cohort default) and its chunks.
 
     The one planning step of `validate`, `run` and the benchmarks; `slides.plan_chunks` does the cutting."""
+    check_extent(view)  # before the mask reads a slide of absurd size
     source = slide.mask or ("none" if processing.tissue_mask == "none" else "auto")
     mask = tissue_mask(view, source, slide_path=slide.path)
     return mask, plan_chunks(view, mask, chunk=processing.chunk, slide_id=slide.id)

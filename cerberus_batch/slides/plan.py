@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from cerberus_batch.errors import SlideError
 from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, Tile, chunk_tissue, tissue_tiles
 from cerberus_batch.slides.mask import TissueMask
 from cerberus_batch.slides.transform import Transform
@@ -27,6 +28,9 @@ from cerberus_batch.slides.view import SlideView
 
 DEFAULT_CHUNK = 2016  # 14 cells
 EDGE_ROUNDING = 1e-6  # mask-pixel positions this close to an integer are treated as exact
+# The longest glass slides (whole-mount, 3 in) are 76 mm: a slide longer than this has a wrong mpp. With
+# processing at 0.05 µm/px or coarser (`config.microscope_mpp`), it also keeps a slide within 1.6 M px a side.
+LONGEST_SLIDE_MM = 80
 
 
 @dataclass
@@ -119,6 +123,20 @@ class ChunkPlan:
             "cells_total": cell_rows * cell_cols,
             "output_megapixels": self.cells * self.cell**2 / 1e6,
         }
+
+
+def check_extent(view: SlideView) -> None:
+    """Refuse, in one line, a slide whose size says its mpp is wrong: less than a pixel at the
+    processing resolution (nothing to read), or longer than any glass slide (more pixels than to plan)."""
+    info = view.slide.info
+    (width, height), (mpp_x, mpp_y) = info.dimensions, info.mpp
+    stated = f"{width}×{height} px at {mpp_x:g} µm/px ({info.mpp_source})"
+    h, w = view.shape
+    if min(h, w) < 1:
+        raise SlideError(info.path, f"{stated} are {w}×{h} px at {view.mpp:g} µm/px: less than one processing px; check its mpp")
+    mm = (width * mpp_x / 1000, height * mpp_y / 1000)
+    if max(mm) > LONGEST_SLIDE_MM:
+        raise SlideError(info.path, f"{stated} are {mm[0]:g} × {mm[1]:g} mm: longer than any glass slide ({LONGEST_SLIDE_MM} mm); check its mpp")
 
 
 def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = DEFAULT_CHUNK, slide_id: str = "") -> ChunkPlan:
