@@ -69,6 +69,7 @@ def validate(cohort_file: str) -> None:
     from cerberus_batch.grid import pass_size
     from cerberus_batch.pipeline.plan import plan_cohort
     from cerberus_batch.pipeline.run import cohort_inputs
+    from cerberus_batch.pipeline.work import checked_predictor
     from cerberus_batch.storage.output_folder import check_writable, refuse_inputs_inside
 
     cohort = _cohort(cohort_file)
@@ -94,6 +95,10 @@ def validate(cohort_file: str) -> None:
         refuse_inputs_inside(cohort.output, cohort_inputs(cohort))
     except OutputError as err:
         problems.append(f"output: {err}")
+    try:  # as `run` loads it before any slide: what `run` refuses is named here
+        checked_predictor(cohort)
+    except CheckpointError as err:
+        problems.append(f"model: {err}")
     for problem in problems:
         click.echo(f"PROBLEM {problem}", err=True)
     if problems:

@@ -53,7 +53,6 @@ def test_run_refuses_before_any_slide(tmp_path: Path, refused_models: dict, mode
     assert not any((tmp_path / "out" / folder).exists() for folder in ("maps", "tables", "plans"))
 
 
-@pytest.mark.xfail(strict=True, reason="validate does not load the model yet: the hook belongs in cli.py's validate")
 @pytest.mark.parametrize("model", ["4-class Patch-Class", "flipped weights"])
 def test_validate_names_the_model_problem(tmp_path: Path, refused_models: dict, model: str) -> None:
     model_dir, line = refused_models[model]

@@ -33,7 +33,7 @@ from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.progress import RunProgress
 from cerberus_batch.pipeline.work import (
-    border_task, chunk_instances_task, cohort_predictor, fingerprint, infer_chunk_task, merge_slide_task,
+    border_task, checked_predictor, chunk_instances_task, fingerprint, infer_chunk_task, merge_slide_task,
     overview_task, plan_slide_task, pyramid_task,
 )
 from cerberus_batch.slides import ChunkPlan
@@ -389,9 +389,7 @@ def run_cohort(
 def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_progress: bool, cluster, taken_over) -> RunReport:
     from cerberus_batch.cluster import start_cluster
 
-    # Load the model here first: a broken checkpoint fails the run before any slide starts.
-    # (on the CPU, where AMP does not apply: the workers use the cohort's device and AMP settings)
-    predictor = cohort_predictor(cohort.model.model_copy(update={"amp": None}), cohort.processing, device="cpu")
+    predictor = checked_predictor(cohort)
     report = RunReport(cohort=cohort.name, output=str(cohort.output))
     with ExitStack() as stack:
         try:

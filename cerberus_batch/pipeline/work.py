@@ -23,7 +23,7 @@ from cerberus_batch.grid import ChunkBox, whole_cells
 from cerberus_batch.model.factory import build_predictor
 from cerberus_batch.model.predictor import Predictor, numerics
 from cerberus_batch.overview import write_overview
-from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
+from cerberus_batch.pipeline.config import Cohort, ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.plan import plan_slide
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
@@ -51,6 +51,12 @@ def cohort_predictor(
         model.kind, model.weights, heads=model.heads, mode=processing.mode, tile=processing.tile,
         batch_size=processing.batch_size, device=device or model.device, amp=model.amp, memory=memory,
     )
+
+
+def checked_predictor(cohort: Cohort) -> Predictor:
+    """The cohort's model loaded where the run starts, before any slide (and by `validate`), so a broken
+    checkpoint is refused first; on the CPU, where AMP does not apply (workers use the cohort's device and AMP)."""
+    return cohort_predictor(cohort.model.model_copy(update={"amp": None}), cohort.processing, device="cpu")
 
 
 def _predictor(model: ModelSpec, processing: ProcessingSpec) -> Predictor:
