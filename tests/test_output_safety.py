@@ -99,7 +99,7 @@ def test_atomic_path_refuses_to_replace_an_unknown_folder(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["output is the slides' folder", "output inside the model folder", "output holds the mask",
-                                  "output inside the slides' folder", "output inside the masks' folder"])
+                                  "output inside the slides' folder", "output inside the masks' folder", "output holds the manifest"])
 def test_run_refuses_an_output_that_overlaps_an_input(tmp_path, case):
     inputs = tmp_path / "inputs"
     (inputs / "model").mkdir(parents=True)
@@ -120,6 +120,11 @@ def test_run_refuses_an_output_that_overlaps_an_input(tmp_path, case):
         body["output"], named = str(inputs / "model" / "out"), inputs / "model"
     elif case == "output inside the slides' folder":  # SLIDES/out beside SLIDES/a.svs
         body["output"], named = str(slide.parent / "out"), f"lies inside the folder of slide a {slide.parent}"
+    elif case == "output holds the manifest":
+        (inputs / "list").mkdir()
+        (inputs / "list" / "slides.csv").write_text(f"path,id,mask\n{slide},a,{mask}\n")
+        body["slides"] = {"manifest": str(inputs / "list" / "slides.csv")}
+        body["output"], named = str(inputs / "list"), f"contains the slide manifest {inputs / 'list' / 'slides.csv'}"
     elif case == "output inside the masks' folder":
         body["output"], named = str(mask.parent / "out"), f"lies inside the folder of the mask of slide a {mask.parent}"
     else:

@@ -132,6 +132,7 @@ class Cohort(BaseModel):
     model: ModelSpec
     processing: ProcessingSpec
     cluster: ClusterSpec
+    manifest: Optional[Path] = None  # the CSV the slides are listed in, if the cohort file names one
 
 
 def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
@@ -186,6 +187,7 @@ def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
         model=model,
         processing=processing,
         cluster=_cluster_paths(parsed.cluster, base),
+        manifest=_resolve(base, Path(parsed.slides["manifest"])) if isinstance(parsed.slides, dict) and "manifest" in parsed.slides else None,
     )
 
 

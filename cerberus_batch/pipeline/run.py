@@ -359,9 +359,12 @@ def cohort_inputs(cohort: Cohort) -> dict[str, Path]:
     """Every file and folder a run reads, named as a user would: the output must stay apart from them.
 
     The folders holding slides and masks count too: an output among a lab's slides is one glob or
-    one `rm` away from them. The cohort file's folder does not: the output beside it is the usual place.
+    one `rm` away from them. Those of the cohort file and its manifest do not: the output beside them is
+    the usual place.
     """
     inputs = {"cohort file": cohort.source}
+    if cohort.manifest is not None:
+        inputs["slide manifest"] = cohort.manifest
     if cohort.model.weights is not None:
         inputs["model folder"] = cohort.model.weights
     for slide in cohort.slides:
