@@ -23,6 +23,10 @@ from cerberus_batch.errors import SlideError, first_line
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # Resolution tags outside this range are scanner-less defaults (72 dpi = 353 µm/px), not microscopy.
 PLAUSIBLE_MPP = (0.05, 20.0)
+# A slide file holds at least this many bytes per px its levels declare. JPEG or deflate of blank glass
+# still costs about 1 byte per 1000 px; a tenth of that leaves room for formats that store one blank tile
+# for all empty regions. A file under it only claims its size (e.g. 200000² px, every tile on one tile).
+MIN_BYTES_PER_PIXEL = 1e-4
 # µm per unit for OME PhysicalSize*Unit.
 OME_UNITS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
@@ -92,11 +96,13 @@ class TiffSource:
         if level0.dtype != np.uint8:
             raise SlideError(path, f"{level0.dtype} pixels are not supported; convert the slide to 8-bit RGB")
         self._check_complete(int(properties.get("tiffslide.series-index") or 0))
+        level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
+        self._check_plausible(level_dimensions)
         tiff = self._slide.ts_tifffile
         vendor = properties.get("tiffslide.vendor") or ("ome" if tiff.is_ome else "generic-tiff")
         power = properties.get("tiffslide.objective-power")
         self.metadata = SourceMetadata(
-            level_dimensions=tuple((int(w), int(h)) for w, h in self._slide.level_dimensions),
+            level_dimensions=level_dimensions,
             mpp=_plausible(_tiff_mpp(properties, tiff.ome_metadata if tiff.is_ome else None)),
             vendor=str(vendor),
             objective_power=float(power) if power else None,
@@ -110,6 +116,17 @@ class TiffSource:
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
                 if ends and max(ends) > size:
                     raise SlideError(self.path, f"file is truncated (image data ends at byte {max(ends)}, file has {size})")
+
+    def _check_plausible(self, level_dimensions: tuple[tuple[int, int], ...]) -> None:
+        """Refuse files far too small for the pixels they declare, before anything reads them."""
+        size = self.path.stat().st_size
+        pixels = sum(w * h for w, h in level_dimensions)
+        if pixels * MIN_BYTES_PER_PIXEL > size:
+            raise SlideError(
+                self.path,
+                f"its levels declare {pixels / 1e6:,.0f} Mpx, implausible for its file size ({size:,} bytes, "
+                f"under 1 byte per {1 / MIN_BYTES_PER_PIXEL:,.0f} px): a damaged or forged file, not a scan",
+            )
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         try:
