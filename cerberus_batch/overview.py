@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cerberus_batch.grid import CELL
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
+from cerberus_batch.slides.location import Location
 from cerberus_batch.storage.colours import RGB, instance_colour, tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.overview import save_overview
@@ -45,15 +46,18 @@ OUTLINE_UM_PER_PX = 2.0
 NOT_COMPUTED = "not computed"
 
 
-def write_overview(output: str | Path, slide_id: str, summary: Mapping[str, Any] | None = None, size: int = SIZE) -> Path:
+def write_overview(
+    output: str | Path, slide_id: str, summary: Mapping[str, Any] | None = None, size: int = SIZE, source: Location | None = None,
+) -> Path:
     """Draw the slide's QC picture from its maps and tables (class counts from its `summary` row where
-    given); the PNG appears whole or not at all."""
+    given); the PNG appears whole or not at all. `source`: the slide with its credentials, where the
+    address its maps record (shown without them) is not enough."""
     layout = OutputLayout(output)
     group = open_slide_maps(layout.maps(slide_id))
     attrs = dict(group.attrs)
     found = [kind for kind in DRAWING_ORDER if computed(kind, attrs.get("heads", ()))]
     parts = {kind.name: layout.table_files(kind.name, slide_id) for kind in found}
-    with open_slide(attrs["slide_path"]) as slide:
+    with open_slide(source or attrs["slide_path"]) as slide:
         width, height = slide.info.dimensions
         thumbnail = Image.fromarray(slide.thumbnail(size))
         regions = crop_regions(slide_id, parts.get(NUCLEI.name, []), _plan(layout, slide_id), (width, height))

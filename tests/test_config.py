@@ -122,7 +122,7 @@ colour: blue
         f"{path}:15: processing.batchsize: unknown key; did you mean batch_size?",
         f"{path}:16: processing.chunk: must be a multiple of 144 (output cell size), got 1000",
         f"{path}:19: cluster.slurm.cors: unknown key; did you mean cores?",
-        f"{path}:20: colour: unknown key; valid keys: name, output, slides, model, processing, cluster",
+        f"{path}:20: colour: unknown key; valid keys: name, output, slides, model, processing, cluster, storage_options",
     ]
     with pytest.raises(CohortError) as caught:
         load_cohort(path)

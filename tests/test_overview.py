@@ -44,7 +44,7 @@ def cmu_output(tmp_path_factory, cmu_slide) -> Path:
     output = tmp_path_factory.mktemp("overview")
     slide = SlideEntry(id="cmu", path=cmu_slide)
     model, processing = ModelSpec(kind="stain"), ProcessingSpec(chunk=1008)
-    plan = plan_slide_task(slide, model, processing, output)
+    plan, _ = plan_slide_task(slide, model, processing, output)
     for chunk in plan.chunks:
         infer_chunk_task(slide, chunk.index, (chunk.x, chunk.y, chunk.w, chunk.h), chunk.empty_cells, model, processing, output)
     parts = [chunk_instances_task("cmu", c.index, (c.x, c.y, c.w, c.h), output, "0123abcd") for c in plan.chunks]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob as globlib
+import io
 import math
 import re
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from pydantic import AfterValidator, BaseModel, Field, PositiveInt, ValidationEr
 from cerberus_batch.cluster.spec import ClusterSpec, Strict
 from cerberus_batch.errors import CohortError, first_line
 from cerberus_batch.grid import CELL
-from cerberus_batch.slides.sources import PLAUSIBLE_MPP
+from cerberus_batch.slides.location import Location, remote_cause
+from cerberus_batch.slides.sources import PLAUSIBLE_MPP, Reader
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.vocabulary import HEAD_MAPS, model_class_names
 
@@ -65,20 +67,22 @@ def largest_chunk(dtype: str) -> int:
 
 
 class SlideSpec(Strict):
-    path: Path
+    path: str  # a path or a URL (str: a Path would fold the "//" of "s3://")
     id: Optional[str] = None
-    mask: Optional[Path] = None
+    mask: Optional[str] = None
     mpp: Optional[Mpp] = None  # level-0 µm/px override for slides without metadata
+    reader: Optional[Reader] = None  # this slide's reader; default: processing.reader
 
 
 class SlideGlob(Strict):
     glob: str
     masks: Optional[str] = None  # e.g. "masks/{stem}.png"
     mpp: Optional[Mpp] = None
+    reader: Optional[Reader] = None
 
 
 class SlideManifest(Strict):
-    manifest: Path  # CSV with columns path[,id,mask,mpp]
+    manifest: str  # CSV (path or URL) with columns path[,id,mask,mpp]
 
 
 class ModelSpec(Strict):
@@ -97,6 +101,7 @@ class ProcessingSpec(Strict):
     batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
     tissue_mask: Literal["auto", "none", "given"] = "auto"
     dtype: Literal["uint8", "float16"] = "uint8"
+    reader: Reader = "auto"  # who reads the cohort's slides, unless a slide names its own
 
     @field_validator("chunk", "tile")
     @classmethod
@@ -113,15 +118,18 @@ class CohortFile(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     processing: ProcessingSpec = Field(default_factory=ProcessingSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    # fsspec options for every URL of the cohort (e.g. {key, secret, endpoint_url} for s3://); never recorded.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class SlideEntry(BaseModel):
     """One slide of the cohort, with every path resolved."""
 
     id: str
-    path: Path
-    mask: Optional[Path] = None
+    path: Location
+    mask: Optional[Location] = None
     mpp: Optional[float] = None
+    reader: Optional[Reader] = None  # set by load_cohort: the slide's own or the cohort's processing.reader
 
 
 class Cohort(BaseModel):
@@ -132,7 +140,7 @@ class Cohort(BaseModel):
     model: ModelSpec
     processing: ProcessingSpec
     cluster: ClusterSpec
-    manifest: Optional[Path] = None  # the CSV the slides are listed in, if the cohort file names one
+    manifest: Optional[Location] = None  # the CSV the slides are listed in, if the cohort file names one
 
 
 def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
@@ -150,7 +158,8 @@ def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
     report = _Problems(str(path), lines)
     parsed = report.validate(CohortFile, raw)
     base = source.parent
-    slides = _slide_entries(raw["slides"], base, report) if "slides" in raw and inputs_here else []
+    options = parsed.storage_options if parsed is not None else {}
+    slides = _slide_entries(raw["slides"], base, report, options) if "slides" in raw and inputs_here else []
     # Where one section is invalid, the checks below still run on the sections that are valid.
     model = parsed.model if parsed is not None else _valid(ModelSpec, raw.get("model", {}))
     processing = parsed.processing if parsed is not None else _valid(ProcessingSpec, raw.get("processing", {}))
@@ -183,11 +192,11 @@ def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
         source=source,
         name=parsed.name,
         output=_resolve(base, parsed.output),
-        slides=slides,
+        slides=[slide.model_copy(update={"reader": slide.reader or processing.reader}) for slide in slides],
         model=model,
         processing=processing,
         cluster=_cluster_paths(parsed.cluster, base),
-        manifest=_resolve(base, Path(parsed.slides["manifest"])) if isinstance(parsed.slides, dict) and "manifest" in parsed.slides else None,
+        manifest=Location.parse(parsed.slides["manifest"], base, options) if isinstance(parsed.slides, dict) and "manifest" in parsed.slides else None,
     )
 
 
@@ -354,12 +363,19 @@ class _Written:
         report.add(self.file, *self.spots[field], text)
 
 
-def _slide_entries(raw: Any, base: Path, report: _Problems) -> list[SlideEntry]:
-    """Every slide that validates, its paths resolved; problems with any of them go to `report`."""
+def _slide_entries(raw: Any, base: Path, report: _Problems, options: dict[str, Any]) -> list[SlideEntry]:
+    """Every slide that validates, its paths resolved; problems with any of them go to `report`.
+
+    Remote slides and masks are looked for where they are read (one line each, the rest of the cohort runs)."""
     entries: list[SlideEntry] = []
-    first_with: dict[str, Path] = {}  # slide id -> the slide that has it
-    for spec, written in _slide_specs(raw, base, report):
-        slide = _resolve(base, spec.path)
+    first_with: dict[str, Location] = {}  # slide id -> the slide that has it
+    for spec, written in _slide_specs(raw, base, report, options):
+        try:
+            slide = Location.parse(spec.path, base, options)
+            mask = Location.parse(spec.mask, base, options) if spec.mask is not None else None
+        except ValueError as err:
+            written.problem(report, "path", str(err))
+            continue
         slide_id = spec.id if spec.id is not None else slide.stem
         id_field = "id" if spec.id is not None else "path"
         if not SAFE_ID.match(slide_id):  # also refuses "." and "..": the first character is a letter or digit
@@ -369,16 +385,15 @@ def _slide_entries(raw: Any, base: Path, report: _Problems) -> list[SlideEntry]:
             written.problem(report, id_field, f"duplicate slide id {slide_id!r} (also the id of {first_with[slide_id]})")
         else:
             first_with[slide_id] = slide
-        if not slide.is_file():
+        if not slide.remote and not slide.local.exists():  # a folder is a DICOM slide
             written.problem(report, "path", f"slide file not found: {slide}")
-        mask = _resolve(base, spec.mask) if spec.mask is not None else None
-        if mask is not None and not mask.is_file():
+        if mask is not None and not mask.remote and not mask.local.is_file():
             written.problem(report, "mask", f"mask file not found: {mask}")
-        entries.append(SlideEntry(id=slide_id, path=slide, mask=mask, mpp=spec.mpp))
+        entries.append(SlideEntry(id=slide_id, path=slide, mask=mask, mpp=spec.mpp, reader=spec.reader))
     return entries
 
 
-def _slide_specs(raw: Any, base: Path, report: _Problems) -> list[tuple[SlideSpec, _Written]]:
+def _slide_specs(raw: Any, base: Path, report: _Problems, options: dict[str, Any]) -> list[tuple[SlideSpec, _Written]]:
     if isinstance(raw, list):
         if not raw:
             report.at(("slides",), "no slides listed")
@@ -391,17 +406,20 @@ def _slide_specs(raw: Any, base: Path, report: _Problems) -> list[tuple[SlideSpe
         return out
     if isinstance(raw, dict) and "glob" in raw:
         spec = report.validate(SlideGlob, raw, ("slides",))
-        return _globbed(spec, base, report) if spec is not None else []
+        return _globbed(spec, base, report, options) if spec is not None else []
     if isinstance(raw, dict) and "manifest" in raw:
         spec = report.validate(SlideManifest, raw, ("slides",))
-        return _manifest(spec, base, report) if spec is not None else []
+        return _manifest(spec, base, report, options) if spec is not None else []
     report.at(("slides",), "expected a list of slides, {glob: ...} or {manifest: ...}")
     return []
 
 
-def _globbed(spec: SlideGlob, base: Path, report: _Problems) -> list[tuple[SlideSpec, _Written]]:
-    pattern = spec.glob if Path(spec.glob).is_absolute() else str(base / spec.glob)
-    found = sorted(globlib.glob(pattern, recursive=True))
+def _globbed(spec: SlideGlob, base: Path, report: _Problems, options: dict[str, Any]) -> list[tuple[SlideSpec, _Written]]:
+    try:
+        found = _matches(spec.glob, base, options)
+    except Exception as err:  # a bucket prefix: the store's or the network's error
+        report.at(("slides", "glob"), f"cannot list {Location.parse(spec.glob)}: {remote_cause(err) or first_line(err, typed=True)}")
+        return []
     if not found:
         report.at(("slides", "glob"), f"no file matches {spec.glob!r}")
         return []
@@ -411,28 +429,38 @@ def _globbed(spec: SlideGlob, base: Path, report: _Problems) -> list[tuple[Slide
         "mask": (report.line(("slides", "masks")), "slides.masks"),
     })
     out = []
-    for slide in map(Path, found):
+    for slide in found:
         try:
-            mask = Path(spec.masks.format(stem=slide.stem)) if spec.masks else None
+            mask = spec.masks.format(stem=slide.stem) if spec.masks else None
         except (KeyError, IndexError, ValueError):
             report.at(("slides", "masks"), f"{spec.masks!r}: the only placeholder is {{stem}}")
             return []
-        out.append((SlideSpec(path=slide, mask=mask, mpp=spec.mpp), written))
+        out.append((SlideSpec(path=slide.address, mask=mask, mpp=spec.mpp, reader=spec.reader), written))
     return out
 
 
-def _manifest(spec: SlideManifest, base: Path, report: _Problems) -> list[tuple[SlideSpec, _Written]]:
-    manifest = _resolve(base, spec.manifest)
-    if not manifest.is_file():
+def _matches(pattern: str, base: Path, options: dict[str, Any]) -> list[Location]:
+    """The slides a glob names: local files, or the objects under a bucket prefix."""
+    if "://" in pattern:
+        return Location.parse(pattern, storage_options=options).matches()
+    pattern = pattern if Path(pattern).is_absolute() else str(base / pattern)
+    return [Location.parse(found) for found in sorted(globlib.glob(pattern, recursive=True))]
+
+
+def _manifest(spec: SlideManifest, base: Path, report: _Problems, options: dict[str, Any]) -> list[tuple[SlideSpec, _Written]]:
+    manifest = Location.parse(spec.manifest, base, options)
+    if not manifest.remote and not manifest.local.is_file():
         report.at(("slides", "manifest"), f"file not found: {manifest}")
         return []
     try:
         # utf-8-sig: spreadsheet programs start their "CSV UTF-8" with a byte-order mark.
-        with manifest.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = [(reader.line_num, row) for row in reader]  # line_num: the row's (last) line
+        reader = csv.DictReader(io.StringIO(manifest.read_bytes().decode("utf-8-sig"), newline=""))
+        rows = [(reader.line_num, row) for row in reader]  # line_num: the row's (last) line
     except UnicodeDecodeError:
         report.at(("slides", "manifest"), f"{manifest} is not UTF-8 text")
+        return []
+    except Exception as err:  # a remote manifest: the store's or the network's error
+        report.at(("slides", "manifest"), f"cannot read {manifest}: {remote_cause(err) or first_line(err, typed=True)}")
         return []
     if not rows:
         report.at(("slides", "manifest"), f"{manifest} lists no slides")
@@ -440,10 +468,9 @@ def _manifest(spec: SlideManifest, base: Path, report: _Problems) -> list[tuple[
     for line, row in rows:
         row = {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}
         # Manifest paths are relative to the manifest itself.
-        if "path" in row:
-            row["path"] = str(_resolve(manifest.parent, Path(row["path"])))
-        if "mask" in row:
-            row["mask"] = str(_resolve(manifest.parent, Path(row["mask"])))
+        for field in ("path", "mask"):
+            if field in row and "://" not in row[field]:  # a URL stands as written (its protocol is checked later)
+                row[field] = manifest.join(row[field]).address
         try:
             out.append((SlideSpec.model_validate(row), _Written(str(manifest), {f: (line, f) for f in SLIDE_FIELDS})))
         except ValidationError as err:

@@ -42,7 +42,8 @@ from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, Ledger, check_run
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.owned import claim_run
-from cerberus_batch.storage.summary import write_cohort_summary
+from cerberus_batch.storage.composition import write_cohort_composition
+from cerberus_batch.storage.summary import COMPOSITION, write_cohort_summary
 from cerberus_batch.tasks.merge import border_shares
 
 
@@ -57,6 +58,8 @@ class SlideOutcome:
     tables_skipped: bool = False  # written by an earlier run
     tissue_mm2: float = 0.0
     seconds: float = 0.0
+    fetched_bytes: int = 0  # read from a remote slide by this run (0 for local files)
+    fetched_requests: int = 0
 
 
 @dataclass
@@ -208,8 +211,10 @@ class CohortRun:
         self.admit()
 
     def on_plan(self, slide: SlideEntry, future: Future) -> None:
-        plan = future.result()
+        plan, fetches = future.result()
         outcome = self.report.slides[slide.id]
+        outcome.fetched_bytes += fetches.bytes
+        outcome.fetched_requests += fetches.requests
         done = self.ledger.done_chunks(slide.id)
         outcome.chunks, outcome.tissue_mm2 = len(plan.chunks), plan.tissue_mm2
         if not plan.chunks:
@@ -265,11 +270,14 @@ class CohortRun:
         ]
         merged = self.submit(slide, None, merge_slide_task, slide.id, out, plan.tissue_mm2, self.token, parts, borders,
                              key=f"merge-{slide.id}", resources=self.cpu_resources, priority=1)
-        self.submit(slide, self.on_overview, overview_task, slide.id, out, merged,
+        self.submit(slide, self.on_overview, overview_task, slide.id, out, merged, slide.path,
                     key=f"overview-{slide.id}", resources=self.cpu_resources, priority=1)
 
     def on_chunk(self, slide: SlideEntry, future: Future) -> None:
         outcome = self.report.slides[slide.id]
+        fetches = future.result()
+        outcome.fetched_bytes += fetches.bytes
+        outcome.fetched_requests += fetches.requests
         outcome.chunks_computed += 1
         self.progress.chunk_done()
         if outcome.chunks_computed + outcome.chunks_skipped == outcome.chunks:
@@ -321,6 +329,7 @@ class RunRecords:
     def __init__(self, cohort: Cohort, report: RunReport, ledger: Ledger, note: Callable[[str], None]) -> None:
         self.cohort, self.report, self.ledger, self.note = cohort, report, ledger, note
         self.rows: dict[str, dict[str, Any]] = {}
+        self.composition: dict[str, list[dict[str, Any]]] = {}  # per slide: its rows of the crossed counts
         for slide in cohort.slides:
             self.slide_finished(slide.id)
         self.due = 0.0  # time.monotonic() from which the next rewrite may happen
@@ -330,7 +339,9 @@ class RunRecords:
         row = self.ledger.slide_stage(slide_id, TABLES_COMMITTED)
         if row is None:
             self.rows.pop(slide_id, None)
+            self.composition.pop(slide_id, None)
         else:
+            self.composition[slide_id] = row.pop(COMPOSITION, [])  # none for a slide of an earlier version
             self.rows[slide_id] = row
 
     def write(self, final: bool = False) -> None:
@@ -341,6 +352,7 @@ class RunRecords:
                 for s in self.cohort.slides if s.id in self.rows]
         if rows:  # before the report: a slide the report calls done always has its summary row
             write_cohort_summary(self.cohort.output, rows)
+            write_cohort_composition(self.cohort.output, [r for s in self.cohort.slides for r in self.composition.get(s.id, ())])
         self.report.write(self.cohort.output)
         try:  # from the records just written; a report that cannot be drawn must not stop the cohort
             self.html.write()
@@ -360,19 +372,20 @@ def cohort_inputs(cohort: Cohort) -> dict[str, Path]:
 
     The folders holding slides and masks count too: an output among a lab's slides is one glob or
     one `rm` away from them. Those of the cohort file and its manifest do not: the output beside them is
-    the usual place.
+    the usual place. Remote slides, masks and manifests cannot hold a local output and are left out.
     """
     inputs = {"cohort file": cohort.source}
-    if cohort.manifest is not None:
-        inputs["slide manifest"] = cohort.manifest
+    if cohort.manifest is not None and not cohort.manifest.remote:
+        inputs["slide manifest"] = cohort.manifest.local
     if cohort.model.weights is not None:
         inputs["model folder"] = cohort.model.weights
     for slide in cohort.slides:
-        inputs[f"slide {slide.id}"] = slide.path
-        inputs[f"folder of slide {slide.id}"] = slide.path.parent
-        if slide.mask is not None:
-            inputs[f"mask of slide {slide.id}"] = slide.mask
-            inputs[f"folder of the mask of slide {slide.id}"] = slide.mask.parent
+        if not slide.path.remote:
+            inputs[f"slide {slide.id}"] = slide.path.local
+            inputs[f"folder of slide {slide.id}"] = slide.path.local.parent
+        if slide.mask is not None and not slide.mask.remote:
+            inputs[f"mask of slide {slide.id}"] = slide.mask.local
+            inputs[f"folder of the mask of slide {slide.id}"] = slide.mask.local.parent
     return inputs
 
 

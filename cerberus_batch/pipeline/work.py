@@ -24,8 +24,12 @@ from cerberus_batch.model.factory import build_predictor
 from cerberus_batch.model.predictor import Predictor, numerics
 from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.config import Cohort, ModelSpec, ProcessingSpec, SlideEntry
+from cerberus_batch.pipeline.crossed import slide_crossed
 from cerberus_batch.pipeline.plan import plan_slide
+from cerberus_batch.errors import SlideError
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
+from cerberus_batch.slides.location import Fetched, Location, fetched, remote_cause
+from cerberus_batch.slides.sources import Reader
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import BORDER_PART, OutputLayout
@@ -37,7 +41,6 @@ from cerberus_batch.storage.zarr_maps import (
     ChunkCache, create_slide_maps, map_arrays, maps_match, open_slide_maps, write_chunk,
 )
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
-from cerberus_batch.tasks.instances import tissue_by_type
 from cerberus_batch.tasks.merge import BorderShare, ChunkResult, border_nuclei, chunk_instances, merge_slide
 from cerberus_batch.tasks.postprocess import cerberus_kinds
 from cerberus_batch.vocabulary import TISSUE, class_names
@@ -87,12 +90,20 @@ def map_settings(processing: ProcessingSpec) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def _cached_view(path: str, mpp_override: float | None, target_mpp: float):
-    return open_slide(path, mpp=mpp_override).at_mpp(target_mpp)
+def _cached_view(path: Location, mpp_override: float | None, target_mpp: float, reader: Reader):
+    return open_slide(path, mpp=mpp_override, reader=reader).at_mpp(target_mpp)
+
+
+def source_identity(path: Location) -> dict[str, Any]:
+    """The slide file's or object's identity (size and mtime, or size and ETag), for its map group."""
+    try:
+        return path.identity()
+    except Exception as err:  # the store's or the network's error
+        raise SlideError(path, remote_cause(err) or f"cannot read its size and date ({type(err).__name__})") from None
 
 
 def map_attributes(
-    slide_id: str, path: Path, mpp: float, transform: Transform, predictor: Predictor, **specific: Any,
+    slide_id: str, path: Location, mpp: float, transform: Transform, predictor: Predictor, **specific: Any,
 ) -> dict[str, Any]:
     """What a map group records of its slide and model, in run and tile mode, plus each mode's own."""
     return {
@@ -109,10 +120,13 @@ def map_attributes(
     }
 
 
-def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> ChunkPlan:
-    """Open a slide, find its tissue, cut it into chunks and create its (empty) map group."""
-    view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
-    mask, plan = plan_slide(view, slide, processing)
+def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> tuple[ChunkPlan, Fetched]:
+    """Open a slide, find its tissue, cut it into chunks and create its (empty) map group; returns the
+    plan and what reading a remote slide fetched."""
+    with fetched() as fetches:
+        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader)
+        mask, plan = plan_slide(view, slide, processing)
+        identity = source_identity(slide.path)
     layout = OutputLayout(output)
     with atomic_path(layout.mask(slide.id)) as partial:
         mask.save_png(partial)
@@ -125,6 +139,8 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
         slide.id, slide.path, plan.mpp, plan.transform, predictor,
         plan=hashlib.sha256(plan.to_json().encode()).hexdigest(), processing=map_settings(processing),
         slide_dimensions=list(view.slide.info.dimensions),
+        reader=view.slide.info.reader,  # who decoded the pixels: another reader's maps are remade, never mixed
+        source=identity,  # a replaced slide file or object is replanned, never mixed with the old maps
     )
     path = layout.maps(slide.id)
     recover_slide_tables(output, slide.id)  # before this run stages any part of the slide
@@ -135,23 +151,25 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
         Ledger(output).forget(slide.id)
         specs = map_specs(predictor.heads, predictor.class_names)
         create_slide_maps(path, shape=whole_cells(view.shape), chunk=processing.chunk, specs=specs, dtype=processing.dtype, attrs=attrs)
-    return plan
+    return plan, fetches
 
 
 def infer_chunk_task(
     slide: SlideEntry, chunk_index: int, box: ChunkBox, empty_cells: list[tuple[int, int]],
     model: ModelSpec, processing: ProcessingSpec, output: Path,
-) -> None:
-    """Infer one chunk, write its maps, then record it in the ledger."""
-    view = _cached_view(str(slide.path), slide.mpp, processing.mpp)
-    predictor = _predictor(model, processing)
-    outputs = predict_chunk(view.read, predictor, box, empty_cells)
+) -> Fetched:
+    """Infer one chunk, write its maps, then record it in the ledger; returns what reading a remote slide fetched."""
+    with fetched() as fetches:
+        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader)
+        predictor = _predictor(model, processing)
+        outputs = predict_chunk(view.read, predictor, box, empty_cells)
     group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
     specs = map_specs(predictor.heads, predictor.class_names)
     x, y, w, h = box
     inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
     write_chunk(group, x, y, stored_maps(outputs, specs, empty_cells, inside, processing.dtype), specs)
     Ledger(output).mark_done(slide.id, chunk_index)
+    return fetches
 
 
 def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predictor, gpu_workers: bool) -> dict[str, Any]:
@@ -170,7 +188,7 @@ def _slide_maps(
     output: Path, slide_id: str, windows: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The slide's Zarr arrays (read lazily, window by window), its attributes, and where
-    its objects lie (slide id, level-0 transform, mpp, level-0 bounds, object kinds named for its model).
+    its objects lie (slide id, level-0 transform, mpp, level-0 bounds, object kinds and tissue types named for its model).
 
     `windows`: the task reads many small windows across chunk borders, so each array keeps its
     last decoded chunks (`ChunkCache`)."""
@@ -179,13 +197,14 @@ def _slide_maps(
     place = {
         "slide_id": slide_id, "transform": Transform.from_dict(attrs["transform"]), "mpp": attrs["mpp"],
         "bounds": tuple(attrs["slide_dimensions"]), "kinds": cerberus_kinds("wsi", attrs["class_names"]),
+        "tissue_classes": class_names(TISSUE, attrs["class_names"]),
     }
     arrays = map_arrays(group)
     return ({name: ChunkCache(array) for name, array in arrays.items()} if windows else arrays), attrs, place
 
 
 def chunk_instances_task(
-    slide_id: str, chunk_index: int, box: ChunkBox, output: Path, token: str, inferred: None = None,
+    slide_id: str, chunk_index: int, box: ChunkBox, output: Path, token: str, inferred: Fetched | None = None,
 ) -> ChunkResult:
     """Finish the objects that lie inside one chunk and stage them as its table part (run `token`);
     return only the fragments crossing its borders, so the merge never receives the chunk's objects.
@@ -224,29 +243,27 @@ def merge_slide_task(
     staged under `token`, and the merge's); returns its summary row, counted from the committed
     tables. `borders` are what the slide's border tasks finished.
 
-    `tissue_mm2` is the plan's tissue area; the summary splits it by the tissue type of each cell.
+    `tissue_mm2` is the plan's tissue area (the mask's); the row adds each tissue type's area, its objects
+    crossed with the tissue types and the named readouts (`crossed.slide_crossed`).
     """
     started = time.perf_counter()
-    maps, attrs, place = _slide_maps(output, slide_id, windows=True)
-    names = class_names(TISSUE, attrs["class_names"])
+    maps, _, place = _slide_maps(output, slide_id, windows=True)
     finished = {kind: np.concatenate([done[kind] for done in borders]) for kind in set().union(*borders)}
-    write_slide_tables(output, slide_id, merge_slide(maps, parts, tissue_classes=names, finished=finished, **place), token)
-    types = {}
-    if TISSUE.class_map.name in maps:
-        plan = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text())
-        types = tissue_by_type(tissue_mm2, plan.tissue_cells(), np.asarray(maps[TISSUE.class_map.name][:]), names)
-    return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started)
+    write_slide_tables(output, slide_id, merge_slide(maps, parts, finished=finished, **place), token)
+    tissue_px = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text()).tissue_cells()
+    types, readouts, composition = slide_crossed(output, slide_id, maps, place, tissue_px)
+    return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started, readouts, composition)
 
 
-def overview_task(slide_id: str, output: Path, summary: dict[str, Any]) -> dict[str, Any]:
+def overview_task(slide_id: str, output: Path, summary: dict[str, Any], source: Location | None = None) -> dict[str, Any]:
     """Draw the slide's QC picture from its committed tables; passes the merge's summary row on.
 
     A task of its own: drawing reads every object of the slide, the merge only those on chunk borders."""
-    write_overview(output, slide_id, summary)
+    write_overview(output, slide_id, summary, source=source)
     return summary
 
 
-def pyramid_task(slide_id: str, output: Path, inferred: list[None]) -> dict[str, int]:
+def pyramid_task(slide_id: str, output: Path, inferred: list[Fetched]) -> dict[str, int]:
     """Build the viewer levels of the slide's maps; returns how many levels each map has.
 
     `inferred` are the slide's inference tasks this run computes: Dask starts this one once all are done."""

@@ -23,7 +23,8 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects
 
-from cerberus_batch.errors import SlideError
+from cerberus_batch.errors import SlideError, first_line
+from cerberus_batch.slides.location import Location, remote_cause
 from cerberus_batch.slides.view import SlideView, render_whole
 
 MASK_MPP = 8.0  # µm per pixel of automatic and "none" masks
@@ -73,8 +74,8 @@ class TissueMask:
         Image.fromarray(self.array.astype(np.uint8) * 255).save(path, format="PNG")  # any name: atomic writes use *.part
 
 
-def tissue_mask(view: SlideView, source: str | Path = "auto", *, slide_path: str | Path | None = None) -> TissueMask:
-    """The tissue mask of a slide: "auto", "none" or a mask image path. Raises SlideError."""
+def tissue_mask(view: SlideView, source: str | Path | Location = "auto", *, slide_path: str | Location | None = None) -> TissueMask:
+    """The tissue mask of a slide: "auto", "none" or a mask image (path, URL or Location). Raises SlideError."""
     slide_path = slide_path or view.slide.info.path
     factor = max(1, round(MASK_MPP / view.mpp))
     if source == "auto":
@@ -91,7 +92,7 @@ def tissue_mask(view: SlideView, source: str | Path = "auto", *, slide_path: str
     if source == "none":
         h, w = view.shape
         return TissueMask(np.ones((math.ceil(h / factor), math.ceil(w / factor)), bool), factor, "none")
-    return _mask_from_file(Path(source), view, slide_path)
+    return _mask_from_file(Location.parse(source), view, slide_path)
 
 
 def detect_tissue(rgb: np.ndarray, mpp: float) -> np.ndarray:
@@ -125,8 +126,12 @@ def _fill_holes(tissue: np.ndarray, max_size: int) -> np.ndarray:
     return tissue | small[background]
 
 
-def _mask_from_file(path: Path, view: SlideView, slide_path: str | Path) -> TissueMask:
-    if not path.is_file():
+def _mask_from_file(path: Location, view: SlideView, slide_path: str | Location) -> TissueMask:
+    try:
+        found = path.exists()
+    except Exception as err:  # a remote mask: the store's or the network's error
+        raise SlideError(path, f"{remote_cause(err) or first_line(err, typed=True)} (mask of slide {slide_path})") from None
+    if not found:
         raise SlideError(path, f"mask file not found (for slide {slide_path})")
     try:
         png = _png_header(path)
@@ -144,7 +149,7 @@ def _mask_from_file(path: Path, view: SlideView, slide_path: str | Path) -> Tiss
     return TissueMask(array, h / mask_h * k, str(path), downsample_x=w / mask_w * k)
 
 
-def _check_size(path: Path, size: tuple[int, int], view: SlideView, slide_path: str | Path) -> None:
+def _check_size(path: Location, size: tuple[int, int], view: SlideView, slide_path: str | Path) -> None:
     """Refuse, before decoding, a mask of the wrong shape or finer than both the slide and the processing grid."""
     mask_w, mask_h = size
     h, w = view.shape
@@ -186,7 +191,7 @@ def _any_blocks(tissue: np.ndarray, k: int) -> np.ndarray:
     return blocks
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Location) -> tuple[int, int]:
     """Size of a mask that is decoded whole, refused above MASK_PIXELS before decoding."""
     too_big = SlideError(
         path,
@@ -196,7 +201,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget, below, is lower
-            with Image.open(path) as image:
+            with path.open_bytes() as f, Image.open(f) as image:
                 size = image.size
     except Image.DecompressionBombError:
         raise too_big from None
@@ -205,9 +210,9 @@ def _image_size(path: Path) -> tuple[int, int]:
     return size
 
 
-def _whole_tissue(path: Path) -> np.ndarray:
+def _whole_tissue(path: Location) -> np.ndarray:
     """Nonzero colour, alpha ignored, of a mask decoded whole by Pillow (it fits MASK_PIXELS)."""
-    with Image.open(path) as image:
+    with path.open_bytes() as f, Image.open(f) as image:
         pixels = np.asarray(image.convert("RGBA") if image.mode == "P" else image)
         has_alpha = image.mode in ("RGBA", "LA", "P", "PA")
     if pixels.ndim == 3:
@@ -219,7 +224,7 @@ def _whole_tissue(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _PngHeader:
-    path: Path
+    path: Location
     width: int
     height: int
     depth: int  # bits per sample
@@ -237,9 +242,9 @@ class _PngHeader:
         return max(1, PNG_CHANNELS[self.colour_type] * self.depth // 8)
 
 
-def _png_header(path: Path) -> _PngHeader | None:
+def _png_header(path: Location) -> _PngHeader | None:
     """The header of a PNG that can be decoded in bands: not interlaced, at most 4 bytes per px. Else None."""
-    with open(path, "rb") as f:
+    with path.open_bytes() as f:
         if f.read(8) != PNG_SIGNATURE:
             return None
         kind, data = _png_chunk(f)
@@ -290,7 +295,7 @@ def _filtered_bands(png: _PngHeader, size: int) -> Iterator[bytes]:
     left = png.height * (png.row_bytes + 1)
     inflate = zlib.decompressobj()
     pending = bytearray()
-    with open(png.path, "rb") as f:
+    with png.path.open_bytes() as f:
         f.seek(png.data_offset)
         for data in _idat_pieces(f, size):
             while left:

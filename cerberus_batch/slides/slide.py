@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 from pathlib import Path
 
 import numpy as np
 
 from cerberus_batch.errors import SlideError
-from cerberus_batch.slides.sources import PixelSource, open_source
+from cerberus_batch.slides.location import Location
+from cerberus_batch.slides.sources import PixelSource, Reader, open_source
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView, best_level, render_whole, view_at_mpp
 
@@ -27,12 +29,13 @@ class SlideInfo:
     vendor: str
     objective_power: float | None
     mpp_source: str  # "metadata", "override" or "none"
+    reader: str  # tiffslide, openslide, dicom or pillow
 
 
 class Slide:
     """A whole-slide image (or plain image) of any supported format."""
 
-    def __init__(self, path: Path, source: PixelSource, mpp: float | None = None) -> None:
+    def __init__(self, path: Location, source: PixelSource, mpp: float | None = None) -> None:
         self._source = source
         meta = source.metadata
         self._scales = tuple(_level_scale(meta.level_dimensions[0], dims) for dims in meta.level_dimensions)
@@ -48,6 +51,7 @@ class Slide:
             vendor=meta.vendor,
             objective_power=meta.objective_power,
             mpp_source="override" if mpp is not None else ("metadata" if meta.mpp else "none"),
+            reader=source.reader,
         )
 
     def level_scale(self, level: int) -> tuple[float, float]:
@@ -85,10 +89,14 @@ class Slide:
         self.close()
 
 
-def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
-    """Open a slide; `mpp` overrides the level-0 µm/px of its metadata. Raises SlideError."""
-    path = Path(path)
-    return Slide(path, open_source(path), mpp)
+def open_slide(path: str | Path | Location, mpp: float | None = None, reader: Reader = "auto") -> Slide:
+    """Open a slide (a path, a URL or a Location); `mpp` overrides the level-0 µm/px of its metadata,
+    `reader` picks who reads it (auto: see `sources.open_source`). Raises SlideError."""
+    try:
+        location = Location.parse(path)
+    except ValueError as err:
+        raise SlideError(path, str(err)) from None
+    return Slide(location, open_source(location, reader), mpp)
 
 
 def _level_scale(base: tuple[int, int], dims: tuple[int, int]) -> tuple[float, float]:

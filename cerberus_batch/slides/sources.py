@@ -1,6 +1,7 @@
-"""Where slide pixels come from: tiffslide for TIFF-based files, Pillow for plain images.
+"""Where slide pixels come from: tiffslide for TIFF-based files, Pillow for plain images, and the
+readers in `slides.readers` (OpenSlide, DICOM) for the rest.
 
-Both sources answer the same two questions — what levels exist and what the
+Every source answers the same two questions — what levels exist and what the
 RGB pixels of an in-bounds level region are — so `Slide` never cares which
 file format it holds.
 """
@@ -12,13 +13,14 @@ import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import tiffslide
 from PIL import Image
 
 from cerberus_batch.errors import SlideError, first_line
+from cerberus_batch.slides.location import Location, remote_cause
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # Resolution tags outside this range are scanner-less defaults (72 dpi = 353 µm/px), not microscopy.
@@ -29,6 +31,9 @@ PLAUSIBLE_MPP = (0.05, 20.0)
 MIN_BYTES_PER_PIXEL = 1e-4
 # µm per unit for OME PhysicalSize*Unit.
 OME_UNITS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# Which reader opens a slide; auto: a folder or DICOMweb series is DICOM, a TIFF tiffslide, other files OpenSlide.
+Reader = Literal["auto", "tiffslide", "openslide", "dicom"]
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class SourceMetadata:
 
 
 class PixelSource(Protocol):
+    reader: str  # which reader made the pixels, recorded with the maps
     metadata: SourceMetadata
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -49,15 +55,31 @@ class PixelSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(path: Path) -> PixelSource:
-    if not path.is_file():
+def open_source(path: Location, reader: Reader = "auto") -> PixelSource:
+    # The other readers load on first use: wsidicom alone takes a second to import.
+    from cerberus_batch.slides.readers.dicom import DicomSource, dicomweb_series
+    from cerberus_batch.slides.readers.openslide import OpenSlideSource
+
+    series = dicomweb_series(path.address) if path.remote else None
+    if series is not None or reader == "dicom" or (reader == "auto" and not path.remote and path.local.is_dir()):
+        return DicomSource.web(path, series) if series is not None else DicomSource.folder(path)
+    if not path.remote and not path.local.is_file():
         raise SlideError(path, "file not found")
+    if reader == "openslide":
+        return OpenSlideSource(path)
     if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
         return PlainImageSource(path)
-    return TiffSource(path)
+    if reader == "tiffslide" or path.remote or _is_tiff(path.local):
+        return TiffSource(path)
+    return OpenSlideSource(path)  # says "unsupported format" where OpenSlide does not read it either
 
 
-def to_rgb(pixels: np.ndarray, path: Path) -> np.ndarray:
+def _is_tiff(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(4) in TIFF_MAGIC
+
+
+def to_rgb(pixels: np.ndarray, path: Location) -> np.ndarray:
     """Grey, grey+alpha, RGB or RGBA uint8 pixels as RGB, transparency composited on white."""
     if pixels.dtype != np.uint8:
         raise SlideError(path, f"{pixels.dtype} pixels are not supported; convert the image to 8-bit RGB")
@@ -77,16 +99,22 @@ def to_rgb(pixels: np.ndarray, path: Path) -> np.ndarray:
 class TiffSource:
     """SVS, pyramidal TIFF (pages or SubIFDs), OME-TIFF and plain TIFF through tiffslide."""
 
-    def __init__(self, path: Path) -> None:
+    reader = "tiffslide"
+
+    def __init__(self, path: Location) -> None:
         self.path = path
         try:
             with _TiffProblems() as problems:
-                self._slide = tiffslide.TiffSlide(path)
+                # A remote slide is read through our block-cached, counted file (see Location.open_bytes).
+                self._handle = path.open_bytes() if path.remote else None
+                self._size = self._handle.size if self._handle else path.local.stat().st_size
+                self._slide = tiffslide.TiffSlide(self._handle or path.local)
                 len(self._slide.ts_tifffile.pages)  # walk every page now, so broken page links surface here
                 properties = self._slide.properties
                 level0 = self._slide.zarr_group["0"]
         except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
-            raise SlideError(path, f"not a readable slide ({first_line(err, typed=True)})") from None
+            cause = remote_cause(err) if path.remote else None
+            raise SlideError(path, cause or f"not a readable slide ({_scrubbed(err, path)})") from None
         if problems.messages:
             # tifffile only logs a damaged page chain and carries on with the pages before it.
             raise SlideError(path, f"file is damaged or truncated ({problems.messages[0]})")
@@ -103,14 +131,14 @@ class TiffSource:
         power = properties.get("tiffslide.objective-power")
         self.metadata = SourceMetadata(
             level_dimensions=level_dimensions,
-            mpp=_plausible(_tiff_mpp(properties, tiff.ome_metadata if tiff.is_ome else None)),
+            mpp=plausible_mpp(_tiff_mpp(properties, tiff.ome_metadata if tiff.is_ome else None)),
             vendor=str(vendor),
             objective_power=float(power) if power else None,
         )
 
     def _check_complete(self, series: int) -> None:
         """Refuse files whose tile data runs past the end of the file (interrupted copies)."""
-        size = self.path.stat().st_size
+        size = self._size
         for level in self._slide.ts_tifffile.series[series].levels:
             for page in level.pages:
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
@@ -119,7 +147,7 @@ class TiffSource:
 
     def _check_plausible(self, level_dimensions: tuple[tuple[int, int], ...]) -> None:
         """Refuse files far too small for the pixels they declare, before anything reads them."""
-        size = self.path.stat().st_size
+        size = self._size
         pixels = sum(w * h for w, h in level_dimensions)
         if pixels * MIN_BYTES_PER_PIXEL > size:
             raise SlideError(
@@ -133,20 +161,27 @@ class TiffSource:
             # tiffslide keeps one zarr group per thread; looking it up per read keeps threaded workers safe.
             pixels = np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
         except Exception as err:  # a damaged tile surfaces as a codec error
-            raise SlideError(self.path, f"cannot decode level {level} region ({first_line(err, typed=True)})") from None
+            cause = remote_cause(err) if self.path.remote else None
+            if cause:
+                raise SlideError(self.path, f"cannot read level {level} region: {cause}") from None
+            raise SlideError(self.path, f"cannot decode level {level} region ({_scrubbed(err, self.path)})") from None
         return to_rgb(pixels, self.path)
 
     def close(self) -> None:
         self._slide.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 class PlainImageSource:
     """A PNG or JPEG held in memory as a single-level slide (tile mode's inputs)."""
 
-    def __init__(self, path: Path) -> None:
+    reader = "pillow"
+
+    def __init__(self, path: Location) -> None:
         self.path = path
         try:
-            with Image.open(path) as image:
+            with Image.open(path.open_bytes()) as image:
                 mode = image.mode
                 if mode.startswith("I") or mode == "F":
                     raise SlideError(path, f"{mode} (16/32-bit) images are not supported; convert the image to 8-bit RGB")
@@ -154,7 +189,7 @@ class PlainImageSource:
         except SlideError:
             raise
         except Exception as err:  # Pillow raises several types for damaged images
-            raise SlideError(path, f"not a readable image ({first_line(err, typed=True)})") from None
+            raise SlideError(path, remote_cause(err) if path.remote and remote_cause(err) else f"not a readable image ({first_line(err, typed=True)})") from None
         h, w = self._rgb.shape[:2]
         self.metadata = SourceMetadata(level_dimensions=((w, h),), mpp=None, vendor="image", objective_power=None)
 
@@ -188,6 +223,11 @@ class _TiffProblems(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
+def _scrubbed(err: BaseException, path: Location) -> str:
+    """The error's first line with the slide's full URL (which may hold a signature) as shown."""
+    return first_line(err, typed=True).replace(path.address, path.shown)
+
+
 def _tiff_mpp(properties: dict, ome_xml: str | None) -> tuple[float, float] | None:
     mpp_x, mpp_y = properties.get("tiffslide.mpp-x"), properties.get("tiffslide.mpp-y")
     if mpp_x and mpp_y:
@@ -205,7 +245,7 @@ def _ome_mpp(ome_xml: str) -> tuple[float, float] | None:
     )
 
 
-def _plausible(mpp: tuple[float, float] | None) -> tuple[float, float] | None:
+def plausible_mpp(mpp: tuple[float, float] | None) -> tuple[float, float] | None:
     low, high = PLAUSIBLE_MPP
     return mpp if mpp and all(low <= v <= high for v in mpp) else None
 
