@@ -215,27 +215,30 @@ def mask(slide: str, output: str, mpp_override: float | None) -> None:
     click.echo(f"{output}: {w}×{h} mask, {found.downsample:g} processing px per pixel, {found.tissue_fraction:.1%} tissue")
 
 
-EXPORT_FORMATS = ("qupath",)
+EXPORT_SUFFIXES = {"qupath": ".geojson", "spatialdata": ".zarr"}  # what each format writes per slide
 
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False))
 @click.option("--format", "export_format", default="qupath", show_default=True,
-              help="Export format: qupath (GeoJSON: nuclei as detections; glands, lumens, tissue regions as annotations).")
+              help="Export format: qupath (GeoJSON: nuclei as detections; glands, lumens, tissue regions as annotations) "
+                   "or spatialdata (a SpatialData Zarr store: maps, object shapes and the nuclei's AnnData table).")
 @click.option("--slide", "slide_id", help="Slide id to export (required when the output holds several slides, unless --all).")
-@click.option("--all", "every_slide", is_flag=True, help="Export every slide, one <slide id>.geojson each into the folder -o.")
+@click.option("--all", "every_slide", is_flag=True, help="Export every slide, one <slide id>.geojson (or .zarr) each into the folder -o.")
 @click.option("-o", "--out", "target", type=click.Path(), required=True, help="File to write (with --all: the folder).")
 def export(output: str, export_format: str, slide_id: str | None, every_slide: bool, target: str) -> None:
     """Export slides' nuclei, glands, lumens and tissue regions for a viewer (QuPath: File > Import objects)."""
     from cerberus_batch.storage.qupath import table_slides, write_qupath_geojson
+    from cerberus_batch.storage.spatialdata import write_spatialdata
 
-    if export_format not in EXPORT_FORMATS:
-        raise click.ClickException(f"--format {export_format!r}: unknown; expected one of {', '.join(EXPORT_FORMATS)}")
+    if export_format not in EXPORT_SUFFIXES:
+        raise click.ClickException(f"--format {export_format!r}: unknown; expected one of {', '.join(EXPORT_SUFFIXES)}")
+    write = write_spatialdata if export_format == "spatialdata" else write_qupath_geojson
     if every_slide and slide_id is not None:
         raise click.ClickException(f"--slide {slide_id!r} with --all: give one or the other")
     if every_slide and Path(target).exists() and not Path(target).is_dir():
         raise click.ClickException(f"-o {target}: not a folder; --all writes one file per slide into a folder")
-    if not every_slide and Path(target).is_dir():
+    if not every_slide and Path(target).is_dir() and export_format != "spatialdata":  # a store is a folder
         raise click.ClickException(f"-o {target}: a folder; give a file name, or --all to write every slide into it")
     if not Path(output).is_dir():
         raise click.ClickException(f"{output}: output folder not found")
@@ -243,10 +246,10 @@ def export(output: str, export_format: str, slide_id: str | None, every_slide: b
     if not slides:
         raise click.ClickException(f"{output}: no tables found (has the run finished?)")
     if every_slide:
-        files = {slide: Path(target) / f"{slide}.geojson" for slide in slides}  # slide ids hold no "/"
+        files = {slide: Path(target) / f"{slide}{EXPORT_SUFFIXES[export_format]}" for slide in slides}  # ids hold no "/"
     elif slide_id is None and len(slides) > 1:
         raise click.ClickException(
-            f"{output} holds {len(slides)} slides and QuPath imports one slide per file; pick one with --slide "
+            f"{output} holds {len(slides)} slides and an export holds one; pick one with --slide "
             f"({', '.join(slides[:5])}{', ...' if len(slides) > 5 else ''}) or export each with --all"
         )
     elif slide_id is not None and slide_id not in slides:
@@ -256,9 +259,11 @@ def export(output: str, export_format: str, slide_id: str | None, every_slide: b
     for slide, file in files.items():
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
-            counts = write_qupath_geojson(output, slide, file)
+            counts = write(output, slide, file)
         except OSError as err:
             raise click.ClickException(f"{file}: {err.strerror or err}") from None
+        except OutputError as err:  # -o names a folder that is not a store we wrote
+            raise click.ClickException(str(err)) from None
         click.echo(f"{file}: slide {slide}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
 
 
