@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import click
 
 from cerberus_batch import __version__
 from cerberus_batch.errors import CheckpointError, CohortError, OutputError, SlideError, first_line
+from cerberus_batch.slides.sources import Reader
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,12 +156,14 @@ MPP_OVERRIDE = click.option("--mpp-override", type=float, callback=_mpp, help="L
 
 
 @main.command()
-@click.argument("slide", type=click.Path(dir_okay=False))
+@click.argument("slide")  # a file, a DICOM folder or a URL
 @MPP_OVERRIDE
+@click.option("--reader", type=click.Choice(get_args(Reader)), default="auto", show_default=True,
+              help="Who reads the slide: auto (tiffslide for TIFF, DICOM for a folder or DICOMweb series, else OpenSlide).")
 @click.option("--target-mpp", type=float, default=0.5, show_default=True, callback=_mpp, help="Processing resolution, µm/px.")
 @click.option("--chunk", type=int, default=2016, show_default=True, help="Chunk side in processing px (multiple of 144).")
 @click.option("--mask", "mask_source", default="auto", show_default=True, help='"auto", "none" or a mask image.')
-def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: int, mask_source: str) -> None:
+def inspect(slide: str, mpp_override: float | None, reader: Reader, target_mpp: float, chunk: int, mask_source: str) -> None:
     """Print a slide's metadata, levels, processing resolution, tissue and chunk plan."""
     from rich.console import Console
     from rich.table import Table
@@ -168,7 +172,7 @@ def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: in
     from cerberus_batch.slides.plan import check_extent
 
     try:
-        with open_slide(slide, mpp=mpp_override) as opened:
+        with open_slide(slide, mpp=mpp_override, reader=reader) as opened:
             view = opened.at_mpp(target_mpp)
             check_extent(view)
             mask = tissue_mask(view, mask_source)
@@ -178,6 +182,7 @@ def inspect(slide: str, mpp_override: float | None, target_mpp: float, chunk: in
     info = opened.info
     table = Table(title=slide, show_header=False)
     rows = {
+        "reader": info.reader,
         "vendor": info.vendor,
         "objective power": str(info.objective_power or "-"),
         "level-0 size (w×h)": "×".join(map(str, info.dimensions)),

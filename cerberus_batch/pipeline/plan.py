@@ -24,7 +24,7 @@ def plan_cohort(cohort: Cohort) -> Iterator[tuple[SlideEntry, ChunkPlan | None, 
     """Plan every slide in turn; a slide that cannot be planned yields its one-line error."""
     for slide in cohort.slides:
         try:
-            view = open_slide(slide.path, mpp=slide.mpp).at_mpp(cohort.processing.mpp)
+            view = open_slide(slide.path, mpp=slide.mpp, reader=slide.reader).at_mpp(cohort.processing.mpp)
             _, plan = plan_slide(view, slide, cohort.processing)
         except (SlideError, OSError, ValueError) as err:
             yield slide, None, first_line(err)

@@ -1,0 +1,112 @@
+"""DICOM whole-slide images through wsidicom: a local folder of one slide's instances, or a DICOMweb series.
+
+A slide is one series of VL Whole Slide Microscopy instances (its pyramid levels, label, overview);
+each read decodes only the frames (tiles) the region covers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from wsidicom import WsiDicom, WsiDicomWebClient
+
+from cerberus_batch.errors import SlideError, first_line
+from cerberus_batch.slides.location import Location
+from cerberus_batch.slides.sources import SourceMetadata, plausible_mpp, to_rgb
+
+WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage (SOP class UID)
+# A series as IDC and PACS give it: <DICOMweb root>/studies/<study UID>/series/<series UID>
+DICOMWEB_SERIES = re.compile(r"\A(?P<root>https?://.+?)/studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)/?\Z")
+
+
+@dataclass(frozen=True)
+class DicomWebSeries:
+    root: str  # the server's DICOMweb root, e.g. https://host/dicom-web
+    study: str
+    series: str
+
+
+def dicomweb_series(address: str) -> DicomWebSeries | None:
+    """The series a DICOMweb address names, or None when `address` is no DICOMweb series URL."""
+    found = DICOMWEB_SERIES.match(address)
+    return DicomWebSeries(found["root"], found["study"], found["series"]) if found else None
+
+
+def folder_series(folder: Path) -> dict[str, list[Path]]:
+    """The whole-slide series in a folder: series UID -> its instance files (other files are ignored)."""
+    series: dict[str, list[Path]] = {}
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"])
+        except (pydicom.errors.InvalidDicomError, OSError):
+            continue  # DICOMDIR-less folders often hold a README or checksums beside the instances
+        if header.get("SOPClassUID") == WSI_STORAGE and "SeriesInstanceUID" in header:
+            series.setdefault(str(header.SeriesInstanceUID), []).append(file)
+    return series
+
+
+class DicomSource:
+    reader = "dicom"
+
+    def __init__(self, path: Location, wsi: WsiDicom) -> None:
+        self.path = path
+        self._wsi = wsi
+        self._levels = list(wsi.levels)  # the pyramid, finest first
+        base = self._levels[0]
+        try:
+            mpp = (float(base.mpp.width), float(base.mpp.height))  # from the instances' pixel spacing
+        except Exception:  # wsidicom raises WsiDicomNoResolutionError where the spacing is missing
+            mpp = None
+        self.metadata = SourceMetadata(
+            level_dimensions=tuple((level.size.width, level.size.height) for level in self._levels),
+            mpp=plausible_mpp(mpp),
+            vendor="dicom",
+            objective_power=None,
+        )
+
+    @classmethod
+    def folder(cls, path: Location) -> DicomSource:
+        if path.remote or not path.local.is_dir():
+            raise SlideError(path, "not a DICOM folder (reader: dicom reads a local folder or a DICOMweb series URL)")
+        series = folder_series(path.local)
+        if not series:
+            raise SlideError(path, "no DICOM whole-slide image instances in the folder")
+        if len(series) > 1:
+            raise SlideError(path, f"DICOM folder holds {len(series)} slides (series {', '.join(sorted(series))}); "
+                             "give each series a folder of its own")
+        (files,) = series.values()
+        try:
+            return cls(path, WsiDicom.open(files))
+        except Exception as err:  # wsidicom and pydicom raise many types for damaged instances
+            raise SlideError(path, f"not a readable DICOM slide ({first_line(err, typed=True)})") from None
+
+    @classmethod
+    def web(cls, path: Location, series: DicomWebSeries) -> DicomSource:
+        try:
+            client = WsiDicomWebClient.create_client(series.root)
+            return cls(path, WsiDicom.open_web(client, series.study, series.series))
+        except Exception as err:  # HTTP, connection and DICOM errors alike end the slide with one line
+            raise SlideError(path, f"cannot open the DICOMweb series ({_scrubbed(err, path)})") from None
+
+    def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        # read_region names a level by its pyramid index (log2 of its scale), in that level's own px.
+        try:
+            region = self._wsi.read_region((x0, y0), self._levels[level].level, (x1 - x0, y1 - y0))
+        except Exception as err:  # a damaged frame or a dropped connection
+            raise SlideError(self.path, f"cannot decode level {level} region ({_scrubbed(err, self.path)})") from None
+        return to_rgb(np.asarray(region), self.path)
+
+    def close(self) -> None:
+        self._wsi.close()
+
+
+def _scrubbed(err: BaseException, path: Location) -> str:
+    """The error's first line with the URLs it may repeat (credentials and all) cut to the shown address."""
+    line = first_line(err, typed=True)
+    if path.remote:
+        line = line.replace(path.address, path.shown).replace(path.address.split("/studies/")[0], path.shown.split("/studies/")[0])
+    return line
