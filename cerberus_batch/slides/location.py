@@ -9,12 +9,13 @@ which the filesystems read themselves.
 
 from __future__ import annotations
 
+import posixpath
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import IO, Any, Iterator, Mapping
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic_core import core_schema
 
@@ -91,7 +92,9 @@ class Location:
         """`relative` (a path or a URL) taken from this location's folder, as a manifest's rows are."""
         if "://" in relative or not self.remote:
             return Location.parse(relative, None if self.remote else self.local.parent, self.storage_options)
-        return Location("url", urljoin(self.address, relative), self.storage_options)
+        url = urlsplit(self.address)  # urljoin knows only http(s) as hierarchical: s3 paths are joined here
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(url.path), relative))
+        return Location("url", f"{url.scheme}://{url.netloc}{path}", self.storage_options)
 
     def filesystem(self) -> tuple[Any, str]:
         """The fsspec filesystem and the path within it (credentials from storage_options or the environment)."""
@@ -193,8 +196,9 @@ def remote_cause(err: BaseException) -> str | None:
                     "storage_options; and the bucket's permissions)")
         if type(e).__name__ in UNREACHABLE or isinstance(e, (ConnectionError, TimeoutError)):
             return f"server unreachable ({type(e).__name__})"
-        if status == 404 or isinstance(e, FileNotFoundError) and e.__cause__ is None:
-            return "object not found"
+    if any(getattr(e, "status", None) == 404 or isinstance(e, FileNotFoundError) for e in chain):
+        # Not the error's text: fsspec's is often the full URL, which may hold a signature.
+        return "bucket not found" if any("bucket does not exist" in str(e).lower() for e in chain) else "object not found"
     return None
 
 

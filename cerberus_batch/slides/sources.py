@@ -113,8 +113,11 @@ class TiffSource:
                 properties = self._slide.properties
                 level0 = self._slide.zarr_group["0"]
         except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
-            cause = remote_cause(err) if path.remote else None
-            raise SlideError(path, cause or f"not a readable slide ({_scrubbed(err, path)})") from None
+            cause = (remote_cause(err) if path.remote else None) or f"not a readable slide ({_scrubbed(err, path)})"
+        else:
+            cause = None
+        if cause:  # raised outside the handler: an aiohttp error as its context would not pickle to the client
+            raise SlideError(path, cause)
         if problems.messages:
             # tifffile only logs a damaged page chain and carries on with the pages before it.
             raise SlideError(path, f"file is damaged or truncated ({problems.messages[0]})")
