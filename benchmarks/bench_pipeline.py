@@ -87,7 +87,7 @@ def main() -> None:
         for label, side in (("1x", args.size), ("4x", 2 * args.size)):
             folder = Path(tmp) / label
             folder.mkdir()
-            slide = make_synthetic_slide(folder / f"slide-{label}.svs", size=(side, side), seed=1).path
+            slide = make_synthetic_slide(folder / "slides" / f"slide-{label}.svs", size=(side, side), seed=1).path
             cohort = load_cohort(write_cohort(folder, slide, args))
             model_seconds, megapixels = model_only(cohort)
             run_seconds, rss = pipeline(cohort, args.workers)

@@ -271,9 +271,9 @@ def main() -> None:
             folder.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             if grid is None:
-                mosaic = write_mosaic(folder / "mosaic-small.svs", args.source, tissue_mm2=area)
+                mosaic = write_mosaic(folder / "slides" / "mosaic-small.svs", args.source, tissue_mm2=area)
             else:
-                mosaic = write_mosaic(folder / "mosaic-big.svs", args.source, big_grid(grid, args.big / args.small))
+                mosaic = write_mosaic(folder / "slides" / "mosaic-big.svs", args.source, big_grid(grid, args.big / args.small))
             grid = mosaic.grid
             print(f"{label}: wrote {mosaic.size[0]}x{mosaic.size[1]} px mosaic ({grid[0]}x{grid[1]} copies of "
                   f"{mosaic.copy_tissue_mm2:.2f} mm² tissue) in {time.perf_counter() - started:.0f} s", flush=True)

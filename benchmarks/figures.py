@@ -140,7 +140,7 @@ def stain_f1() -> None:
 
     print("(c) stain baseline nuclei vs synthetic ground truth (seed 0, chunk 1008, 2 workers), IoU >= 0.5")
     with tempfile.TemporaryDirectory() as scratch:
-        synthetic = make_synthetic_slide(Path(scratch) / "synthetic.svs", seed=0)
+        synthetic = make_synthetic_slide(Path(scratch) / "slides" / "synthetic.svs", seed=0)
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
             output = run(Path(scratch) / "1008", [{"path": str(synthetic.path), "id": "synthetic"}], cluster,
                          processing={"chunk": 1008})

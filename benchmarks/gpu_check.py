@@ -91,7 +91,8 @@ def end_to_end(model_dir: Path, device: str, quick: bool, workers: int) -> None:
             kept = np.zeros_like(mask.array)
             per_cell = int(CELL // mask.downsample)
             kept[6 * per_cell : 7 * per_cell, 5 * per_cell : 7 * per_cell] = True
-            given = folder / "mask.png"
+            given = folder / "masks" / "mask.png"  # apart from the output, as a cohort's inputs must be
+            given.parent.mkdir()
             Image.fromarray(kept.astype(np.uint8) * 255).save(given)
             mask = tissue_mask(view, given)
         model = {} if device == "cuda" else {"device": "cpu"}  # CUDA: the GPU worker infers

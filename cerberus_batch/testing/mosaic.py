@@ -73,6 +73,7 @@ def write_mosaic(
     if columns < 1 or rows < 1:
         raise ValueError(f"grid must be at least 1 × 1, got {grid}")
     size = (columns * w, rows * h)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     _write_svs(Path(path), image, size, mpp, power, compression, quality)
     return Mosaic(Path(path), (columns, rows), size, mpp, copy_tissue)
 
