@@ -1,8 +1,8 @@
 """The cohort report `OUT/report.html`: one static file that opens anywhere, with no server and no network.
 
 Built only from what a run writes: `run_report.json` (each slide's status, failure reason and time),
-the cohort summary (counts per class, tissue area by type), each slide's QC picture and its maps'
-record of the heads that ran. Everything is inline: Bokeh's own JavaScript (`bokeh.resources`' inline mode),
+the cohort summary (counts per class, tissue area by type, readouts), the crossed counts (objects per
+tissue type), each slide's QC picture and its maps' record of the heads that ran. Everything is inline: Bokeh's own JavaScript (`bokeh.resources`' inline mode),
 the plots, the styles and the pictures (JPEG, base64).
 """
 
@@ -26,6 +26,9 @@ from cerberus_batch.storage.colours import tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.owned import claim_files
 from cerberus_batch.storage.summary import summary_class_counts
+from cerberus_batch.tasks.composition import (
+    FRONT_LYMPHOCYTES, INTRAEPITHELIAL_LYMPHOCYTES, STROMAL_LYMPHOCYTES, TUMOUR_STROMA_RATIO,
+)
 from cerberus_batch.storage.zarr_maps import open_slide_maps
 from cerberus_batch.vocabulary import NUCLEI, OBJECTS, TISSUE, class_names, computed
 
@@ -33,6 +36,13 @@ from cerberus_batch.vocabulary import NUCLEI, OBJECTS, TISSUE, class_names, comp
 BOKEH = Resources(mode="inline", components=["bokeh"])
 DENSITY_TITLE = "Nuclei density per slide (nuclei per mm² of tissue)"
 COMPOSITION_TITLE = "Tissue composition across slides (share of tissue area)"
+READOUTS_TITLE = "Stromal lymphocyte density against tumour–stroma ratio"
+SHOWN_READOUTS = {  # summary column -> how the report names it, and its format
+    TUMOUR_STROMA_RATIO: ("tumour–stroma ratio", "{:.2f}"),
+    STROMAL_LYMPHOCYTES: ("stromal lymphocytes", "{:,.1f}/mm²"),
+    INTRAEPITHELIAL_LYMPHOCYTES: ("intra-epithelial lymphocytes", "{:,.1f}/mm²"),
+    FRONT_LYMPHOCYTES: ("invasive-front lymphocytes", "{:,.1f}/mm²"),
+}
 
 
 class CohortReport:
@@ -59,7 +69,10 @@ class CohortReport:
         run = json.loads(layout.run_report.read_text())
         summary_file = layout.summaries[0]
         summary = pd.read_parquet(summary_file).set_index("slide_id") if summary_file.is_file() else pd.DataFrame()
-        slides = [_slide(layout, slide_id, outcome, summary) for slide_id, outcome in run["slides"].items()]
+        crossed_file = layout.compositions[0]
+        crossed = pd.read_parquet(crossed_file) if crossed_file.is_file() else pd.DataFrame(columns=["slide_id"])
+        slides = [_slide(layout, slide_id, outcome, summary, crossed[crossed["slide_id"] == slide_id])
+                  for slide_id, outcome in run["slides"].items()]
         with atomic_path(self.path) as partial, open(partial, "w", encoding="utf-8") as page:
             page.writelines(_page(run, slides, layout))
         return self.path
@@ -73,15 +86,17 @@ def _preview(path: Path) -> str | None:
         return None
 
 
-def _slide(layout: OutputLayout, slide_id: str, outcome: dict[str, Any], summary: pd.DataFrame) -> dict[str, Any]:
-    """What the report shows of one slide: its outcome, its summary row (if its tables exist), and the
-    heads and tissue classes of the model that made its maps."""
+def _slide(
+    layout: OutputLayout, slide_id: str, outcome: dict[str, Any], summary: pd.DataFrame, crossed: pd.DataFrame,
+) -> dict[str, Any]:
+    """What the report shows of one slide: its outcome, its summary row (if its tables exist), its crossed
+    counts, and the heads and tissue classes of the model that made its maps."""
     row = summary.loc[slide_id].to_dict() if slide_id in summary.index else None
     try:
         attrs = dict(open_slide_maps(layout.maps(slide_id)).attrs)
     except (FileNotFoundError, ValueError):  # never planned
         attrs = {}
-    return {"id": slide_id, "outcome": outcome, "row": row, "attrs": attrs}
+    return {"id": slide_id, "outcome": outcome, "row": row, "attrs": attrs, "crossed": crossed}
 
 
 def _tissue_names(slides: list[dict[str, Any]]) -> list[str]:
@@ -120,8 +135,51 @@ def _plots(slides: list[dict[str, Any]], names: list[str]) -> tuple[str, dict[st
     composition.add_layout(Legend(items=[(name, [bar]) for name, bar in zip(names, bars)], orientation="horizontal"), "below")
     composition.x_range.start, composition.x_range.end = 0, 1
     composition.xaxis.formatter = NumeralTickFormatter(format="0%")
-    script, divs = components({"density": density, "composition": composition})
+    script, divs = components({"density": density, "composition": composition, "readouts": _readout_plot(done)})
     return script, divs
+
+
+def _readout_plot(done: list[dict[str, Any]]):
+    """One point per slide with both readouts (a slide without stroma or abnormal epithelium has neither)."""
+    points = [(s["id"], s["row"].get(TUMOUR_STROMA_RATIO), s["row"].get(STROMAL_LYMPHOCYTES)) for s in done]
+    points = [p for p in points if not (pd.isna(p[1]) or pd.isna(p[2]))]
+    plot = figure(title=READOUTS_TITLE, height=360, width=640, toolbar_location=None, x_range=(0, 1),
+                  x_axis_label="tumour–stroma ratio (stroma / (stroma + abnormal epithelium) area)",
+                  y_axis_label="lymphocytes + plasma cells / mm² of stroma",
+                  tooltips=[("slide", "@slide"), ("ratio", "@ratio{0.00}"), ("density", "@density{0.0}")])
+    ids, ratio, density = (list(v) for v in zip(*points)) if points else ([], [], [])
+    plot.scatter(x="ratio", y="density", size=9, color="#5a3d8a", source=ColumnDataSource(
+        {"slide": ids, "ratio": ratio, "density": density}))
+    plot.y_range.start = 0
+    return plot
+
+
+def _heatmap(slide: dict[str, Any]) -> str:
+    """The slide's objects per mm² of each tissue type, one row per kind and class, shaded by density."""
+    crossed = slide["crossed"]
+    known = crossed[crossed["per_mm2"].notna()] if len(crossed) else crossed
+    if not len(known):
+        return "<span class='muted'>no objects in typed tissue</span>"
+    table = known.pivot_table(index=["kind", "class_name"], columns="tissue_name", values="per_mm2", aggfunc="sum")
+    top = float(table.max().max()) or 1.0
+    head = "".join(f"<th>{html.escape(str(t))}</th>" for t in table.columns)
+    rows = []
+    for (kind, name), values in table.iterrows():
+        cells = "".join(
+            "<td class='muted'>–</td>" if pd.isna(v) else
+            f"<td style='background:rgba(90,61,138,{0.08 + 0.8 * v / top:.2f});color:{'white' if v / top > 0.5 else '#222'}'>{v:,.1f}</td>"
+            for v in values)
+        rows.append(f"<tr><th>{html.escape(str(kind))}: {html.escape(str(name))}</th>{cells}</tr>")
+    return f"<table class='heatmap'><caption>objects per mm² of tissue type</caption><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _readouts(row: dict[str, Any] | None) -> str:
+    """The slide's named readouts in words; a readout whose tissue is absent shows as –."""
+    if row is None:
+        return ""
+    said = [f"{label} {'–' if pd.isna(row.get(column)) else shape.format(float(row[column]))}"
+            for column, (label, shape) in SHOWN_READOUTS.items()]
+    return f"<p class='readouts'>{' · '.join(said)}</p>"
 
 
 def _hex(colour: tuple[int, int, int]) -> str:
@@ -177,7 +235,7 @@ def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayou
 </head><body>
 <h1>{title}</h1>
 <p>Run {html.escape(run['status'])}: {len(slides)} slides ({said}). Output: <code>{html.escape(run['output'])}</code>.</p>
-<div class="plots">{divs['density']}{divs['composition']}</div>
+<div class="plots">{divs['density']}{divs['composition']}{divs['readouts']}</div>
 <h2>Slides</h2>
 <p class="muted">Tissue composition: {legend}</p>
 <table><thead><tr><th>slide</th><th>status</th><th>reason</th><th>time</th><th>tissue mm²</th>
@@ -196,7 +254,8 @@ def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayou
             f"<td><span class='status {outcome['status']}'>{outcome['status']}</span></td>"
             f"<td class='reason'>{html.escape(reason)}</td><td>{float(outcome.get('seconds', 0.0)):,.1f} s</td>"
             f"<td>{tissue:,.2f}</td>{_counts(slide)}<td class='composition'>{_bar(_composition(row, names), names)}</td></tr>"
-            f"<tr class='picture'><td colspan='9'>{shown}</td></tr>"
+            f"<tr class='picture'><td colspan='9'>{_readouts(row)}<div class='crossed'>{_heatmap(slide) if row else ''}"
+            f"{shown}</div></td></tr>"
         )
     yield f"""</tbody></table>
 {script}
@@ -218,4 +277,6 @@ th { border-bottom: 2px solid #888; } tr.picture td { border-bottom: 1px solid #
 .key { margin-right: 12px; white-space: nowrap; }
 .key span { display: inline-block; width: 12px; height: 12px; margin-right: 4px; border: 1px solid #999; vertical-align: middle; }
 img.qc { max-width: 100%; width: 960px; height: auto; border: 1px solid #ccc; }
+.crossed { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+table.heatmap td { text-align: right; font-size: 13px; } table.heatmap caption { text-align: left; color: #555; }
 """

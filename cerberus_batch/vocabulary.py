@@ -84,6 +84,9 @@ TISSUE = Kind(
      (0, 206, 209), (255, 215, 0)),
     (240, 240, 240),
 )
+# The classes the named readouts (`tasks.composition.readouts`) cross, taken from the lists above.
+LYMPHOCYTE, PLASMA = NUCLEI.classes[3], NUCLEI.classes[4]
+TUMOUR, STROMA = TISSUE.classes[1], TISSUE.classes[5]  # abnormal epithelium; stroma
 OBJECTS = (NUCLEI, GLANDS, LUMENS)  # the instance kinds, in table order; lumens after the glands holding them
 KINDS = (*OBJECTS, TISSUE)
 # Outlines of the big objects first, so smaller ones stay visible on top, as the reference draws them.

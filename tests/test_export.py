@@ -87,6 +87,7 @@ def test_features_match_the_tables_row_for_row(output, tmp_path):
             assert props["measurements"]["area_um2"] == row.area_um2
             assert props["measurements"]["area_px"] == row.area_px
             assert props["measurements"]["class_prob"] == row.class_prob
+            assert props["measurements"]["tissue_class"] == int(row.tissue_class) and props["tissue"] == row.tissue_name
             geometry = shapely.geometry.shape(feature["geometry"])
             assert geometry.equals_exact(row.geometry, tolerance=0), f"{kind} {row.instance_id}"
         counted = [f["properties"]["measurements"].get("lumen_count") for f in found]

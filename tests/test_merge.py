@@ -90,14 +90,36 @@ def test_stain_model_maps_without_glands_or_classes() -> None:
     nuclei, glands, lumens = cerberus_kinds()
     kinds = (nuclei.__class__(**{**nuclei.__dict__, "class_map": None, "class_names": ("background", "nucleus")}),
              glands, lumens)
-    place = dict(PLACE, slide_id="stain")
-    whole = slide_instances(stain, kinds=kinds, tissue_classes=("background", "tissue"), **place)
+    place = dict(PLACE, slide_id="stain", tissue_classes=("background", "tissue"))
+    whole = slide_instances(stain, kinds=kinds, **place)
     results = [chunk_instances(stain, box, kinds=kinds, **place) for box in chunk_boxes(432, 432, 576)]
-    merged = merge_slide(stain, results, kinds=kinds, tissue_classes=("background", "tissue"), **place)
+    merged = merge_slide(stain, results, kinds=kinds, **place)
     assert_same_tables(whole, merged)
     assert len(merged["glands"]) == 0 and len(merged["lumens"]) == 0 and "lumen_count" in merged["glands"]
     assert set(merged["nuclei"]["class_name"]) == {"nucleus"} and (merged["nuclei"]["class_prob"] == 1).all()
     assert set(merged["tissue"]["class_name"]) == {"tissue"}
+    assert set(merged["nuclei"]["tissue_name"]) <= {"background", "tissue"}
+
+
+def test_objects_know_the_tissue_cell_holding_their_centroid(maps, whole) -> None:
+    transform = PLACE["transform"]
+    for kind in ("nuclei", "glands", "lumens"):
+        table = whole[kind]
+        x, y = transform.from_level0(table["centroid_x"].to_numpy(), table["centroid_y"].to_numpy())
+        cell = maps["tissue_class"][(y // 144).astype(int), (x // 144).astype(int)]
+        assert table["tissue_class"].tolist() == cell.tolist(), kind
+        names = np.array(["background", "abnormal_epi", "normal_epi", "inflammatory", "muscle", "stroma", "debris",
+                          "mucous", "adipose"])
+        assert table["tissue_name"].tolist() == names[cell].tolist(), kind
+    tissue = whole["tissue"]
+    assert (tissue["tissue_class"] == tissue["class_id"]).all()
+
+
+def test_without_a_tissue_map_the_tissue_columns_are_null(maps) -> None:
+    found = slide_instances({k: v for k, v in maps.items() if k != "tissue_class"}, **PLACE)
+    for kind in ("nuclei", "glands", "lumens"):
+        assert len(found[kind]) and found[kind]["tissue_class"].isna().all() and found[kind]["tissue_name"].isna().all()
+        assert str(found[kind]["tissue_class"].dtype) == "Int32"
 
 
 def test_tissue_regions_cover_their_cells(maps, whole) -> None:

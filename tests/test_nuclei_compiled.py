@@ -22,9 +22,10 @@ from cerberus_batch.storage.maps import dequantise, map_specs, quantise
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import instance_table
-from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
+from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances, tissue_cells
 from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei, segment_nuclei
 from cerberus_batch.tasks.postprocess import cerberus_kinds
+from cerberus_batch.vocabulary import TISSUE
 from nuclei_reference import segment_nuclei as reference_segment_nuclei
 
 DATA = Path(__file__).parent / "data"
@@ -51,8 +52,9 @@ def stain_kinds(maps):
 def reference_nuclei_table(maps, kind, place):
     inner, contour = dequantise(np.asarray(maps[kind.prob_map]))
     labels, _ = reference_segment_nuclei(inner, contour, kind)
+    # Each nucleus's tissue is looked up as the pipeline does: the segmentation is what is compared here.
     return instance_table(labels, None, np.unique(labels[labels > 0]), kind=kind, origin=(0, 0),
-                          map_width=labels.shape[1], **place)
+                          map_width=labels.shape[1], tissue=tissue_cells(maps, TISSUE.classes), **place)
 
 
 def assert_same_rows(expected: gpd.GeoDataFrame, actual: gpd.GeoDataFrame) -> None:
@@ -97,7 +99,11 @@ def test_demo_cohort_tables_equal_those_of_version_0_1(tmp_path) -> None:
         for slide_id in sorted(set(before["slide_id"])):
             old = before[before["slide_id"] == slide_id].drop(columns=["slide_id", "bbox"], errors="ignore")
             new = now[now["slide_id"] == slide_id].drop(columns=["slide_id", "bbox"], errors="ignore")
-            assert_same_rows(gpd.GeoDataFrame(old, geometry="geometry"), gpd.GeoDataFrame(new, geometry="geometry"))
+            # Objects know their tissue since 0.1 wrote these (issue 22); every column 0.1 wrote is unchanged.
+            assert set(new.columns) - set(old.columns) == {"tissue_class", "tissue_name"}
+            assert new["tissue_name"].notna().all()  # the stain model's tissue head ran
+            assert_same_rows(gpd.GeoDataFrame(old, geometry="geometry"),
+                             gpd.GeoDataFrame(new[list(old.columns)], geometry="geometry"))
 
 
 def test_stored_maps_flood_level_by_level_as_the_heap_does() -> None:

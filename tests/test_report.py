@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from cerberus_batch.cli import main
-from cerberus_batch.cohort_report import COMPOSITION_TITLE, DENSITY_TITLE
+from cerberus_batch.cohort_report import COMPOSITION_TITLE, DENSITY_TITLE, READOUTS_TITLE
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.layout import OutputLayout
@@ -98,11 +98,13 @@ def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp
         rows = page.evaluate("() => [...document.querySelectorAll('tr.slide')].map(r => [...r.cells].map(c => c.innerText.trim()))")
         pictures = page.evaluate("() => [...document.querySelectorAll('img.qc')].map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
         canvases = page.evaluate(CANVAS_SIZES)
+        heatmaps = page.evaluate("() => [...document.querySelectorAll('table.heatmap')].map(t => [...t.rows].map(r => [...r.cells].map(c => c.innerText.trim())))")
+        readouts = page.evaluate("() => [...document.querySelectorAll('p.readouts')].map(p => p.innerText)")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
     assert errors == []
     assert all(url.startswith(("file:", "data:")) for url in fetched), fetched
-    assert DENSITY_TITLE in titles and COMPOSITION_TITLE in titles
+    assert DENSITY_TITLE in titles and COMPOSITION_TITLE in titles and READOUTS_TITLE in titles
     assert any(w > 300 and h > 200 for w, h in canvases), "the plots are drawn"
     by_id = {cells[0]: cells for cells in rows}
     assert list(by_id) == [*GOOD, "broken"]
@@ -118,3 +120,31 @@ def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp
     assert reason and by_id["broken"][2] == reason
     assert len(pictures) == len(GOOD) and all(natural > 0 and shown > 600 for natural, shown in pictures)
     assert (tmp_path / "report.png").stat().st_size > 50_000
+    # Per slide, the class x tissue-type densities of the crossed counts; the stain model names no stroma
+    # nor abnormal epithelium, so every readout shows as absent.
+    crossed = pd.read_csv(OutputLayout(run_output).compositions[1])
+    assert len(heatmaps) == len(GOOD)
+    for slide_id, table in zip(GOOD, heatmaps):
+        rows = crossed[(crossed["slide_id"] == slide_id) & crossed["per_mm2"].notna()]
+        assert table[0][1:] == sorted(set(rows["tissue_name"]))
+        for _, row in rows.iterrows():
+            line = next(cells for cells in table[1:] if cells[0] == f"{row['kind']}: {row['class_name']}")
+            assert line[1 + table[0][1:].index(row["tissue_name"])] == f"{row['per_mm2']:,.1f}"
+    assert readouts == ["tumour–stroma ratio – · stromal lymphocytes – · intra-epithelial lymphocytes – · "
+                        "invasive-front lymphocytes –"] * len(GOOD)
+
+
+def test_composition_adds_up_to_the_summary_and_is_ours(run_output):
+    layout = OutputLayout(run_output)
+    summary = pd.read_parquet(layout.summaries[0]).set_index("slide_id")
+    crossed = pd.read_parquet(layout.compositions[0])
+    assert set(crossed["slide_id"]) == set(GOOD)
+    for slide_id in GOOD:
+        rows = crossed[crossed["slide_id"] == slide_id]
+        assert rows["count"].sum() == summary.loc[slide_id, "nuclei_count"] > 0
+        assert set(rows["tissue_name"]) <= {"background", "tissue"}
+        for _, row in rows.iterrows():
+            assert row["tissue_mm2"] == pytest.approx(summary.loc[slide_id, f"tissue_{row['tissue_name']}_mm2"], rel=1e-12)
+        assert summary.loc[slide_id, ["tumour_stroma_ratio", "stromal_lymphocytes_per_mm2"]].isna().all()
+    owned = json.loads(layout.owned.read_text())
+    assert {"composition.parquet", "composition.csv"} <= set(owned)

@@ -92,7 +92,7 @@ def test_demo_tissue_polygons_and_objects_lie_on_the_slide(demo):
     assert (tissue["area_px"] == tissue.geometry.area / 4).all()  # processing px are 2 x 2 level-0 px
 
 
-def test_demo_tissue_area_is_the_mask_on_the_slide_and_the_types_split_it(demo):
+def test_demo_tissue_area_is_the_mask_and_each_type_the_area_of_its_polygons(demo):
     mask = np.asarray(Image.open(demo / "masks" / "demo-a.png")) > 0
     assert mask.shape == (100, 125)  # automatic masks: 8 µm px, 16 processing px at 0.5 µm/px
     per_cell = mask_tissue_per_cell(mask, 16, (1600, 2000))
@@ -102,14 +102,19 @@ def test_demo_tissue_area_is_the_mask_on_the_slide_and_the_types_split_it(demo):
     assert summary["tissue_mm2"] == pytest.approx(expected_mm2, rel=1e-12)
     assert report["tissue_mm2"] == pytest.approx(expected_mm2, rel=1e-12)
     assert summary["nuclei_per_mm2"] == pytest.approx(summary["nuclei_count"] / expected_mm2, rel=1e-12)
+    # One area per tissue type everywhere: that of its cells on the slide, which its polygons cover.
+    polygons = read_table(demo, "tissue").groupby("class_name")["area_um2"].sum() / 1e6
     group = zarr.open_group(demo / "maps" / "demo-a", mode="r")
-    names = group.attrs["class_names"]["Patch-Class"]
-    by_type = np.bincount(map_arrays(group)["tissue_class"][:].ravel(), weights=per_cell.ravel(), minlength=len(names))
-    columns = {f"tissue_{name}_mm2": px * 0.5**2 / 1e6 for name, px in zip(names, by_type) if px}
-    assert set(columns) == {c for c in summary.index if c.startswith("tissue_") and c != "tissue_mm2"}
+    cells = map_arrays(group)["tissue_class"][:]
+    on_slide = np.ones((1600, 2000))  # processing px of the slide (4000 x 3200 level-0 px at 0.25 µm)
+    covered = np.pad(on_slide, ((0, cells.shape[0] * 144 - 1600), (0, cells.shape[1] * 144 - 2000)))
+    cell_px = covered.reshape(cells.shape[0], 144, cells.shape[1], 144).sum(axis=(1, 3))
+    background = cell_px[(cells == 0) & (per_cell > 0)].sum() * 0.5**2 / 1e6
+    columns = {f"tissue_{name}_mm2": mm2 for name, mm2 in polygons.items()} | (
+        {"tissue_background_mm2": background} if background else {})
+    assert set(columns) == {c for c in summary.index if c.startswith("tissue_") and c.endswith("_mm2") and c != "tissue_mm2"}
     for column, mm2 in columns.items():
-        assert summary[column] == pytest.approx(mm2, rel=1e-12), column
-    assert sum(summary[c] for c in columns) == pytest.approx(summary["tissue_mm2"], rel=1e-12)
+        assert summary[column] == pytest.approx(mm2, rel=1e-9), column
 
 
 def test_plan_tissue_area_counts_only_the_slide(cmu_slide):

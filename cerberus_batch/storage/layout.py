@@ -1,7 +1,8 @@
 """The output folder, named once: every path a run writes under OUT comes from here.
 
 ```
-OUT/run.json  run_report.json  summary.parquet  summary.csv  report.html  .cerberus-batch.lock
+OUT/run.json  run_report.json  summary.parquet  summary.csv  composition.parquet  composition.csv
+OUT/report.html  .cerberus-batch.lock
 OUT/.cerberus-batch-files.json                      the files runs wrote here (`storage.owned`)
 OUT/maps/<slide>/                                   Zarr group of the slide's maps
 OUT/tables/<kind>/slide_id=<slide>/part-*.parquet   GeoParquet, hive-partitioned by slide, a part per chunk + the merge's
@@ -49,6 +50,11 @@ class OutputLayout:
         return self.root / "summary.parquet", self.root / "summary.csv"
 
     @property
+    def compositions(self) -> tuple[Path, Path]:
+        """The cohort's crossed counts (objects per slide, tissue type, kind and class) as Parquet and as CSV."""
+        return self.root / "composition.parquet", self.root / "composition.csv"
+
+    @property
     def report(self) -> Path:
         """The cohort report (`cohort_report`)."""
         return self.root / "report.html"
@@ -65,7 +71,7 @@ class OutputLayout:
     @property
     def run_files(self) -> tuple[Path, ...]:
         """The files a run writes for its whole cohort."""
-        return (self.run_settings, self.run_report, *self.summaries, self.report)
+        return (self.run_settings, self.run_report, *self.summaries, *self.compositions, self.report)
 
     def work_folders(self, kinds: Iterable[str]) -> tuple[Path, ...]:
         """Folders holding only a run's records and staged parts, removed whole when they go."""

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import pyarrow.parquet as pq
 import shapely
 
@@ -24,7 +25,9 @@ from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import table_batches
 from cerberus_batch.vocabulary import DRAWING_ORDER, NUCLEI, RGB, TISSUE, Kind
 
-MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count")  # those a kind's table has
+# Those a kind's table has. QuPath's measurements are numbers: an object's tissue type is its class index
+# (null where no tissue head ran), and its name a property beside the classification.
+MEASUREMENTS = ("area_um2", "area_px", "class_prob", "lumen_count", "tissue_class")
 EXPORTED = (TISSUE, *DRAWING_ORDER)  # in file order: the biggest objects first, so QuPath draws smaller ones on top
 DETECTIONS = (NUCLEI,)  # the other kinds are annotations
 
@@ -66,7 +69,8 @@ def _features(kind: Kind, paths: list[Path]) -> Iterator[str]:
     """One compact GeoJSON feature string per table row of the slide's part files (all of one schema)."""
     present = set(pq.ParquetFile(paths[0]).schema_arrow.names)
     measured = [name for name in MEASUREMENTS if name in present]
-    for batch in table_batches(paths, ["class_id", "class_name", "geometry", *measured]):
+    named = ["tissue_name"] if "tissue_name" in present else []
+    for batch in table_batches(paths, ["class_id", "class_name", "geometry", *measured, *named]):
         geometries = shapely.to_geojson(batch["geometry"].to_numpy())
         for row, geometry in zip(batch.itertuples(index=False), geometries):
             name = str(row.class_name)
@@ -76,6 +80,7 @@ def _features(kind: Kind, paths: list[Path]) -> Iterator[str]:
                 "isLocked": False,
                 "measurements": {m: _number(getattr(row, m)) for m in measured},
                 "kind": kind.one,
+                **({"tissue": None if _missing(row.tissue_name) else str(row.tissue_name)} if named else {}),
             }
             yield f'{{"type": "Feature", "geometry": {geometry}, "properties": {json.dumps(properties)}}}'
 
@@ -85,8 +90,12 @@ def _colour(kind: Kind, class_id: int, name: str) -> RGB:
     return tissue_colour(class_id, name) if kind is TISSUE else instance_colour(kind.name, name)
 
 
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def _number(value: float) -> float | int | None:
     """JSON has no NaN: a missing measurement becomes null."""
-    if isinstance(value, float) and math.isnan(value):
+    if _missing(value):
         return None
     return value.item() if hasattr(value, "item") else value

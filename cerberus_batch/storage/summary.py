@@ -1,4 +1,4 @@
-"""The cohort summary: one row per slide with object counts, densities and tissue composition."""
+"""The cohort summary: one row per slide with object counts, densities, tissue composition and readouts."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from cerberus_batch.storage.tables import class_counts
 from cerberus_batch.vocabulary import OBJECTS
 
 
+COMPOSITION = "composition"  # the key of a slide's row holding its crossed counts' rows, until they are written apart
+
+
 def slide_summary(
     output: str | Path, slide_id: str, tissue_mm2: float, tissue_types: Mapping[str, float], seconds: float,
+    readouts: Mapping[str, Any], composition: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Counts per class of the slide's committed tables, densities per mm² of tissue (the tissue mask's
-    area on the slide) and that area split by tissue type (`tasks.instances.tissue_by_type`), in mm²."""
+    area on the slide), the area of each tissue type (its cells', `tasks.composition.tissue_areas`) in mm²,
+    the named readouts, and under COMPOSITION the slide's crossed counts."""
     row: dict[str, Any] = {"slide_id": slide_id, "tissue_mm2": float(tissue_mm2), "postprocess_seconds": round(seconds, 3)}
     for kind in OBJECTS:
         counts = class_counts(output, kind.name, slide_id)
@@ -28,7 +33,7 @@ def slide_summary(
             row[count_column(kind.name, name)] = int(n)
     for name, mm2 in sorted(tissue_types.items()):
         row[f"tissue_{name}_mm2"] = mm2
-    return row
+    return {**row, **readouts, COMPOSITION: composition}
 
 
 def count_column(kind: str, class_name: str) -> str:
@@ -42,8 +47,11 @@ def summary_class_counts(row: Mapping[str, Any], kind: str, class_names: Sequenc
 
 
 def write_cohort_summary(output: Path, rows: list[dict[str, Any]]) -> None:
-    """The summary as Parquet and CSV, each replaced atomically; missing counts are 0."""
-    frame = pd.DataFrame(rows).fillna(0)
+    """The summary as Parquet and CSV, each replaced atomically; missing counts and tissue areas are 0,
+    missing readouts null (unknown)."""
+    frame = pd.DataFrame(rows)
+    counted = [c for c in frame if c.endswith("_count") or (c.startswith("tissue_") and c.endswith("_mm2"))]
+    frame[counted] = frame[counted].fillna(0)
     for target, write in zip(OutputLayout(output).summaries, (frame.to_parquet, frame.to_csv)):
         with atomic_path(target) as partial:
             write(partial, index=False)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from scipy import ndimage
 
@@ -28,11 +29,32 @@ if TYPE_CHECKING:  # annotations only: tasks need not load the slide readers
 
 # "str", not "object": an empty table's names must still be stored as text (an empty object column is
 # stored with no type, and a dataset read from such a part first cannot read the other slides' names).
+# The tissue columns are nullable ("Int32"): null where no tissue head ran, never a class index 0.
 COLUMNS = {
     "slide_id": "object", "instance_id": "int64", "class_id": "int32", "class_name": "str",
     "class_prob": "float64", "area_px": "int64", "area_um2": "float64",
-    "centroid_x": "float64", "centroid_y": "float64",
+    "centroid_x": "float64", "centroid_y": "float64", "tissue_class": "Int32", "tissue_name": "str",
 }
+
+
+@dataclass(frozen=True)
+class TissueCells:
+    """The tissue type map (a class index per CELL-px cell) and the names of its classes."""
+
+    cells: Any  # 2-D array-like; read only in the window the points need (Zarr arrays stay lazy)
+    names: Sequence[str]
+
+    def at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Class index of the cell holding each point (processing px); a point on a cell edge belongs to
+        the cell right of or below it."""
+        if not len(x):
+            return np.zeros(0, np.int64)
+        h, w = self.cells.shape
+        col = np.clip(np.floor(np.asarray(x) / CELL).astype(np.int64), 0, w - 1)
+        row = np.clip(np.floor(np.asarray(y) / CELL).astype(np.int64), 0, h - 1)
+        top, left = int(row.min()), int(col.min())
+        window = np.asarray(self.cells[top : int(row.max()) + 1, left : int(col.max()) + 1])
+        return window[row - top, col - left].astype(np.int64)
 
 
 def vote(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,19 +132,21 @@ def measure(labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, cla
 def instance_table(
     labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, *, kind: ObjectKind, origin: tuple[int, int],
     map_width: int, slide_id: str, transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
+    tissue: TissueCells | None = None,
 ) -> gpd.GeoDataFrame:
     """One row per label in `ids` of the window `labels`, whose top-left map px is `origin` (y, x)."""
     return measured_table(measure(labels, classes, ids, len(kind.class_names)), kind=kind, origin=origin, map_width=map_width,
-                          slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
+                          slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds, tissue=tissue)
 
 
 def measured_table(
     measured: Measured, *, kind: ObjectKind, origin: tuple[int, int], map_width: int, slide_id: str,
-    transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
+    transform: Transform, mpp: float, bounds: tuple[float, float] | None = None, tissue: TissueCells | None = None,
 ) -> gpd.GeoDataFrame:
     """Table rows of measured instances, sorted by `instance_id`: the map-px raster position
     (y * map_width + x) of the instance's first pixel. Areas and centroids count the instance's
-    pixels, a pixel the slide's edge cuts as a whole one; instances one pixel thin are dropped."""
+    pixels, a pixel the slide's edge cuts as a whole one; instances one pixel thin are dropped.
+    Each row's tissue is that of the `tissue` cell holding its centroid (null without a tissue map)."""
     m = measured
     keep = np.flatnonzero(m.kept)
     if keep.size == 0:
@@ -140,6 +164,7 @@ def measured_table(
     centre_x = ((m.sum_x[keep] + x0 * area) / area + 0.5) * down
     centre_y = ((m.sum_y[keep] + y0 * area) / area + 0.5) * down
     cx, cy = transform.to_level0(centre_x, centre_y)
+    tissue_class = tissue.at(centre_x, centre_y) if tissue is not None else None
     columns = {
         "slide_id": slide_id,
         "instance_id": np.sort(instance_id),
@@ -150,6 +175,8 @@ def measured_table(
         "area_um2": area * (down * mpp) ** 2,
         "centroid_x": cx,
         "centroid_y": cy,
+        "tissue_class": tissue_class,
+        "tissue_name": None if tissue is None else class_names(tissue.names, tissue_class),
     }
     starts, lengths = m.ring_starts[keep], m.ring_starts[keep + 1] - m.ring_starts[keep]
     corners = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())  # kept rings' rows
@@ -201,25 +228,10 @@ def tissue_table(
         "area_um2": area_um2,
         "centroid_x": cx,
         "centroid_y": cy,
+        "tissue_class": class_id,  # a region's tissue is its own type
+        "tissue_name": class_names(names, class_id),
     }
     return frame(columns, outlines)
-
-
-def tissue_by_type(
-    tissue_mm2: float, tissue_px: np.ndarray, tissue_class: np.ndarray, names: Sequence[str],
-) -> dict[str, float]:
-    """The slide's tissue area split by the type of the cell each part of it lies in.
-
-    `tissue_px` (rows, cols) is the mask's tissue per cell (`ChunkPlan.tissue_cells`), `tissue_class`
-    the type map on the same cells; tissue in cells the model calls background keeps that name, so
-    the parts add up to `tissue_mm2`. Types without tissue are left out.
-    """
-    px = np.bincount(tissue_class.ravel(), weights=tissue_px.ravel())
-    total = px.sum()
-    if not total:
-        return {}
-    present = np.flatnonzero(px)
-    return dict(zip(class_names(names, present), (tissue_mm2 * px[present] / total).tolist()))
 
 
 def class_names(names: Sequence[str], class_id: np.ndarray) -> np.ndarray:
@@ -263,11 +275,16 @@ def cut_to_slide(outlines: np.ndarray, bounds: tuple[float, float] | None) -> tu
 
 
 def frame(columns: dict[str, Any], geometry: np.ndarray) -> gpd.GeoDataFrame:
-    """A table with the shared columns in their fixed dtypes; scalars broadcast to every row."""
+    """A table with the shared columns in their fixed dtypes; scalars (None: null) broadcast to every row."""
     n = len(geometry)
-    data = {name: np.full(n, value, dtype) if np.ndim(value) == 0 else np.asarray(value).astype(dtype, copy=False)
-            for name, dtype in COLUMNS.items() for value in [columns.get(name)]}
+    data = {name: _column(columns.get(name), dtype, n) for name, dtype in COLUMNS.items()}
     return gpd.GeoDataFrame(data, geometry=gpd.array.from_shapely(np.asarray(geometry, dtype=object)), crs=None)
+
+
+def _column(value: Any, dtype: str, n: int) -> Any:
+    if isinstance(pd.api.types.pandas_dtype(dtype), pd.api.extensions.ExtensionDtype):  # nullable: None is null
+        return pd.array(np.full(n, value, object) if np.ndim(value) == 0 else value, dtype=dtype)
+    return np.full(n, value, dtype) if np.ndim(value) == 0 else np.asarray(value).astype(dtype, copy=False)
 
 
 def empty_table() -> gpd.GeoDataFrame:

@@ -37,7 +37,9 @@ from scipy.sparse.csgraph import connected_components
 
 from cerberus_batch.grid import ChunkBox, Window
 from cerberus_batch.storage.maps import dequantise
-from cerberus_batch.tasks.instances import Measured, empty_table, instance_table, measure, measured_table, tissue_table
+from cerberus_batch.tasks.instances import (
+    Measured, TissueCells, empty_table, instance_table, measure, measured_table, tissue_table,
+)
 from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei
 from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds, crop_box, foreground, paint_region, segment_regions
 from cerberus_batch.vocabulary import TISSUE
@@ -74,9 +76,11 @@ class ChunkResult:
 def chunk_instances(
     maps: Mapping[str, Any], chunk_box: ChunkBox, *, slide_id: str, transform: Transform, mpp: float,
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
+    tissue_classes: Sequence[str] = TISSUE.classes,
 ) -> ChunkResult:
     """Finish the nuclei of one chunk and report everything else as fragments."""
     tables, fragments = {}, {}
+    tissue = tissue_cells(maps, tissue_classes)
     for kind in kinds:
         if kind.prob_map not in maps:
             continue
@@ -89,7 +93,8 @@ def chunk_instances(
             measured = measure_nuclei(stored, _read_classes(maps, kind, core), supports, ~cut, kind,
                                       _image_edges(core, prob.shape[1:]))
             tables[kind.name] = measured_table(measured, kind=kind, origin=core[:2], map_width=prob.shape[2],
-                                               slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
+                                               slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds,
+                                               tissue=tissue)
             components, stats, report = supports.labels, (supports.boxes, supports.first, supports.area), cut
         else:
             components, _ = ndimage.label(foreground(*_read(prob, core), kind))
@@ -140,11 +145,12 @@ def border_nuclei(
     maps: Mapping[str, Any], chunk_results: Sequence[ChunkResult], share: BorderShare | None = None, *,
     finished: Mapping[str, np.ndarray] | None = None, slide_id: str, transform: Transform, mpp: float,
     bounds: tuple[float, float] | None = None, kinds: Sequence[ObjectKind] = cerberus_kinds(),
+    tissue_classes: Sequence[str] = TISSUE.classes,
 ) -> BorderNuclei:
     """The nuclei cut by chunk borders, joined across them and segmented once each, except those
     `finished` already. With a `share`, `chunk_results` are its chunks' and only the nuclei it owns
     are done: those starting in its rows and lying whole in the chunks it read."""
-    place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
+    place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds, tissue=tissue_cells(maps, tissue_classes))
     done = BorderNuclei({}, {})
     for kind in kinds:
         if kind.method == "watershed" and kind.prob_map in maps:
@@ -194,13 +200,14 @@ def merge_slide(
         shape = maps[kind.prob_map].shape[1:]
         if kind.method == "watershed":
             finished_here = [result.tables[kind.name] for result in chunk_results if kind.name in result.tables]
-            finished_here += border_nuclei(maps, chunk_results, finished=finished, kinds=(kind,), **place).tables.values()
+            finished_here += border_nuclei(maps, chunk_results, finished=finished, kinds=(kind,),
+                                           tissue_classes=tissue_classes, **place).tables.values()
             tables[kind.name] = _sorted(finished_here)
         else:
             joined = _join([result.fragments[kind.name] for result in chunk_results], shape, FOUR_NEIGHBOURS)
             on_slide = _on_slide(shape, kind.downsample, transform, bounds)
             regions[kind.name] = Regions(maps, kind, joined.keep(joined.area >= kind.min_area), on_slide)
-    region_tables, contained = _region_tables(maps, kinds, regions, place)
+    region_tables, contained = _region_tables(maps, kinds, regions, dict(place, tissue=tissue_cells(maps, tissue_classes)))
     tables.update(region_tables)
     tables.update(_with_counts(tables, kinds, contained))
     tables["tissue"] = _tissue(maps, tissue_classes, place)
@@ -214,6 +221,7 @@ def slide_instances(
 ) -> dict[str, gpd.GeoDataFrame]:
     """The whole-slide reference: post-processing straight on the full maps, in memory."""
     place = dict(slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds)
+    objects = dict(place, tissue=tissue_cells(maps, tissue_classes))
     labelled: dict[str, np.ndarray] = {}
     contained: dict[str, np.ndarray] = {}  # container kind -> its instance_id once per contained object
     tables: dict[str, gpd.GeoDataFrame] = {}
@@ -226,7 +234,7 @@ def slide_instances(
             supports = find_supports(stored, kind)
             measured = measure_nuclei(stored, _read_classes(maps, kind, Window(0, 0, *stored.shape[1:])), supports,
                                       np.ones(len(supports), bool), kind)
-            tables[kind.name] = measured_table(measured, kind=kind, origin=(0, 0), map_width=stored.shape[2], **place)
+            tables[kind.name] = measured_table(measured, kind=kind, origin=(0, 0), map_width=stored.shape[2], **objects)
             continue  # nothing lies inside nuclei
         else:
             labels = segment_regions(*dequantise(np.asarray(maps[kind.prob_map])), kind)
@@ -245,7 +253,7 @@ def slide_instances(
         labelled[kind.name] = labels
         classes = _read_classes(maps, kind, Window(0, 0, *labels.shape))
         tables[kind.name] = _sorted([instance_table(labels, classes, np.unique(labels[labels > 0]), kind=kind,
-                                                    origin=(0, 0), map_width=labels.shape[1], **place)])
+                                                    origin=(0, 0), map_width=labels.shape[1], **objects)])
     tables.update(_with_counts(tables, kinds, contained))
     tables["tissue"] = _tissue(maps, tissue_classes, place)
     return tables
@@ -436,6 +444,11 @@ def _with_counts(
         table[f"{kind.name.removesuffix('s')}_count"] = table["instance_id"].map(counts).fillna(0).astype(np.int32)
         counted[kind.inside] = table
     return counted
+
+
+def tissue_cells(maps: Mapping[str, Any], names: Sequence[str]) -> TissueCells | None:
+    """The slide's tissue type map, where the tissue head ran."""
+    return TissueCells(maps[TISSUE.class_map.name], names) if TISSUE.class_map.name in maps else None
 
 
 def _tissue(maps: Mapping[str, Any], names: Sequence[str], place: dict[str, Any]) -> gpd.GeoDataFrame:
