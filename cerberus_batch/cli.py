@@ -69,7 +69,7 @@ def validate(cohort_file: str) -> None:
     from rich.table import Table
 
     from cerberus_batch.grid import pass_size
-    from cerberus_batch.pipeline.plan import plan_cohort
+    from cerberus_batch.pipeline.plan import NO_TISSUE, plan_cohort
     from cerberus_batch.pipeline.run import cohort_inputs
     from cerberus_batch.pipeline.work import checked_predictor
     from cerberus_batch.storage.output_folder import check_writable, refuse_inputs_inside
@@ -89,7 +89,7 @@ def validate(cohort_file: str) -> None:
         h, w = plan.shape
         table.add_row(
             slide.id, f"{w}×{h}", f"{plan.tissue_mm2:.2f}", str(len(plan.chunks)), str(plan.cells),
-            f"{plan.input_px(tile) / 1e6:.1f}", f"{plan.input_per_tissue_px(tile):.2f}", "",
+            f"{plan.input_px(tile) / 1e6:.1f}", f"{plan.input_per_tissue_px(tile):.2f}", "" if plan.chunks else NO_TISSUE,
         )
     Console().print(table)
     try:

@@ -10,6 +10,9 @@ from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, 
 from cerberus_batch.slides.plan import check_extent
 
 
+NO_TISSUE = "no tissue found: nothing to infer (check the slide's mask)"  # what run and validate say of an empty plan
+
+
 def plan_slide(view: SlideView, slide: SlideEntry, processing: ProcessingSpec) -> tuple[TissueMask, ChunkPlan]:
     """Plan a cohort's slide: the tissue mask it gets (its own file wins over the cohort default) and its chunks.
 

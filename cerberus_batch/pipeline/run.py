@@ -31,6 +31,7 @@ from cerberus_batch.cluster.placement import placement
 from cerberus_batch.cohort_report import CohortReport
 from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
+from cerberus_batch.pipeline.plan import NO_TISSUE
 from cerberus_batch.pipeline.progress import RunProgress
 from cerberus_batch.pipeline.work import (
     border_task, checked_predictor, chunk_instances_task, fingerprint, infer_chunk_task, merge_slide_task,
@@ -218,7 +219,7 @@ class CohortRun:
         done = self.ledger.done_chunks(slide.id)
         outcome.chunks, outcome.tissue_mm2 = len(plan.chunks), plan.tissue_mm2
         if not plan.chunks:
-            outcome.note = "no tissue found: nothing to infer (check the slide's mask)"
+            outcome.note = NO_TISSUE
         c = self.cohort
         inferred = {
             chunk.index: self.submit(

@@ -143,8 +143,6 @@ def _mask_from_file(path: Location, view: SlideView, slide_path: str | Location)
         raise
     except Exception as err:  # Pillow and zlib raise several types for damaged images
         raise SlideError(path, f"not a readable mask image ({type(err).__name__})") from None
-    if not array.any():
-        warnings.warn(f"{path}: mask has no tissue pixels; slide {slide_path} gets an empty chunk plan", stacklevel=3)
     h, w = view.shape
     return TissueMask(array, h / mask_h * k, str(path), downsample_x=w / mask_w * k)
 
