@@ -9,6 +9,7 @@ model once and opens each slide once however many chunks it runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import replace
 from functools import lru_cache
@@ -26,10 +27,9 @@ from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.config import Cohort, ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.crossed import slide_crossed
 from cerberus_batch.pipeline.plan import plan_slide
-from cerberus_batch.errors import SlideError
 from cerberus_batch.slides import ChunkPlan, Transform, open_slide
-from cerberus_batch.slides.location import Fetched, Location, fetched, remote_cause
-from cerberus_batch.slides.sources import Reader
+from cerberus_batch.slides.location import Fetched, Location, fetched
+from cerberus_batch.slides.sources import Reader, source_identity
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import BORDER_PART, OutputLayout
@@ -90,16 +90,14 @@ def map_settings(processing: ProcessingSpec) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def _cached_view(path: Location, mpp_override: float | None, target_mpp: float, reader: Reader):
+def _cached_view(path: Location, mpp_override: float | None, target_mpp: float, reader: Reader, identity: str):
+    """The slide as its worker keeps it open. Keyed by the source's identity too: a long-lived worker
+    opens a replaced slide anew, never reading it through the old file's handle."""
     return open_slide(path, mpp=mpp_override, reader=reader).at_mpp(target_mpp)
 
 
-def source_identity(path: Location) -> dict[str, Any]:
-    """The slide file's or object's identity (size and mtime, or size and ETag), for its map group."""
-    try:
-        return path.identity()
-    except Exception as err:  # the store's or the network's error
-        raise SlideError(path, remote_cause(err) or f"cannot read its size and date ({type(err).__name__})") from None
+def _identity_key(identity: dict[str, Any]) -> str:
+    return json.dumps(identity, sort_keys=True)
 
 
 def map_attributes(
@@ -124,9 +122,9 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
     """Open a slide, find its tissue, cut it into chunks and create its (empty) map group; returns the
     plan and what reading a remote slide fetched."""
     with fetched() as fetches:
-        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader)
+        identity = source_identity(slide.path, slide.reader or "auto")
+        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader, _identity_key(identity))
         mask, plan = plan_slide(view, slide, processing)
-        identity = source_identity(slide.path)
     layout = OutputLayout(output)
     with atomic_path(layout.mask(slide.id)) as partial:
         mask.save_png(partial)
@@ -159,11 +157,12 @@ def infer_chunk_task(
     model: ModelSpec, processing: ProcessingSpec, output: Path,
 ) -> Fetched:
     """Infer one chunk, write its maps, then record it in the ledger; returns what reading a remote slide fetched."""
+    group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
     with fetched() as fetches:
-        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader)
+        # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
+        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader, _identity_key(group.attrs["source"]))
         predictor = _predictor(model, processing)
         outputs = predict_chunk(view.read, predictor, box, empty_cells)
-    group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
     specs = map_specs(predictor.heads, predictor.class_names)
     x, y, w, h = box
     inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide

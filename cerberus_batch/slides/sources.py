@@ -13,7 +13,7 @@ import threading
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import tiffslide
@@ -60,8 +60,8 @@ def open_source(path: Location, reader: Reader = "auto") -> PixelSource:
     from cerberus_batch.slides.readers.dicom import DicomSource, dicomweb_series
     from cerberus_batch.slides.readers.openslide import OpenSlideSource
 
-    series = dicomweb_series(path.address) if path.remote else None
-    if series is not None or reader == "dicom" or (reader == "auto" and not path.remote and path.local.is_dir()):
+    if is_dicom(path, reader):
+        series = dicomweb_series(path.address) if path.remote else None
         return DicomSource.web(path, series) if series is not None else DicomSource.folder(path)
     if not path.remote and not path.local.is_file():
         raise SlideError(path, "file not found")
@@ -72,6 +72,28 @@ def open_source(path: Location, reader: Reader = "auto") -> PixelSource:
     if reader == "tiffslide" or path.remote or _is_tiff(path.local):
         return TiffSource(path)
     return OpenSlideSource(path)  # says "unsupported format" where OpenSlide does not read it either
+
+
+def is_dicom(path: Location, reader: Reader = "auto") -> bool:
+    """Whether `open_source` reads the slide as DICOM: a DICOMweb series URL, a local folder, or forced."""
+    from cerberus_batch.slides.readers.dicom import dicomweb_series
+
+    if path.remote:
+        return reader == "dicom" or dicomweb_series(path.address) is not None
+    return reader == "dicom" or (reader == "auto" and path.local.is_dir())
+
+
+def source_identity(path: Location, reader: Reader = "auto") -> dict[str, Any]:
+    """What changes when the slide is replaced: size and mtime of a file, size and ETag of an object, the
+    SOP instance UIDs of a DICOM slide. Raises SlideError (one line) where it cannot be read."""
+    from cerberus_batch.slides.readers.dicom import dicom_identity
+
+    if is_dicom(path, reader):
+        return dicom_identity(path)
+    try:
+        return path.identity()
+    except Exception as err:  # the store's or the network's error
+        raise SlideError(path, remote_cause(err) or f"cannot read its size and date ({type(err).__name__})") from None
 
 
 def _is_tiff(path: Path) -> bool:

@@ -6,12 +6,15 @@ each read decodes only the frames (tiles) the region covers.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
 import pydicom
+import requests
 from wsidicom import WsiDicom, WsiDicomWebClient
 
 from cerberus_batch.errors import SlideError, first_line
@@ -36,17 +39,63 @@ def dicomweb_series(address: str) -> DicomWebSeries | None:
     return DicomWebSeries(found["root"], found["study"], found["series"]) if found else None
 
 
-def folder_series(folder: Path) -> dict[str, list[Path]]:
-    """The whole-slide series in a folder: series UID -> its instance files (other files are ignored)."""
-    series: dict[str, list[Path]] = {}
+def folder_series(folder: Path) -> dict[str, dict[Path, str]]:
+    """The whole-slide series in a folder: series UID -> its instance files and their SOP instance UIDs
+    (other files are ignored)."""
+    series: dict[str, dict[Path, str]] = {}
     for file in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
-            header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SOPClassUID", "SeriesInstanceUID"])
+            header = pydicom.dcmread(
+                file, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"],
+            )
         except (pydicom.errors.InvalidDicomError, OSError):
             continue  # DICOMDIR-less folders often hold a README or checksums beside the instances
         if header.get("SOPClassUID") == WSI_STORAGE and "SeriesInstanceUID" in header:
-            series.setdefault(str(header.SeriesInstanceUID), []).append(file)
+            series.setdefault(str(header.SeriesInstanceUID), {})[file] = str(header.SOPInstanceUID)
     return series
+
+
+def one_series(path: Location) -> dict[Path, str]:
+    """The instance files (and their SOP instance UIDs) of the one slide a DICOM folder holds."""
+    if path.remote or not path.local.is_dir():
+        raise SlideError(path, "not a DICOM folder (reader: dicom reads a local folder or a DICOMweb series URL)")
+    series = folder_series(path.local)
+    if not series:
+        raise SlideError(path, "no DICOM whole-slide image instances in the folder")
+    if len(series) > 1:
+        raise SlideError(path, f"DICOM folder holds {len(series)} slides (series {', '.join(sorted(series))}); "
+                         "give each series a folder of its own")
+    (instances,) = series.values()
+    return instances
+
+
+def web_client(path: Location, series: DicomWebSeries) -> WsiDicomWebClient:
+    """A DICOMweb client for the series' server, with the credentials the address (user:password@) or the
+    cohort's storage_options (`headers`, as fsspec's HTTP filesystem takes them) give."""
+    session = requests.Session()
+    url = urlsplit(series.root)
+    if url.username is not None:
+        session.auth = (unquote(url.username), unquote(url.password or ""))
+    session.headers.update(path.storage_options.get("headers") or {})
+    root = urlunsplit((url.scheme, url.hostname + (f":{url.port}" if url.port else ""), url.path, "", ""))
+    return WsiDicomWebClient.create_client(root, auth=session)
+
+
+def dicom_identity(path: Location) -> dict[str, object]:
+    """What changes when a DICOM slide is replaced: its SOP instance UIDs (a hash of them, sorted)."""
+    series = dicomweb_series(path.address) if path.remote else None
+    if series is None:
+        uids = list(one_series(path).values())
+    else:
+        try:
+            found = web_client(path, series).get_wsi_instances(series.study, [series.series])
+            uids = [str(instance) for _, instance, _ in found]
+        except Exception as err:  # HTTP and connection errors alike: one line
+            raise SlideError(path, f"cannot list the DICOMweb series ({_scrubbed(err, path)})") from None
+        if not uids:
+            raise SlideError(path, "no DICOM whole-slide image instances in the series")
+    digest = hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()
+    return {"sop_instances": len(uids), "sop_instance_uids_sha256": digest}
 
 
 class DicomSource:
@@ -70,15 +119,7 @@ class DicomSource:
 
     @classmethod
     def folder(cls, path: Location) -> DicomSource:
-        if path.remote or not path.local.is_dir():
-            raise SlideError(path, "not a DICOM folder (reader: dicom reads a local folder or a DICOMweb series URL)")
-        series = folder_series(path.local)
-        if not series:
-            raise SlideError(path, "no DICOM whole-slide image instances in the folder")
-        if len(series) > 1:
-            raise SlideError(path, f"DICOM folder holds {len(series)} slides (series {', '.join(sorted(series))}); "
-                             "give each series a folder of its own")
-        (files,) = series.values()
+        files = list(one_series(path))
         try:
             return cls(path, WsiDicom.open(files))
         except Exception as err:  # wsidicom and pydicom raise many types for damaged instances
@@ -87,8 +128,7 @@ class DicomSource:
     @classmethod
     def web(cls, path: Location, series: DicomWebSeries) -> DicomSource:
         try:
-            client = WsiDicomWebClient.create_client(series.root)
-            return cls(path, WsiDicom.open_web(client, series.study, series.series))
+            return cls(path, WsiDicom.open_web(web_client(path, series), series.study, series.series))
         except Exception as err:  # HTTP, connection and DICOM errors alike end the slide with one line
             raise SlideError(path, f"cannot open the DICOMweb series ({_scrubbed(err, path)})") from None
 
