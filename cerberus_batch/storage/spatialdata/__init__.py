@@ -14,6 +14,7 @@ from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.spatialdata.images import write_rasters
 from cerberus_batch.storage.spatialdata.ngff import CONTAINER_VERSION, COORDINATES, write_group
+from cerberus_batch.storage.spatialdata.parts import row_count
 from cerberus_batch.storage.spatialdata.shapes import write_shapes
 from cerberus_batch.storage.spatialdata.table import write_table
 from cerberus_batch.storage.zarr_maps import open_slide_maps
@@ -25,8 +26,9 @@ TABLE = "table"  # the AnnData table's element name, the one SpatialData tools l
 def write_spatialdata(output: str | Path, slide_id: str, target: str | Path) -> dict[str, int]:
     """Write the slide's SpatialData store at `target`; returns the rows of each shapes element, by kind.
 
-    Kinds whose head the model did not run are left out (their tables are empty, never zero objects
-    found). The store appears whole or not at all. Raises FileNotFoundError when the slide has no tables.
+    Kinds whose head the model did not run are left out, and so are kinds with no objects: SpatialData
+    refuses a store holding an empty shapes element (the count says 0). The store appears whole or not
+    at all. Raises FileNotFoundError when the slide has no tables.
     """
     layout = OutputLayout(output)
     maps = layout.maps(slide_id)
@@ -35,7 +37,7 @@ def write_spatialdata(output: str | Path, slide_id: str, target: str | Path) -> 
              if (files := layout.table_files(kind.name, slide_id)) and (heads is None or computed(kind, heads))}
     if not parts:
         raise FileNotFoundError(f"{layout.tables('*')}: no tables for slide {slide_id!r}")
-    counts: dict[str, int] = {}
+    counts = {kind: row_count(files) for kind, files in parts.items()}
     with atomic_path(Path(target)) as store:
         write_group(store, {
             "spatialdata_attrs": {"version": CONTAINER_VERSION}, "software": f"{SOFTWARE} {__version__}",
@@ -45,8 +47,9 @@ def write_spatialdata(output: str | Path, slide_id: str, target: str | Path) -> 
             write_rasters(maps, store)
         write_group(store / "shapes", {})
         for kind, files in parts.items():
-            counts[kind] = write_shapes(files, store / "shapes" / kind)
+            if counts[kind]:
+                write_shapes(files, store / "shapes" / kind)
         write_group(store / "tables", {})
-        if NUCLEI.name in parts:
+        if counts.get(NUCLEI.name):
             write_table(parts[NUCLEI.name], store / "tables" / TABLE, region=NUCLEI.name)
     return counts

@@ -16,14 +16,13 @@ import pyarrow.parquet as pq
 
 from cerberus_batch.storage.spatialdata.ngff import SHAPES_FILE, SHAPES_VERSION, identity, write_group
 from cerberus_batch.storage.spatialdata.parts import blocks, unified_schema
-from cerberus_batch.storage.tables import BATCH_ROWS
 
 INDEX = "instance_id"
 COVERING = "bbox"
 
 
-def write_shapes(parts: list[Path], folder: Path) -> int:
-    """Write the shapes element of one kind's part files (at least one) into `folder`; returns its rows."""
+def write_shapes(parts: list[Path], folder: Path) -> None:
+    """Write the shapes element of one kind's part files (at least one row in all) into `folder`."""
     schemas = [pq.read_schema(part) for part in parts]
     columns = [name for name in schemas[0].names if name != COVERING]
     schema = unified_schema(parts, columns).with_metadata({b"geo": json.dumps(_geo(schemas)), b"pandas": json.dumps(_pandas(schemas[0]))})
@@ -31,12 +30,9 @@ def write_shapes(parts: list[Path], folder: Path) -> int:
         "encoding-type": "ngff:shapes", "axes": ["x", "y"], "coordinateTransformations": identity(("x", "y")),
         "spatialdata_attrs": {"version": SHAPES_VERSION},
     })
-    rows = 0
     with pq.ParquetWriter(folder / SHAPES_FILE, schema) as writer:
-        for block in blocks(parts, schema, BATCH_ROWS):
+        for block in blocks(parts, schema):
             writer.write_table(block)
-            rows += block.num_rows
-    return rows
 
 
 def _geo(schemas: list[pa.Schema]) -> dict:

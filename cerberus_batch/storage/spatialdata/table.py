@@ -2,10 +2,11 @@
 
 AnnData's own writer needs the whole table in memory and pins pandas < 3, which this project cannot
 take; its on-disk encoding (anndata 0.8+, "anndata" 0.1.0) is plain zarr, written here column by column
-in blocks of `ROWS` rows: memory does not grow with the slide's nuclei. One row per nucleus, in the
-shapes' row order: obs holds every table column but the geometry (text as categoricals, integers with
-nulls as nullable integers), plus `region` naming the shapes element; obsm["spatial"] holds the
-centroids (x, y, level-0 px), where squidpy looks for them; X is absent (no features per nucleus).
+in blocks of `parts.ROWS` rows, a zarr chunk each: memory does not grow with the slide's nuclei. One
+row per nucleus, in the shapes' row order: obs holds every table column but the geometry (text as
+categoricals, integers with nulls as nullable integers) plus `region`, naming the shapes element;
+obsm["spatial"] holds the centroids (x, y, level-0 px), where squidpy looks for them; X is absent
+(no features per nucleus).
 """
 
 from __future__ import annotations
@@ -18,10 +19,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from cerberus_batch.storage.spatialdata.ngff import TABLE_VERSION
-from cerberus_batch.storage.spatialdata.parts import blocks, unified_schema
-from cerberus_batch.storage.tables import BATCH_ROWS
-
-ROWS = BATCH_ROWS  # rows per zarr chunk and per write: each chunk is written once, whole
+from cerberus_batch.storage.spatialdata.parts import ROWS, blocks, unified_schema
 REGION_KEY, INSTANCE_KEY = "region", "instance_id"
 LEFT_OUT = ("geometry", "bbox")  # in the shapes element, or GeoParquet's own
 CENTROID = ("centroid_x", "centroid_y")
@@ -29,8 +27,8 @@ ARRAY, STRINGS = {"encoding-type": "array", "encoding-version": "0.2.0"}, {"enco
 DICT = {"encoding-type": "dict", "encoding-version": "0.1.0"}
 
 
-def write_table(parts: list[Path], folder: Path, region: str) -> int:
-    """Write the nuclei table of the part files (those of the shapes element `region`) into `folder`; returns its rows."""
+def write_table(parts: list[Path], folder: Path, region: str) -> None:
+    """Write the nuclei table of the part files (those of the shapes element `region`) into `folder`."""
     schema = unified_schema(parts, [name for name in pq.read_schema(parts[0]).names if name not in LEFT_OUT])
     columns = schema.names
     texts, nullable, n = _survey(parts, schema)
@@ -65,7 +63,7 @@ def write_table(parts: list[Path], folder: Path, region: str) -> int:
         keys.create_array(key, shape=(), dtype=str, attributes={"encoding-type": "string", "encoding-version": "0.2.0"})[()] = value
 
     start = 0
-    for block in blocks(parts, schema, ROWS):
+    for block in blocks(parts, schema):  # a zarr chunk each: written once, whole
         rows = slice(start, start + block.num_rows)
         obs[f"{REGION_KEY}/codes"][rows] = np.zeros(block.num_rows, np.int8)
         for name in columns:
@@ -82,7 +80,6 @@ def write_table(parts: list[Path], folder: Path, region: str) -> int:
         index[rows] = np.asarray(block.column(INSTANCE_KEY).to_numpy().astype(str), dtype=object)
         spatial[rows] = np.column_stack([block.column(c).to_numpy() for c in CENTROID])
         start = rows.stop
-    return n
 
 
 def _survey(parts: list[Path], schema: pa.Schema) -> tuple[dict[str, list[str]], set[str], int]:
