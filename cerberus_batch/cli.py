@@ -169,19 +169,25 @@ def inspect(slide: str, mpp_override: float | None, reader: Reader, target_mpp: 
     from rich.table import Table
 
     from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
+    from cerberus_batch.slides.location import Location
     from cerberus_batch.slides.plan import check_extent
+    from cerberus_batch.slides.sources import source_identity
 
     try:
-        with open_slide(slide, mpp=mpp_override, reader=reader) as opened:
+        location = Location.parse(slide)
+        identity = source_identity(location, reader)
+        with open_slide(location, mpp=mpp_override, reader=reader) as opened:
             view = opened.at_mpp(target_mpp)
             check_extent(view)
             mask = tissue_mask(view, mask_source)
-            plan = plan_chunks(view, mask, chunk=chunk, slide_id=Path(slide).stem)
+            plan = plan_chunks(view, mask, chunk=chunk, slide_id=location.stem)
     except (SlideError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     info = opened.info
-    table = Table(title=slide, show_header=False)
+    table = Table(title=location.shown, show_header=False)  # the address without credentials
     rows = {
+        "source": location.shown,
+        "identity": ", ".join(f"{key} {value}" for key, value in identity.items()),  # what marks it replaced
         "reader": info.reader,
         "vendor": info.vendor,
         "objective power": str(info.objective_power or "-"),

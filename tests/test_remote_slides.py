@@ -3,6 +3,7 @@ the same maps and tables as the local file, and each failure one line naming the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -184,3 +185,26 @@ def test_remote_mask_manifest_and_glob_over_a_bucket_prefix(tmp_path, stores, cm
     assert report.status == "ok" and report.slides["a"].chunks == report.slides["a"].chunks_computed > 0
     given = np.asarray(Image.open(tmp_path / "run" / "out" / "masks" / "a.png"))
     assert given.any() and not given.all()  # the bucket's mask, not the automatic one
+
+
+def test_inspect_shows_the_source_and_its_identity_without_secrets(stores, cmu_slide):
+    from click.testing import CliRunner
+
+    from cerberus_batch.cli import main
+
+    port = stores["http"].server_port
+    stat = cmu_slide.stat()
+    etag = hashlib.md5(cmu_slide.read_bytes()).hexdigest()  # what the Range server sends; moto's is the same MD5
+    cases = {
+        str(cmu_slide): (str(cmu_slide), f"size {stat.st_size}, mtime_ns {stat.st_mtime_ns}"),
+        "s3://lab/slides/cmu.svs": ("s3://lab/slides/cmu.svs", f"size {stat.st_size}, etag"),
+        f"http://reader:{SECRET}@127.0.0.1:{port}/cmu.svs?X-Signature={SECRET}": (
+            f"http://127.0.0.1:{port}/cmu.svs", f"size {stat.st_size}, etag"),
+    }
+    for address, (shown, identity) in cases.items():
+        result = CliRunner(env={"COLUMNS": "400"}).invoke(main, ["inspect", address])  # rich reads its width there
+        assert result.exit_code == 0, result.output
+        rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.output.splitlines() if line.count("│") == 3}
+        assert rows["source"] == shown and rows["reader"] == "tiffslide", result.output
+        assert rows["identity"].startswith(identity) and (address == str(cmu_slide) or etag in rows["identity"]), rows
+        assert SECRET not in result.output

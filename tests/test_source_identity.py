@@ -11,9 +11,11 @@ import numpy as np
 import pydicom
 import tiffslide
 import yaml
+from click.testing import CliRunner
 from distributed import LocalCluster
 from PIL import Image
 
+from cerberus_batch.cli import main
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry, load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.pipeline.work import plan_slide_task
@@ -53,6 +55,10 @@ def test_a_dicom_slide_is_known_by_its_sop_instance_uids(tmp_path, cmu_slide):
     done, source = run()
     assert done.chunks_computed == done.chunks > 0
     assert source == uids_digest(tmp_path / "first")
+    shown = CliRunner(env={"COLUMNS": "400"}).invoke(main, ["inspect", str(folder)])  # rich reads its width there
+    assert shown.exit_code == 0, shown.output
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in shown.output.splitlines() if line.count("│") == 3}
+    assert rows["identity"] == ", ".join(f"{key} {value}" for key, value in source.items()) and rows["reader"] == "dicom", rows
     # The same instances copied again (new dates, a new folder mtime): the same slide, resumed.
     shutil.rmtree(folder)
     shutil.copytree(tmp_path / "first", folder)
