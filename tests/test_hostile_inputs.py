@@ -205,6 +205,12 @@ def test_tiff_claiming_200000_px_square_is_refused_by_inspect(tmp_path, claimed_
     assert_cheap(result)
 
 
+def test_openslide_refuses_a_slide_too_small_for_its_pixels_by_the_same_rule(tmp_path, claimed_huge):
+    result = run_cli("inspect", str(claimed_huge), "--mpp-override", str(HUGE_MPP), "--reader", "openslide", cwd=tmp_path)
+    assert "file size" in assert_refused_in_one_line(result, claimed_huge)
+    assert_cheap(result)
+
+
 def test_automatic_mask_of_a_slide_without_low_levels_is_refused(tmp_path):
     slide = tmp_path / "flat.tif"  # 6.4 Gpx and one level: the automatic mask would read all of it
     write_tiled_tiff(slide, (80_000, 80_000), shared=False)

@@ -101,6 +101,17 @@ def _is_tiff(path: Path) -> bool:
         return file.read(4) in TIFF_MAGIC
 
 
+def check_plausible(path: Location, level_dimensions: tuple[tuple[int, int], ...], size: int) -> None:
+    """Refuse a slide whose `size` bytes are far too few for the pixels its levels declare, before anything reads them."""
+    pixels = sum(w * h for w, h in level_dimensions)
+    if pixels * MIN_BYTES_PER_PIXEL > size:
+        raise SlideError(
+            path,
+            f"its levels declare {pixels / 1e6:,.0f} Mpx, implausible for its file size ({size:,} bytes, "
+            f"under 1 byte per {1 / MIN_BYTES_PER_PIXEL:,.0f} px): a damaged or forged file, not a scan",
+        )
+
+
 def to_rgb(pixels: np.ndarray, path: Location) -> np.ndarray:
     """Grey, grey+alpha, RGB or RGBA uint8 pixels as RGB, transparency composited on white."""
     if pixels.dtype != np.uint8:
@@ -150,7 +161,7 @@ class TiffSource:
             raise SlideError(path, f"{level0.dtype} pixels are not supported; convert the slide to 8-bit RGB")
         self._check_complete(int(properties.get("tiffslide.series-index") or 0))
         level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
-        self._check_plausible(level_dimensions)
+        check_plausible(path, level_dimensions, self._size)
         tiff = self._slide.ts_tifffile
         vendor = properties.get("tiffslide.vendor") or ("ome" if tiff.is_ome else "generic-tiff")
         power = properties.get("tiffslide.objective-power")
@@ -169,17 +180,6 @@ class TiffSource:
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
                 if ends and max(ends) > size:
                     raise SlideError(self.path, f"file is truncated (image data ends at byte {max(ends)}, file has {size})")
-
-    def _check_plausible(self, level_dimensions: tuple[tuple[int, int], ...]) -> None:
-        """Refuse files far too small for the pixels they declare, before anything reads them."""
-        size = self._size
-        pixels = sum(w * h for w, h in level_dimensions)
-        if pixels * MIN_BYTES_PER_PIXEL > size:
-            raise SlideError(
-                self.path,
-                f"its levels declare {pixels / 1e6:,.0f} Mpx, implausible for its file size ({size:,} bytes, "
-                f"under 1 byte per {1 / MIN_BYTES_PER_PIXEL:,.0f} px): a damaged or forged file, not a scan",
-            )
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         try:

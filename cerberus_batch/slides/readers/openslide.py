@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import openslide
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location
-from cerberus_batch.slides.sources import SourceMetadata, plausible_mpp, to_rgb
+from cerberus_batch.slides.sources import SourceMetadata, check_plausible, plausible_mpp, to_rgb
 
 
 class OpenSlideSource:
@@ -23,12 +25,18 @@ class OpenSlideSource:
             raise SlideError(path, "unsupported format: not a TIFF, PNG or JPEG, and not a format OpenSlide reads") from None
         except openslide.OpenSlideError as err:
             raise SlideError(path, f"not a readable slide ({first_line(err, typed=True)})") from None
+        level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
+        try:
+            check_plausible(path, level_dimensions, _slide_bytes(path.local))
+        except SlideError:
+            self._slide.close()
+            raise
         properties = self._slide.properties
         mpp = properties.get(openslide.PROPERTY_NAME_MPP_X), properties.get(openslide.PROPERTY_NAME_MPP_Y)
         power = properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
         self._downsamples = self._slide.level_downsamples
         self.metadata = SourceMetadata(
-            level_dimensions=tuple((int(w), int(h)) for w, h in self._slide.level_dimensions),
+            level_dimensions=level_dimensions,
             mpp=plausible_mpp((float(mpp[0]), float(mpp[1])) if all(mpp) else None),
             vendor=str(properties.get(openslide.PROPERTY_NAME_VENDOR, "openslide")),
             objective_power=float(power) if power else None,
@@ -48,3 +56,12 @@ class OpenSlideSource:
 
     def close(self) -> None:
         self._slide.close()
+
+
+def _slide_bytes(path: Path) -> int:
+    """At most the bytes the slide may hold: multi-file formats keep their data beside the index file
+    (VMS, VMU: JPEGs in its folder) or in a folder named after it (MIRAX: <stem>/*.dat)."""
+    beside = [p for p in path.parent.iterdir() if p.is_file()]
+    data = path.parent / path.stem
+    inside = [p for p in data.iterdir() if p.is_file()] if data.is_dir() else []
+    return sum(p.stat().st_size for p in beside + inside)
