@@ -260,8 +260,8 @@ def export(output: str, export_format: str, slide_id: str | None, every_slide: b
         files = {slide: Path(target) / f"{slide}{EXPORT_SUFFIXES[export_format]}" for slide in slides}  # ids hold no "/"
     elif slide_id is None and len(slides) > 1:
         raise click.ClickException(
-            f"{output} holds {len(slides)} slides and an export holds one; pick one with --slide "
-            f"({', '.join(slides[:5])}{', ...' if len(slides) > 5 else ''}) or export each with --all"
+            f"{output} holds {len(slides)} slides and -o {target} takes one slide per file; pick one with --slide "
+            f"({', '.join(slides[:5])}{', ...' if len(slides) > 5 else ''}), or write one file per slide into the folder -o with --all"
         )
     elif slide_id is not None and slide_id not in slides:
         raise click.ClickException(f"--slide {slide_id!r}: no tables for this slide in {output}")

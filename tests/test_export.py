@@ -111,6 +111,7 @@ def test_several_slides_need_a_slide_id(output, tmp_path):
     result = export(str(output), "-o", str(target))
     assert result.exit_code == 1
     assert "one slide per file" in result.output and "--slide" in result.output and "--all" in result.output
+    assert f"{output} holds 2 slides" in result.output and str(target) in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not target.exists()
 
