@@ -21,7 +21,9 @@ from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.zarr_maps import open_slide_maps
-from cerberus_batch.testing.servers import DENIED_PREFIX, FAKE_KEYS, free_port, range_server, s3_server
+from cerberus_batch.testing.servers import (
+    DENIED_PREFIX, FAKE_KEYS, free_port, range_server, s3_checks_credentials, s3_server,
+)
 from conftest import mask_file
 
 SECRET = "s3cr3t-signature"
@@ -208,3 +210,44 @@ def test_inspect_shows_the_source_and_its_identity_without_secrets(stores, cmu_s
         assert rows["source"] == shown and rows["reader"] == "tiffslide", result.output
         assert rows["identity"].startswith(identity) and (address == str(cmu_slide) or etag in rows["identity"]), rows
         assert SECRET not in result.output
+
+
+def test_a_bad_s3_credential_and_an_unsupported_format_over_a_url_are_one_line_each(tmp_path, stores, cmu_slide, capsys):
+    import boto3
+
+    s3, mask = stores["s3"], small_region_mask(tmp_path)
+    endpoint = s3.meta.endpoint_url
+    s3.put_object(Bucket="lab", Key="slides/notes.txt", Body=b"not a slide\n" * 100)
+    iam = boto3.client("iam", endpoint_url=endpoint)  # a reader with a real key, made while no credential is checked
+    iam.create_user(UserName="reader")
+    iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    slides = [{"path": "s3://lab/slides/cmu.svs", "id": "remote", "mask": mask},
+              {"path": "s3://lab/slides/notes.txt", "id": "notes", "mask": mask},
+              {"path": str(cmu_slide), "id": "local", "mask": mask}]
+
+    def run_with(secret: str, folder: Path):
+        folder.mkdir()
+        body = {"name": "creds", "output": "out", "slides": slides, "model": {"kind": "stain"},
+                "processing": {"chunk": 432, "tissue_mask": "given"},
+                "storage_options": {"key": key["AccessKeyId"], "secret": secret}}
+        (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
+        return run_cohort(load_cohort(folder / "cohort.yaml"), show_progress=False, cluster=stores["cluster"])
+
+    with s3_checks_credentials(endpoint):
+        good = run_with(key["SecretAccessKey"], tmp_path / "good")  # the store checks keys: the right one reads
+        bad = run_with(SECRET, tmp_path / "bad")
+    assert good.slides["remote"].status == good.slides["local"].status == "done"
+    assert good.slides["notes"].status == "failed" and good.slides["notes"].error == (
+        "SlideError: s3://lab/slides/notes.txt: unsupported format: over a URL, slides are read as TIFF (SVS, TIFF, "
+        "OME-TIFF, NDPI), PNG, JPEG or a DICOMweb series; copy other formats to a local folder, where OpenSlide reads them")
+    assert bad.slides["local"].status == "done"
+    out = tmp_path / "bad" / "out"
+    for slide_id, shown in (("remote", "s3://lab/slides/cmu.svs"), ("notes", "s3://lab/slides/notes.txt")):
+        error = bad.slides[slide_id].error
+        assert bad.slides[slide_id].status == "failed", bad.slides
+        assert error.count("\n") == 0 and error.startswith(f"SlideError: {shown}: access denied (check the credentials"), error
+        assert not OutputLayout(out).maps(slide_id).exists() and not (out / "plans" / f"{slide_id}.json").exists()
+    written = "".join(f.read_text(errors="replace") for f in out.rglob("*") if f.is_file() and f.suffix in (".json", ".log", ".html", ".csv"))
+    assert SECRET not in written + capsys.readouterr().out and key["AccessKeyId"] not in written

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location, remote_cause
+from cerberus_batch.slides.truncation import tiff_truncation
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 # Resolution tags outside this range are scanner-less defaults (72 dpi = 353 µm/px), not microscopy.
@@ -141,12 +142,20 @@ class TiffSource:
                 # A remote slide is read through our block-cached, counted file (see Location.open_bytes).
                 self._handle = path.open_bytes() if path.remote else None
                 self._size = self._handle.size if self._handle else path.local.stat().st_size
+                if self._handle:  # over a URL no OpenSlide follows, so a non-TIFF is named as such (its first block, cached)
+                    if self._handle.read(4) not in TIFF_MAGIC:
+                        raise _NotTiff
+                    self._handle.seek(0)
                 self._slide = tiffslide.TiffSlide(self._handle or path.local)
                 len(self._slide.ts_tifffile.pages)  # walk every page now, so broken page links surface here
                 properties = self._slide.properties
                 level0 = self._slide.zarr_group["0"]
+        except _NotTiff:
+            cause = ("unsupported format: over a URL, slides are read as TIFF (SVS, TIFF, OME-TIFF, NDPI), PNG, JPEG or a "
+                     "DICOMweb series; copy other formats to a local folder, where OpenSlide reads them")
         except Exception as err:  # tiffslide/tifffile raise many types for unreadable files
-            cause = (remote_cause(err) if path.remote else None) or f"not a readable slide ({_scrubbed(err, path)})"
+            cause = ((remote_cause(err) if path.remote else None) or self._truncation()
+                     or f"not a readable slide ({_scrubbed(err, path)})")
         else:
             cause = None
         if cause:  # raised outside the handler: an aiohttp error as its context would not pickle to the client
@@ -172,6 +181,16 @@ class TiffSource:
             objective_power=float(power) if power else None,
         )
 
+    def _truncation(self) -> str | None:
+        """Why the file could not be opened, where it ends before one of its directories."""
+        try:
+            if self._handle is not None:
+                return tiff_truncation(self._handle, self._size)
+            with self.path.local.open("rb") as file:
+                return tiff_truncation(file, self.path.local.stat().st_size)
+        except Exception:  # noqa: BLE001 - unreadable header: the opening error is the one to say
+            return None
+
     def _check_complete(self, series: int) -> None:
         """Refuse files whose tile data runs past the end of the file (interrupted copies)."""
         size = self._size
@@ -196,6 +215,10 @@ class TiffSource:
         self._slide.close()
         if self._handle is not None:
             self._handle.close()
+
+
+class _NotTiff(Exception):
+    """A remote file that does not start as a TIFF does."""
 
 
 class PlainImageSource:

@@ -7,6 +7,7 @@ import hashlib
 import re
 import socket
 import threading
+import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +35,20 @@ def s3_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def s3_checks_credentials(endpoint: str) -> Iterator[None]:
+    """Inside the block the moto server refuses any request not signed by an access key its IAM knows
+    (moto's INITIAL_NO_AUTH_ACTION_COUNT set to 0 through its API); as before after it."""
+    def set_count(count: str) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), headers={"Content-Type": "text/plain"}), timeout=10).close()
+
+    set_count("0")
+    try:
+        yield
+    finally:
+        set_count("inf")
 
 
 class RangeServer(ThreadingHTTPServer):
