@@ -8,23 +8,26 @@ what it read as JSON."""
 from __future__ import annotations
 
 import json
-import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import shapely
 import yaml
 from click.testing import CliRunner
+from conftest import CACHE
 
 from cerberus_batch.cli import main
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import open_slide_maps
-from conftest import CACHE
 
 SPATIALDATA = "spatialdata==0.7.3"
 READBACK = Path(__file__).with_name("spatialdata_readback.py")
@@ -122,3 +125,28 @@ def test_export_of_one_slide_replaces_its_store_and_refuses_other_folders(demo_o
     refused = CliRunner().invoke(main, ["export", str(demo_output), "--format", "spatialdata", "--slide", "demo-b", "-o", str(theirs)])
     assert refused.exit_code != 0 and "not written by cerberus-batch" in refused.output
     assert (theirs / "keep.txt").read_text() == "a user's file"
+
+
+def test_null_tissue_columns_stay_null_in_the_table(demo_output, spatialdata_python, tmp_path) -> None:
+    """Where the tissue head did not run, a nucleus's tissue columns are null: in the table too, never 0. Here one
+    part file of a copy of the demo output has them null in every third row, another in all rows (typed null)."""
+    out = tmp_path / "out"
+    shutil.copytree(demo_output, out)
+    parts = sorted((out / "tables" / "nuclei" / "slide_id=demo-a").glob("*.parquet"))
+    for number, part in enumerate(parts[:2]):
+        table = pq.read_table(part)
+        n = table.num_rows
+        gone = pa.array([number == 1 or row % 3 == 0 for row in range(n)])
+        for name in ("tissue_class", "tissue_name"):
+            typed_null = number == 1 and name == "tissue_name"  # as a part whose text column is all null reads
+            column = pa.nulls(n) if typed_null else pc.if_else(gone, pa.nulls(n, table[name].type), table[name])
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        pq.write_table(table, part)
+    store = tmp_path / "demo-a.zarr"
+    done = CliRunner().invoke(main, ["export", str(out), "--format", "spatialdata", "--slide", "demo-a", "-o", str(store)])
+    assert done.exit_code == 0, done.output
+    facts = read_back(spatialdata_python, store)
+    nuclei = read_table(out, "nuclei", ["demo-a"]).set_index("instance_id").loc[facts["checked"]["instance_id"]]
+    assert facts["obs_dtypes"]["tissue_class"] == "Int32" and facts["obs_dtypes"]["tissue_name"] == "category"
+    expected = [None if v is None or v != v else v for v in nuclei["tissue_name"]]
+    assert None in expected and any(expected) and facts["checked"]["tissue_name"] == expected

@@ -20,6 +20,7 @@ import zarr
 
 from cerberus_batch.storage.spatialdata.ngff import TABLE_VERSION
 from cerberus_batch.storage.spatialdata.parts import ROWS, blocks, unified_schema
+
 REGION_KEY, INSTANCE_KEY = "region", "instance_id"
 LEFT_OUT = ("geometry", "bbox")  # in the shapes element, or GeoParquet's own
 CENTROID = ("centroid_x", "centroid_y")
