@@ -8,7 +8,7 @@ from typing import get_args
 import click
 
 from cerberus_batch import __version__
-from cerberus_batch.errors import CheckpointError, CohortError, OutputError, SlideError, first_line
+from cerberus_batch.errors import CheckpointError, CohortError, OutputError, RunMismatch, SlideError, first_line
 from cerberus_batch.slides.sources import Reader
 
 
@@ -71,24 +71,26 @@ def validate(cohort_file: str) -> None:
     from cerberus_batch.grid import pass_size
     from cerberus_batch.pipeline.plan import NO_TISSUE, plan_cohort
     from cerberus_batch.pipeline.run import cohort_inputs
-    from cerberus_batch.pipeline.work import checked_predictor
+    from cerberus_batch.pipeline.work import checked_predictor, fingerprint
+    from cerberus_batch.storage.ledger import refuse_mismatch
     from cerberus_batch.storage.output_folder import check_writable, refuse_inputs_inside
 
     cohort = _cohort(cohort_file)
     table = Table(title=f"{cohort.name}: {len(cohort.slides)} slides → {cohort.output}")
-    for column in ("slide", "size (proc px)", "tissue mm²", "chunks", "cells", "input Mpx", "input px / tissue px", "problem"):
+    for column in ("slide", "level-0 mpp", "size (proc px)", "tissue mm²", "chunks", "cells", "input Mpx", "input px / tissue px", "problem"):
         table.add_column(column)
     # The stain model reads whole chunks.
     tile = None if cohort.model.kind == "stain" else pass_size(cohort.processing.mode, cohort.processing.tile)
     problems = []
-    for slide, plan, error in plan_cohort(cohort):
+    for slide, plan, error, info in plan_cohort(cohort):
+        mpp = f"{sum(info.mpp) / 2:.4f} ({info.mpp_source})" if info and info.mpp else "none" if info else ""
         if error:
             problems.append(f"{slide.id}: {error}")
-            table.add_row(slide.id, "", "", "", "", "", "", "cannot be planned (below)")
+            table.add_row(slide.id, mpp, "", "", "", "", "", "", "cannot be planned (below)")
             continue
         h, w = plan.shape
         table.add_row(
-            slide.id, f"{w}×{h}", f"{plan.tissue_mm2:.2f}", str(len(plan.chunks)), str(plan.cells),
+            slide.id, mpp, f"{w}×{h}", f"{plan.tissue_mm2:.2f}", str(len(plan.chunks)), str(plan.cells),
             f"{plan.input_px(tile) / 1e6:.1f}", f"{plan.input_per_tissue_px(tile):.2f}", "" if plan.chunks else NO_TISSUE,
         )
     Console().print(table)
@@ -98,7 +100,7 @@ def validate(cohort_file: str) -> None:
     except OutputError as err:
         problems.append(f"output: {err}")
     try:  # as `run` loads it before any slide: what `run` refuses is named here
-        checked_predictor(cohort)
+        predictor = checked_predictor(cohort)
     except CheckpointError as err:
         problems.append(f"model: {err}")
     for problem in problems:
@@ -107,6 +109,11 @@ def validate(cohort_file: str) -> None:
         raise SystemExit(1)
 
 
+    else:
+        try:  # as `run` refuses it before the cluster starts
+            refuse_mismatch(cohort.output, fingerprint(cohort.model, cohort.processing, predictor, None))
+        except RunMismatch as err:
+            problems.append(f"output: {err}")
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
 def status(output: str) -> None:

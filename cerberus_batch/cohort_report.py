@@ -122,7 +122,7 @@ def _plots(slides: list[dict[str, Any]], names: list[str]) -> tuple[str, dict[st
     height = max(260, 28 * len(ids) + 90)
     density = figure(title=DENSITY_TITLE, y_range=ids[::-1], height=height, width=640, toolbar_location=None,
                      x_axis_label="nuclei / mm²")
-    per_mm2 = [float(s["row"].get(f"{NUCLEI.name}_per_mm2", 0.0)) for s in done]
+    per_mm2 = [_number(s["row"].get(f"{NUCLEI.name}_per_mm2")) for s in done]  # NaN: not computed, no bar
     density.hbar(y="slide", right="density", height=0.7, color="#5a3d8a",
                  source=ColumnDataSource({"slide": ids, "density": per_mm2}))
     density.x_range.start = 0
@@ -188,6 +188,15 @@ def _hex(colour: tuple[int, int, int]) -> str:
 
 def _counts(slide: dict[str, Any]) -> str:
     """Counts and densities per class of each object kind, or why there are none."""
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _seconds(value: float | None) -> str:
+    """A slide's computing time; "–" for one no run has timed yet."""
+    return "–" if value is None else f"{float(value):,.1f} s"
+
+
     row, attrs = slide["row"], slide["attrs"]
     cells = []
     for kind in OBJECTS:
@@ -198,7 +207,11 @@ def _counts(slide: dict[str, Any]) -> str:
             cells.append("<td class='muted'>–</td>")
             continue
         mm2 = float(row.get("tissue_mm2", 0.0))
-        lines = [f"<b>{int(row.get(f'{kind.name}_count', 0)):,}</b> ({float(row.get(f'{kind.name}_per_mm2', 0.0)):,.1f}/mm²)"]
+        count, per_mm2 = row.get(f"{kind.name}_count"), row.get(f"{kind.name}_per_mm2")
+        if count is None:  # a row that says the model did not find this kind
+            cells.append("<td class='muted'>–</td>")
+            continue
+        lines = [f"<b>{int(count):,}</b> ({float(per_mm2 or 0.0):,.1f}/mm²)"]
         for name, value in summary_class_counts(row, kind.name, class_names(kind, attrs.get("class_names", {}))).items():
             if value:
                 density = f"{value / mm2:,.1f}/mm²" if mm2 else "–"
@@ -252,7 +265,7 @@ def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayou
         yield (
             f"<tr class='slide' id='slide-{html.escape(slide['id'])}'><td><b>{html.escape(slide['id'])}</b></td>"
             f"<td><span class='status {outcome['status']}'>{outcome['status']}</span></td>"
-            f"<td class='reason'>{html.escape(reason)}</td><td>{float(outcome.get('seconds', 0.0)):,.1f} s</td>"
+            f"<td class='reason'>{html.escape(reason)}</td><td>{_seconds(outcome.get('seconds'))}</td>"
             f"<td>{tissue:,.2f}</td>{_counts(slide)}<td class='composition'>{_bar(_composition(row, names), names)}</td></tr>"
             f"<tr class='picture'><td colspan='9'>{_readouts(row)}<div class='crossed'>{_heatmap(slide) if row else ''}"
             f"{shown}</div></td></tr>"

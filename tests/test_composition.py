@@ -14,7 +14,7 @@ from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import write_slide_tables
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide
 from cerberus_batch.testing.maps import synthetic_maps
-from cerberus_batch.vocabulary import TISSUE
+from cerberus_batch.vocabulary import HEAD_MAPS, TISSUE
 
 HEIGHT, WIDTH = 2160, 2304  # processing px: 15 x 16 cells; chunks of 1008 and 2016 px cut it differently
 EXTENT = (WIDTH - 100, HEIGHT - 60)  # the slide ends inside its last cells (processing px x, y)
@@ -53,7 +53,7 @@ def crossed(request, maps, mask_px, tmp_path_factory):
     tables = merge_slide(maps, results, **place(slide))
     write_slide_tables(out, slide, tables)
     areas, readouts, rows = slide_crossed(out, slide, maps, place(slide), mask_px)
-    summary = slide_summary(out, slide, 1.0, areas, 0.0, readouts, rows)
+    summary = slide_summary(out, slide, 1.0, areas, 0.0, readouts, rows, HEAD_MAPS)
     return tables, areas, readouts, rows, summary
 
 

@@ -116,7 +116,7 @@ colour: blue
         f"{path}:6: slides.1.path: slide file not found: {here}/slides/missing.svs",
         f"{path}:7: slides.1.mask: mask file not found: {here}/masks/missing.png",
         f"{path}:9: slides.2.id: duplicate slide id 'missing' (also the id of {here}/slides/missing.svs)",
-        f"{path}:10: slides.3.speed: unknown key; valid keys: path, id, mask, mpp, reader",
+        f"{path}:10: slides.3.speed: unknown key; valid keys: path, id, mask, mpp, mpp_override, reader",
         # Checked although other sections are invalid: the model section itself is valid.
         f"{path}:13: model.weights: folder not found: {here}/models/nowhere",
         f"{path}:15: processing.batchsize: unknown key; did you mean batch_size?",

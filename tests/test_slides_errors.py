@@ -62,7 +62,7 @@ def test_no_mpp_and_no_override(tmp_path):
     with pytest.raises(SlideError) as err:
         slide.at_mpp(0.5)
     assert_one_line_naming(err, path)
-    assert "microns-per-pixel" in str(err.value) and "mpp:" in str(err.value)
+    assert str(err.value).endswith("has no microns-per-pixel metadata; pass --mpp-override")  # a cohort names its own fix (test_mpp_rule)
     # The override is the documented way out.
     assert open_slide(path, mpp=0.5).at_mpp(0.5).shape == (50, 60)
 

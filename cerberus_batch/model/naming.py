@@ -43,3 +43,12 @@ def resolve_decoders(requested: Iterable[str] | None, decoder_heads: Mapping[str
             raise ValueError(f"unknown head {name!r}; expected one of {', '.join(known)}")
         wanted.update(found)
     return tuple(d for d in decoder_heads if d in wanted)
+
+
+def spellings_of(output_keys: Iterable[str]) -> tuple[str, ...]:
+    """The user spellings of heads whose every output is among `output_keys` (e.g. a predictor's heads)."""
+    keys = set(output_keys)
+    return tuple(
+        name for name, decoders in SPELLINGS.items()
+        if all(output_key(d, "TYPE" if d.endswith("#TYPE") else "INST") in keys for d in decoders)
+    )

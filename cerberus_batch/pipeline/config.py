@@ -19,12 +19,13 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 
 import numpy as np
 import yaml
-from pydantic import AfterValidator, BaseModel, Field, PositiveInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from cerberus_batch.cluster.spec import ClusterSpec, Strict
 from cerberus_batch.errors import CohortError, first_line
 from cerberus_batch.grid import CELL
 from cerberus_batch.slides.location import Location, remote_cause
+from cerberus_batch.slides.slide import Slide, open_slide
 from cerberus_batch.slides.sources import PLAUSIBLE_MPP, Reader
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.vocabulary import HEAD_MAPS, model_class_names
@@ -70,19 +71,22 @@ class SlideSpec(Strict):
     path: str  # a path or a URL (str: a Path would fold the "//" of "s3://")
     id: Optional[str] = None
     mask: Optional[str] = None
-    mpp: Optional[Mpp] = None  # level-0 µm/px override for slides without metadata
+    # Level-0 µm/px: `mpp` stands in only where the slide's metadata has none; `mpp_override` replaces it.
+    mpp: Optional[Mpp] = None
+    mpp_override: Optional[Mpp] = None
     reader: Optional[Reader] = None  # this slide's reader; default: processing.reader
 
 
 class SlideGlob(Strict):
     glob: str
     masks: Optional[str] = None  # e.g. "masks/{stem}.png"
-    mpp: Optional[Mpp] = None
+    mpp: Optional[Mpp] = None  # for every slide it matches, as a SlideSpec's
+    mpp_override: Optional[Mpp] = None
     reader: Optional[Reader] = None
 
 
 class SlideManifest(Strict):
-    manifest: str  # CSV (path or URL) with columns path[,id,mask,mpp]
+    manifest: str  # CSV (path or URL) with columns path[,id,mask,mpp,mpp_override,reader]
 
 
 class ModelSpec(Strict):
@@ -123,13 +127,21 @@ class CohortFile(Strict):
 
 
 class SlideEntry(BaseModel):
-    """One slide of the cohort, with every path resolved."""
+    """One slide of the cohort, with every path resolved (frozen: workers key their open slides by it)."""
+
+    model_config = ConfigDict(frozen=True)
 
     id: str
     path: Location
     mask: Optional[Location] = None
-    mpp: Optional[float] = None
+    mpp: Optional[float] = None  # where the slide's metadata has none
+    mpp_override: Optional[float] = None  # instead of the metadata's
+    mpp_fix: str = ""  # how to give this slide an mpp, in the form its cohort lists it
     reader: Optional[Reader] = None  # set by load_cohort: the slide's own or the cohort's processing.reader
+
+    def open(self) -> Slide:
+        """The slide, its level-0 mpp by the one rule (override, else metadata, else fallback)."""
+        return open_slide(self.path, mpp=self.mpp_override, reader=self.reader, fallback_mpp=self.mpp, no_mpp_fix=self.mpp_fix)
 
 
 class Cohort(BaseModel):
@@ -171,6 +183,14 @@ def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
             if inputs_here and not weights.is_dir():
                 report.at(("model", "weights"), f"folder not found: {weights}")
             model = model.model_copy(update={"weights": weights})
+    if model is not None and model.kind == "stain" and "heads" in model.model_fields_set:
+        from cerberus_batch.model.naming import spellings_of
+        from cerberus_batch.model.stain import StainPredictor
+
+        has = spellings_of(StainPredictor.heads)
+        if set(model.heads) != set(has):  # it always runs all of its heads and has no others
+            report.at(("model", "heads"), f"the stain model always computes {', '.join(has)} and has no other heads; "
+                      f"remove heads, or use model kind 'cerberus' for {', '.join(h for h in model.heads if h not in has) or 'a subset'}")
     if processing is not None and processing.tissue_mask == "given":
         missing = [s.id for s in slides if s.mask is None]
         if missing:
@@ -358,6 +378,7 @@ class _Written:
 
     file: str
     spots: dict[str, tuple[Optional[int], str]]  # SlideSpec field -> (line, field as the file names it)
+    mpp_fix: str  # what gives a slide written here an mpp
 
     def problem(self, report: _Problems, field: str, text: str) -> None:
         report.add(self.file, *self.spots[field], text)
@@ -389,7 +410,8 @@ def _slide_entries(raw: Any, base: Path, report: _Problems, options: dict[str, A
             written.problem(report, "path", f"slide file not found: {slide}")
         if mask is not None and not mask.remote and not mask.local.is_file():
             written.problem(report, "mask", f"mask file not found: {mask}")
-        entries.append(SlideEntry(id=slide_id, path=slide, mask=mask, mpp=spec.mpp, reader=spec.reader))
+        entries.append(SlideEntry(id=slide_id, path=slide, mask=mask, mpp=spec.mpp, mpp_override=spec.mpp_override,
+                                  mpp_fix=written.mpp_fix, reader=spec.reader))
     return entries
 
 
@@ -402,7 +424,7 @@ def _slide_specs(raw: Any, base: Path, report: _Problems, options: dict[str, Any
             spec = report.validate(SlideSpec, item, ("slides", i))
             if spec is not None:
                 spots = {f: (report.line(("slides", i, f)), f"slides.{i}.{f}") for f in SLIDE_FIELDS}
-                out.append((spec, _Written(report.path, spots)))
+                out.append((spec, _Written(report.path, spots, f"set `mpp:` on slides.{i} in {report.path}")))
         return out
     if isinstance(raw, dict) and "glob" in raw:
         spec = report.validate(SlideGlob, raw, ("slides",))
@@ -427,7 +449,7 @@ def _globbed(spec: SlideGlob, base: Path, report: _Problems, options: dict[str, 
     written = _Written(report.path, {
         "path": (glob_line, "slides.glob"), "id": (glob_line, "slides.glob"),
         "mask": (report.line(("slides", "masks")), "slides.masks"),
-    })
+    }, f"set `mpp:` beside `glob:` in {report.path}")
     out = []
     for slide in found:
         try:
@@ -435,7 +457,7 @@ def _globbed(spec: SlideGlob, base: Path, report: _Problems, options: dict[str, 
         except (KeyError, IndexError, ValueError):
             report.at(("slides", "masks"), f"{spec.masks!r}: the only placeholder is {{stem}}")
             return []
-        out.append((SlideSpec(path=slide.address, mask=mask, mpp=spec.mpp, reader=spec.reader), written))
+        out.append((SlideSpec(path=slide.address, mask=mask, mpp=spec.mpp, mpp_override=spec.mpp_override, reader=spec.reader), written))
     return out
 
 
@@ -472,7 +494,8 @@ def _manifest(spec: SlideManifest, base: Path, report: _Problems, options: dict[
             if field in row and "://" not in row[field]:  # a URL stands as written (its protocol is checked later)
                 row[field] = manifest.join(row[field]).address
         try:
-            out.append((SlideSpec.model_validate(row), _Written(str(manifest), {f: (line, f) for f in SLIDE_FIELDS})))
+            written = _Written(str(manifest), {f: (line, f) for f in SLIDE_FIELDS}, f"fill its `mpp` column in {manifest}")
+            out.append((SlideSpec.model_validate(row), written))
         except ValidationError as err:
             for loc, text in _explained(err, SlideSpec):
                 report.add(str(manifest), line, ".".join(map(str, loc)), text)

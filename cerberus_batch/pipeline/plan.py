@@ -6,8 +6,9 @@ from typing import Iterator
 
 from cerberus_batch.errors import first_line
 from cerberus_batch.pipeline.config import Cohort, ProcessingSpec, SlideEntry
-from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, open_slide, plan_chunks, tissue_mask
+from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, plan_chunks, tissue_mask
 from cerberus_batch.slides.plan import check_extent
+from cerberus_batch.slides.slide import SlideInfo
 
 
 NO_TISSUE = "no tissue found: nothing to infer (check the slide's mask)"  # what run and validate say of an empty plan
@@ -23,13 +24,16 @@ def plan_slide(view: SlideView, slide: SlideEntry, processing: ProcessingSpec) -
     return mask, plan_chunks(view, mask, chunk=processing.chunk, slide_id=slide.id)
 
 
-def plan_cohort(cohort: Cohort) -> Iterator[tuple[SlideEntry, ChunkPlan | None, str | None]]:
-    """Plan every slide in turn; a slide that cannot be planned yields its one-line error."""
+def plan_cohort(cohort: Cohort) -> Iterator[tuple[SlideEntry, ChunkPlan | None, str | None, SlideInfo | None]]:
+    """Plan every slide in turn, with what its file says of it (once it opens); a slide that cannot be
+    planned yields its one-line error."""
     for slide in cohort.slides:
+        info = None
         try:
-            view = open_slide(slide.path, mpp=slide.mpp, reader=slide.reader).at_mpp(cohort.processing.mpp)
-            _, plan = plan_slide(view, slide, cohort.processing)
+            with slide.open() as opened:
+                info = opened.info
+                _, plan = plan_slide(opened.at_mpp(cohort.processing.mpp), slide, cohort.processing)
         except (SlideError, OSError, ValueError) as err:
-            yield slide, None, first_line(err)
+            yield slide, None, first_line(err), info
             continue
-        yield slide, plan, None
+        yield slide, plan, None, info

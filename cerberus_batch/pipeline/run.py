@@ -40,9 +40,9 @@ from cerberus_batch.pipeline.work import (
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
-from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, Ledger, check_run
+from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, TIMED, Ledger, check_run, refuse_mismatch
 from cerberus_batch.storage.output_folder import claim_output
-from cerberus_batch.storage.owned import claim_run
+from cerberus_batch.storage.owned import claim_run, remove_listed_file
 from cerberus_batch.storage.composition import write_cohort_composition
 from cerberus_batch.storage.summary import COMPOSITION, write_cohort_summary
 from cerberus_batch.tasks.merge import border_shares
@@ -58,7 +58,7 @@ class SlideOutcome:
     chunks_skipped: int = 0  # done by an earlier run
     tables_skipped: bool = False  # written by an earlier run
     tissue_mm2: float = 0.0
-    seconds: float = 0.0
+    seconds: float | None = None  # computing time, summed over the runs that worked on it; None: not yet timed
     fetched_bytes: int = 0  # read from a remote slide by this run (0 for local files)
     fetched_requests: int = 0
 
@@ -137,6 +137,7 @@ class CohortRun:
         self.started: dict[str, float] = {}  # the slides in the graph, and when each entered
         self.awaiting: dict[str, set[str]] = {}  # per planned slide in the graph: its stages still to finish
         self.handlers: dict[str, tuple[SlideEntry, Callable[[SlideEntry, Future], None]]] = {}
+        self.worked: set[str] = set()  # slides this run computed something of (chunks, tables or levels)
         self.futures = as_completed()
         self.token = uuid.uuid4().hex[:8]
         for slide in cohort.slides:
@@ -204,12 +205,21 @@ class CohortRun:
     def leave(self, slide: SlideEntry) -> None:
         """A slide is done or failed: let go of its futures (chunk results must not pile up on the
         workers over a 1,000-slide cohort), record it, and let the next slide in."""
-        self.report.slides[slide.id].seconds = time.time() - self.started.pop(slide.id)
+        self.timed(slide.id, time.time() - self.started.pop(slide.id))
         self.awaiting.pop(slide.id, None)
         for future in self.pending.pop(slide.id, ()):
             future.release()
         self.records.slide_finished(slide.id)
         self.admit()
+
+    def timed(self, slide_id: str, seconds: float) -> None:
+        """A slide's time: what earlier runs recorded plus this run's where this run computed any of it; a
+        rerun with nothing left to do keeps the time of the runs that did the work."""
+        earlier = (self.ledger.slide_stage(slide_id, TIMED) or {}).get("seconds")
+        total = (earlier or 0.0) + seconds if slide_id in self.worked or earlier is None else earlier
+        if slide_id in self.worked:
+            self.ledger.mark_slide(slide_id, TIMED, {"seconds": total})
+        self.report.slides[slide_id].seconds = total
 
     def on_plan(self, slide: SlideEntry, future: Future) -> None:
         plan, fetches = future.result()
@@ -280,6 +290,7 @@ class CohortRun:
         outcome.fetched_bytes += fetches.bytes
         outcome.fetched_requests += fetches.requests
         outcome.chunks_computed += 1
+        self.worked.add(slide.id)
         self.progress.chunk_done()
         if outcome.chunks_computed + outcome.chunks_skipped == outcome.chunks:
             self.maps_done(slide)
@@ -291,11 +302,13 @@ class CohortRun:
     def on_overview(self, slide: SlideEntry, future: Future) -> None:
         """The slide's tables are committed and its QC picture drawn: its instance stage is done."""
         self.ledger.mark_slide(slide.id, TABLES_COMMITTED, future.result())
+        self.worked.add(slide.id)
         self.stage_done(slide, TABLES_COMMITTED)
 
     def on_pyramid(self, slide: SlideEntry, future: Future) -> None:
         """The viewer levels of the slide's maps are written and listed."""
         self.ledger.mark_slide(slide.id, LEVELS_WRITTEN, {"levels": future.result()})
+        self.worked.add(slide.id)
         self.stage_done(slide, LEVELS_WRITTEN)
 
     def stage_done(self, slide: SlideEntry, stage: str) -> None:
@@ -307,6 +320,7 @@ class CohortRun:
     def slide_done(self, slide: SlideEntry) -> None:
         outcome = self.report.slides[slide.id]
         outcome.status = "done"
+        remove_listed_file(self.cohort.output, OutputLayout(self.cohort.output).log(slide.id))  # an earlier run's failure
         self.progress.slide_finished(slide.id, ok=True)
         if outcome.chunks_skipped or outcome.tables_skipped:
             self.progress.note(f"{slide.id}: {resumed(outcome)}")
@@ -330,6 +344,7 @@ class RunRecords:
     def __init__(self, cohort: Cohort, report: RunReport, ledger: Ledger, note: Callable[[str], None]) -> None:
         self.cohort, self.report, self.ledger, self.note = cohort, report, ledger, note
         self.rows: dict[str, dict[str, Any]] = {}
+        self.seconds: dict[str, float | None] = {}  # per slide: its computing time (`CohortRun.timed`)
         self.composition: dict[str, list[dict[str, Any]]] = {}  # per slide: its rows of the crossed counts
         for slide in cohort.slides:
             self.slide_finished(slide.id)
@@ -338,6 +353,7 @@ class RunRecords:
 
     def slide_finished(self, slide_id: str) -> None:
         row = self.ledger.slide_stage(slide_id, TABLES_COMMITTED)
+        self.seconds[slide_id] = (self.ledger.slide_stage(slide_id, TIMED) or {}).get("seconds")
         if row is None:
             self.rows.pop(slide_id, None)
             self.composition.pop(slide_id, None)
@@ -349,7 +365,7 @@ class RunRecords:
         began = time.monotonic()
         if not final and began < self.due:
             return
-        rows = [{**self.rows[s.id], "wall_seconds": round(self.report.slides[s.id].seconds, 3)}
+        rows = [{**self.rows[s.id], "wall_seconds": _rounded(self.seconds[s.id])}
                 for s in self.cohort.slides if s.id in self.rows]
         if rows:  # before the report: a slide the report calls done always has its summary row
             write_cohort_summary(self.cohort.output, rows)
@@ -360,6 +376,10 @@ class RunRecords:
         except Exception as err:  # noqa: BLE001 - any failure of a view, reported in one line
             self.note(f"WARNING {self.html.path}: not rewritten: {first_line(err, typed=True)}")
         self.due = time.monotonic() + max(REPORT_EVERY, (time.monotonic() - began) / REPORT_SHARE)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def resumed(outcome: SlideOutcome) -> str:
@@ -407,6 +427,9 @@ def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_pro
     from cerberus_batch.cluster import start_cluster
 
     predictor = checked_predictor(cohort)
+    if not fresh:  # before any cluster starts (SLURM jobs too): all but numerics the workers decide
+        refuse_mismatch(cohort.output, fingerprint(cohort.model, cohort.processing, predictor, None),
+                        allow_device_change=allow_device_change)
     report = RunReport(cohort=cohort.name, output=str(cohort.output))
     with ExitStack() as stack:
         try:
@@ -439,7 +462,8 @@ def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_pro
             raise
         finally:
             report.finished = time.time()
-            for slide_id in run.started:  # unfinished: a replanned slide's earlier row is gone from the ledger
+            for slide_id, began in run.started.items():  # unfinished: a replanned slide's earlier row is gone from the ledger
+                run.timed(slide_id, report.finished - began)
                 run.records.slide_finished(slide_id)
             run.records.write(final=True)
     return report

@@ -27,9 +27,14 @@ def print_status(output: str | Path) -> None:
         maps = "complete" if ledger.slide_stage(slide_id, MAPS_WRITTEN) else ""
         instances = ledger.slide_stage(slide_id, TABLES_COMMITTED)
         levels = "written" if ledger.slide_stage(slide_id, LEVELS_WRITTEN) else ""
-        tables = ", ".join(f"{instances[kind.name + '_count']} {kind.name}" for kind in (NUCLEI, GLANDS)) if instances else ""
+        tables = ", ".join(f"{_count(instances.get(kind.name + '_count'))} {kind.name}" for kind in (NUCLEI, GLANDS)) if instances else ""
         table.add_row(
             slide_id, outcome.get("status", "unknown"), f"{len(ledger.done_chunks(slide_id))}/{total}",
             maps, tables, levels, outcome.get("error") or "",
         )
     Console().print(table)
+
+
+def _count(value: int | None) -> str:
+    """A summary count; a kind the model did not compute is "–", never 0."""
+    return "–" if value is None else str(value)

@@ -27,9 +27,9 @@ from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.config import Cohort, ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.crossed import slide_crossed
 from cerberus_batch.pipeline.plan import plan_slide
-from cerberus_batch.slides import ChunkPlan, Transform, open_slide
+from cerberus_batch.slides import ChunkPlan, Transform
 from cerberus_batch.slides.location import Fetched, Location, fetched
-from cerberus_batch.slides.sources import Reader, source_identity
+from cerberus_batch.slides.sources import source_identity
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import BORDER_PART, OutputLayout
@@ -90,10 +90,10 @@ def map_settings(processing: ProcessingSpec) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def _cached_view(path: Location, mpp_override: float | None, target_mpp: float, reader: Reader, identity: str):
+def _cached_view(slide: SlideEntry, target_mpp: float, identity: str):
     """The slide as its worker keeps it open. Keyed by the source's identity too: a long-lived worker
     opens a replaced slide anew, never reading it through the old file's handle."""
-    return open_slide(path, mpp=mpp_override, reader=reader).at_mpp(target_mpp)
+    return slide.open().at_mpp(target_mpp)
 
 
 def _identity_key(identity: dict[str, Any]) -> str:
@@ -123,7 +123,7 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
     plan and what reading a remote slide fetched."""
     with fetched() as fetches:
         identity = source_identity(slide.path, slide.reader or "auto")
-        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader, _identity_key(identity))
+        view = _cached_view(slide, processing.mpp, _identity_key(identity))
         mask, plan = plan_slide(view, slide, processing)
     layout = OutputLayout(output)
     with atomic_path(layout.mask(slide.id)) as partial:
@@ -160,7 +160,7 @@ def infer_chunk_task(
     group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
     with fetched() as fetches:
         # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
-        view = _cached_view(slide.path, slide.mpp, processing.mpp, slide.reader, _identity_key(group.attrs["source"]))
+        view = _cached_view(slide, processing.mpp, _identity_key(group.attrs["source"]))
         predictor = _predictor(model, processing)
         outputs = predict_chunk(view.read, predictor, box, empty_cells)
     specs = map_specs(predictor.heads, predictor.class_names)
@@ -171,16 +171,16 @@ def infer_chunk_task(
     return fetches
 
 
-def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predictor, gpu_workers: bool) -> dict[str, Any]:
+def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predictor, gpu_workers: bool | None) -> dict[str, Any]:
     """What determines the maps; a rerun into the same output must match it.
 
-    Inference runs where the cohort's device says, else on the GPU workers when there are any."""
+    Inference runs where the cohort's device says, else on the GPU workers when there are any.
+    `gpu_workers` None: the cluster has not started, so numerics that depend on its workers are left out."""
+    found = {"model_identity": predictor.identity, "heads": sorted(predictor.heads), "processing": map_settings(processing)}
+    if model.device is None and gpu_workers is None and predictor.kind == "cerberus":
+        return found
     device = model.device.split(":")[0] if model.device else ("cuda" if gpu_workers else "cpu")  # "cuda:1" → "cuda"
-    return {
-        "model_identity": predictor.identity, "heads": sorted(predictor.heads),
-        NUMERICS: numerics(predictor.kind, device, model.amp),
-        "processing": map_settings(processing),
-    }
+    return {**found, NUMERICS: numerics(predictor.kind, device, model.amp)}
 
 
 def _slide_maps(
@@ -246,12 +246,13 @@ def merge_slide_task(
     crossed with the tissue types and the named readouts (`crossed.slide_crossed`).
     """
     started = time.perf_counter()
-    maps, _, place = _slide_maps(output, slide_id, windows=True)
+    maps, attrs, place = _slide_maps(output, slide_id, windows=True)
     finished = {kind: np.concatenate([done[kind] for done in borders]) for kind in set().union(*borders)}
     write_slide_tables(output, slide_id, merge_slide(maps, parts, finished=finished, **place), token)
     tissue_px = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text()).tissue_cells()
     types, readouts, composition = slide_crossed(output, slide_id, maps, place, tissue_px)
-    return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started, readouts, composition)
+    return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started, readouts, composition,
+                         attrs["heads"])
 
 
 def overview_task(slide_id: str, output: Path, summary: dict[str, Any], source: Location | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView, best_level, render_whole, view_at_mpp
 
 DEFAULT_MPP = 0.5
+NO_MPP_FIX = "pass --mpp-override"  # what the commands that open one slide offer; a cohort names its own
 
 
 @dataclass(frozen=True)
@@ -28,29 +29,43 @@ class SlideInfo:
     mpp: tuple[float, float] | None  # level-0 µm/px (x, y)
     vendor: str
     objective_power: float | None
-    mpp_source: str  # "metadata", "override" or "none"
+    mpp_source: str  # "metadata", "override", "fallback" (none in the metadata) or "none"
     reader: str  # tiffslide, openslide, dicom or pillow
 
 
 class Slide:
-    """A whole-slide image (or plain image) of any supported format."""
+    """A whole-slide image (or plain image) of any supported format.
 
-    def __init__(self, path: Location, source: PixelSource, mpp: float | None = None) -> None:
+    Its level-0 µm/px: `mpp` (an override) if given, else its metadata's, else `fallback_mpp`; with none,
+    reading it at a resolution raises the error that ends with `no_mpp_fix` (what the user can do)."""
+
+    def __init__(
+        self, path: Location, source: PixelSource, mpp: float | None = None, *,
+        fallback_mpp: float | None = None, no_mpp_fix: str = NO_MPP_FIX,
+    ) -> None:
         self._source = source
         meta = source.metadata
         self._scales = tuple(_level_scale(meta.level_dimensions[0], dims) for dims in meta.level_dimensions)
-        if mpp is not None and not mpp > 0:
-            raise SlideError(path, f"mpp override must be positive, got {mpp}")
+        for given in (mpp, fallback_mpp):
+            if given is not None and not given > 0:
+                raise SlideError(path, f"mpp must be positive, got {given}")
+        self.no_mpp_fix = no_mpp_fix
+        if mpp is None and meta.mpp is None and fallback_mpp is not None:
+            found, source_of = (fallback_mpp, fallback_mpp), "fallback"
+        elif mpp is not None:
+            found, source_of = (mpp, mpp), "override"
+        else:
+            found, source_of = meta.mpp, "metadata" if meta.mpp else "none"
         self.info = SlideInfo(
             path=str(path),
             dimensions=meta.level_dimensions[0],
             level_count=len(meta.level_dimensions),
             level_dimensions=meta.level_dimensions,
             level_downsamples=tuple((sx + sy) / 2 for sx, sy in self._scales),
-            mpp=(mpp, mpp) if mpp is not None else meta.mpp,
+            mpp=found,
             vendor=meta.vendor,
             objective_power=meta.objective_power,
-            mpp_source="override" if mpp is not None else ("metadata" if meta.mpp else "none"),
+            mpp_source=source_of,
             reader=source.reader,
         )
 
@@ -89,14 +104,18 @@ class Slide:
         self.close()
 
 
-def open_slide(path: str | Path | Location, mpp: float | None = None, reader: Reader = "auto") -> Slide:
+def open_slide(
+    path: str | Path | Location, mpp: float | None = None, reader: Reader = "auto", *,
+    fallback_mpp: float | None = None, no_mpp_fix: str = NO_MPP_FIX,
+) -> Slide:
     """Open a slide (a path, a URL or a Location); `mpp` overrides the level-0 µm/px of its metadata,
-    `reader` picks who reads it (auto: see `sources.open_source`). Raises SlideError."""
+    `fallback_mpp` stands in where the metadata has none, `reader` picks who reads it (auto: see
+    `sources.open_source`). Raises SlideError."""
     try:
         location = Location.parse(path)
     except ValueError as err:
         raise SlideError(path, str(err)) from None
-    return Slide(location, open_source(location, reader), mpp)
+    return Slide(location, open_source(location, reader), mpp, fallback_mpp=fallback_mpp, no_mpp_fix=no_mpp_fix)
 
 
 def _level_scale(base: tuple[int, int], dims: tuple[int, int]) -> tuple[float, float]:

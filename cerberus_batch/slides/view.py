@@ -32,7 +32,7 @@ class SlideView:
 
     def __init__(self, slide: Slide, transform: Transform, shape: tuple[int, int], target_mpp: float) -> None:
         if slide.info.mpp is None:
-            raise SlideError(slide.info.path, _NO_MPP)
+            raise _no_mpp(slide)
         self.slide = slide
         self.transform = transform
         self.shape = shape  # (h, w) processing px
@@ -58,13 +58,14 @@ class SlideView:
         return SlideView(self.slide, self.transform.coarsened(factor), shape, self.target_mpp * factor)
 
 
-_NO_MPP = "has no microns-per-pixel metadata; set `mpp:` for this slide in the cohort file (or pass --mpp-override)"
+def _no_mpp(slide: Slide) -> SlideError:
+    return SlideError(slide.info.path, f"has no microns-per-pixel metadata; {slide.no_mpp_fix}")
 
 
 def view_at_mpp(slide: Slide, mpp: float) -> SlideView:
     """The processing grid: a level within 2% of `mpp` read natively, else level 0 resampled."""
     if slide.info.mpp is None:
-        raise SlideError(slide.info.path, _NO_MPP)
+        raise _no_mpp(slide)
     if not mpp > 0:
         raise SlideError(slide.info.path, f"target mpp must be positive, got {mpp}")
     want_x, want_y = mpp / slide.info.mpp[0], mpp / slide.info.mpp[1]

@@ -22,6 +22,7 @@ NUMERICS = "numerics"  # the fingerprint key a resume may change with --allow-de
 # A slide's stages, each recorded once finished: its maps written, its tables committed (with
 # their counts), its maps' viewer levels written.
 MAPS_WRITTEN, TABLES_COMMITTED, LEVELS_WRITTEN = "maps", "instances", "pyramid"
+TIMED = "time"  # a slide's computing seconds, summed over the runs that worked on it (a replanned slide starts again)
 
 
 class Ledger:
@@ -65,6 +66,33 @@ class Ledger:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
 
+def run_changes(output: Path, fingerprint: dict[str, Any]) -> list[str]:
+    """Each setting the folder's earlier run recorded otherwise than `fingerprint`, as "name: old → new"
+    (nested settings by dotted name; only the sections `fingerprint` holds); none without an earlier run."""
+    path = OutputLayout(output).run_settings
+    if not path.is_file():
+        return []
+    previous, current = _flat(json.loads(path.read_text())), _flat(fingerprint)
+    names = sorted(k for k in set(previous) | set(current) if k.split(".")[0] in fingerprint)
+    return [f"{k}: {_shown(previous.get(k))} → {_shown(current.get(k))}" for k in names if previous.get(k) != current.get(k)]
+
+
+def refuse_mismatch(output: Path, fingerprint: dict[str, Any], *, allow_device_change: bool = False) -> None:
+    """Refuse a run whose settings differ from the folder's earlier run, naming every one that does.
+
+    `fingerprint` may leave out NUMERICS (where the workers' device is not known yet): the rest is compared.
+    """
+    changes = run_changes(output, fingerprint)
+    if allow_device_change:
+        changes = [c for c in changes if not c.startswith(f"{NUMERICS}:")]
+    if changes and all(c.startswith(f"{NUMERICS}:") for c in changes):
+        raise RunMismatch(f"{output}: holds maps computed with other {changes[0]}; "
+                          "pass --allow-device-change to continue them, or --fresh to recompute")
+    if changes:
+        raise RunMismatch(f"{output}: holds a run with other settings ({'; '.join(changes)}); "
+                          "use another output folder or pass --fresh to recompute it")
+
+
 def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_device_change: bool = False) -> None:
     """Refuse to mix runs: the settings that determine the maps must match the folder's.
 
@@ -72,22 +100,27 @@ def check_run(output: Path, fingerprint: dict[str, Any], *, fresh: bool, allow_d
     `allow_device_change`, maps made with other numerics (device kind, precision) may be
     continued; they agree only within the precision of the coarser one.
     """
-    layout = OutputLayout(output)
-    path = layout.run_settings
-    if path.is_file() and not fresh:
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-        if changed == [NUMERICS] and not allow_device_change:
-            raise RunMismatch(
-                f"{output}: holds maps computed as {previous.get(NUMERICS, 'unrecorded numerics')}, this run computes "
-                f"{fingerprint[NUMERICS]}; pass --allow-device-change to continue them, or --fresh to recompute"
-            )
-        changed = [k for k in changed if not (k == NUMERICS and allow_device_change)]
-        if changed:
-            raise RunMismatch(
-                f"{output}: holds a run with different {', '.join(changed)}; "
-                "use another output folder or pass --fresh to recompute it"
-            )
     if fresh:
         remove_owned(output)
-    write_bytes_durably(path, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+    else:
+        refuse_mismatch(output, fingerprint, allow_device_change=allow_device_change)
+    write_bytes_durably(OutputLayout(output).run_settings, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    """A setting as the refusal shows it; a sha256 by its first 12 digits."""
+    if value is None:
+        return "unrecorded"
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]
+    return json.dumps(value)

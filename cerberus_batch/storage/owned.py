@@ -92,6 +92,14 @@ def remove_owned(output: Path) -> None:
             remove_path(folder)
 
 
+def remove_listed_file(output: Path, path: Path) -> None:
+    """Remove a file of ours under `output` (e.g. a slide's log once the slide succeeds); a user's file
+    at that path is not listed, so it stays."""
+    layout = OutputLayout(output)
+    if _name(layout, path) in listed(layout) and path.is_file():
+        path.unlink()
+
+
 def _name(layout: OutputLayout, path: Path) -> str:
     return path.relative_to(layout.root).as_posix()
 
