@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -21,6 +22,7 @@ from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location
 from cerberus_batch.slides.sources import SourceMetadata, plausible_mpp, to_rgb
 
+DEFERRED_BYTES = 1024  # values larger than this are skipped, not read, while looking for a truncation
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage (SOP class UID)
 # A series as IDC and PACS give it: <DICOMweb root>/studies/<study UID>/series/<series UID>
 DICOMWEB_SERIES = re.compile(r"\A(?P<root>https?://.+?)/studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)/?\Z")
@@ -104,6 +106,7 @@ class DicomSource:
     def __init__(self, path: Location, wsi: WsiDicom) -> None:
         self.path = path
         self._wsi = wsi
+        self._files: list[Path] = []  # a folder's instances (none over DICOMweb)
         self._levels = list(wsi.levels)  # the pyramid, finest first
         base = self._levels[0]
         try:
@@ -121,9 +124,12 @@ class DicomSource:
     def folder(cls, path: Location) -> DicomSource:
         files = list(one_series(path))
         try:
-            return cls(path, WsiDicom.open(files))
+            source = cls(path, WsiDicom.open(files))
         except Exception as err:  # wsidicom and pydicom raise many types for damaged instances
-            raise SlideError(path, f"not a readable DICOM slide ({first_line(err, typed=True)})") from None
+            cause = truncated_instance(files) or f"not a readable DICOM slide ({first_line(err, typed=True)})"
+            raise SlideError(path, cause) from None
+        source._files = files
+        return source
 
     @classmethod
     def web(cls, path: Location, series: DicomWebSeries) -> DicomSource:
@@ -137,11 +143,30 @@ class DicomSource:
         try:
             region = self._wsi.read_region((x0, y0), self._levels[level].level, (x1 - x0, y1 - y0))
         except Exception as err:  # a damaged frame or a dropped connection
-            raise SlideError(self.path, f"cannot decode level {level} region ({_scrubbed(err, self.path)})") from None
+            cause = truncated_instance(self._files) or f"cannot decode level {level} region ({_scrubbed(err, self.path)})"
+            raise SlideError(self.path, cause) from None
         return to_rgb(np.asarray(region), self.path)
 
     def close(self) -> None:
         self._wsi.close()
+
+
+def truncated_instance(files: list[Path]) -> str | None:
+    """"file is truncated (...)" where an instance ends before its pixel data does, else None.
+
+    Deferring the values, pydicom walks the frames' item headers only: a cut file ends before the delimiter
+    (it warns), or before the pixel data starts (a header alone).
+    """
+    for file in files:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                dataset = pydicom.dcmread(file, defer_size=DEFERRED_BYTES)
+            except EOFError:
+                dataset = None
+        if dataset is None or "PixelData" not in dataset or any("End of file" in str(w.message) for w in caught):
+            return f"file is truncated (instance {file.name} ends before its pixel data)"
+    return None
 
 
 def _scrubbed(err: BaseException, path: Location) -> str:

@@ -10,6 +10,7 @@ import openslide
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location
 from cerberus_batch.slides.sources import SourceMetadata, check_plausible, plausible_mpp, to_rgb
+from cerberus_batch.slides.truncation import tiff_truncation
 
 
 class OpenSlideSource:
@@ -21,9 +22,13 @@ class OpenSlideSource:
             raise SlideError(path, "OpenSlide reads local files only; copy the slide, or read it with reader: tiffslide")
         try:
             self._slide = openslide.OpenSlide(path.local)
-        except openslide.OpenSlideUnsupportedFormatError:
-            raise SlideError(path, "unsupported format: not a TIFF, PNG or JPEG, and not a format OpenSlide reads") from None
-        except openslide.OpenSlideError as err:
+        except openslide.OpenSlideError as err:  # a truncated TIFF-based file is said as such, not "unsupported"
+            with path.local.open("rb") as file:
+                truncated = tiff_truncation(file, path.local.stat().st_size)
+            if truncated:
+                raise SlideError(path, truncated) from None
+            if isinstance(err, openslide.OpenSlideUnsupportedFormatError):
+                raise SlideError(path, "unsupported format: not a TIFF, PNG or JPEG, and not a format OpenSlide reads") from None
             raise SlideError(path, f"not a readable slide ({first_line(err, typed=True)})") from None
         level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
         try:
