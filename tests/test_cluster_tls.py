@@ -32,9 +32,14 @@ def test_preview_names_the_tls_files_but_shows_no_key(tmp_path):
     result = CliRunner().invoke(main, ["cluster-spec", str(slurm_cohort(tmp_path, tls_directory=str(tls)))])
     assert result.exit_code == 0, result.output
     command = result.output.splitlines()[-1].split()
-    assert command[3].startswith("tls://127.0.0.1:") and command[command.index("--protocol") + 1] == "tls://"
-    key = command[command.index("--tls-key") + 1]
-    assert key.startswith(f"{tls}/.cerberus-batch-tls-") and key.endswith("/key.pem")
+    # What each run fills in at submission is marked, and said to be, a placeholder.
+    assert command[3] == "tls://<scheduler-address>" and command[command.index("--protocol") + 1] == "tls://"
+    assert command[command.index("--name") + 1] == "<worker-name>"
+    assert command[command.index("--tls-key") + 1] == f"{tls}/.cerberus-batch-tls-<run>/key.pem"
+    assert "127.0.0.1" not in result.output and "dummy-name" not in result.output
+    note = [line.split(":")[0] for line in result.output.splitlines() if line.startswith("#   ")]
+    assert note == ["#   <scheduler-address>", "#   <worker-name>", "#   .cerberus-batch-tls-<run>"]
+    assert "# Preview: each run fills in these placeholders when it submits its jobs:" in result.output
     assert "PRIVATE KEY" not in result.output and "BEGIN" not in result.output
     assert list(tls.iterdir()) == []  # the preview's certificate is gone with it
 
@@ -42,7 +47,7 @@ def test_preview_names_the_tls_files_but_shows_no_key(tmp_path):
 def test_tls_false_is_plain_tcp(tmp_path):
     result = CliRunner().invoke(main, ["cluster-spec", str(slurm_cohort(tmp_path, tls=False))])
     assert result.exit_code == 0, result.output
-    assert " tcp://127.0.0.1:" in result.output and "tls" not in result.output
+    assert " tcp://<scheduler-address> " in result.output and "tls" not in result.output
 
 
 def test_missing_tls_directory_is_one_line(tmp_path):

@@ -109,7 +109,28 @@ def slurm_cluster(spec: ClusterSpec) -> Iterator[Any]:
         yield cluster
 
 
+# What a preview cannot know, as it shows it, and what each run fills in there when it submits its jobs.
+SCHEDULER_PLACEHOLDER = "<scheduler-address>"
+NAME_PLACEHOLDER = "<worker-name>"
+TLS_PLACEHOLDER = ".cerberus-batch-tls-<run>"
+PLACEHOLDERS = {
+    SCHEDULER_PLACEHOLDER: "its scheduler's address on slurm.interface",
+    NAME_PLACEHOLDER: "each worker's name",
+    TLS_PLACEHOLDER: "its certificate folder, removed when it ends",
+}
+
+
 def job_script(spec: ClusterSpec) -> str:
-    """The batch script each worker job would be submitted with (TLS files are named, not shown)."""
+    """The batch script each worker job would be submitted with (TLS files are named, not shown), its
+    run-specific parts marked as placeholders."""
     with run_security(spec.slurm) as security, new_slurm_cluster(spec, security, preview=True) as cluster:
-        return cluster.job_script()
+        script = cluster.job_script()
+        address = cluster.scheduler.address  # e.g. tls://127.0.0.1:40693: the preview's own scheduler
+        folder = Path(security.tls_ca_file).parent.name if security else None
+    scheme, _ = address.split("://", 1)
+    script = script.replace(f" {address} ", f" {scheme}://{SCHEDULER_PLACEHOLDER} ").replace(" --name dummy-name ", f" --name {NAME_PLACEHOLDER} ")
+    if folder:
+        script = script.replace(f"/{folder}/", f"/{TLS_PLACEHOLDER}/")
+    head, command = script.rstrip("\n").rsplit("\n", 1)
+    note = "\n".join(f"#   {mark}: {meaning}" for mark, meaning in PLACEHOLDERS.items() if mark in command)
+    return f"{head.rstrip()}\n\n# Preview: each run fills in these placeholders when it submits its jobs:\n{note}\n\n{command}\n"
