@@ -19,11 +19,14 @@ from PIL import Image
 
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
+from cerberus_batch.slides import open_slide
+from cerberus_batch.slides.location import Location, fetched
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.zarr_maps import open_slide_maps
 from cerberus_batch.testing.servers import (
     DENIED_PREFIX, FAKE_KEYS, free_port, range_server, s3_checks_credentials, s3_server,
 )
+from cerberus_batch.testing.slides import make_synthetic_slide
 from conftest import mask_file
 
 SECRET = "s3cr3t-signature"
@@ -251,3 +254,19 @@ def test_a_bad_s3_credential_and_an_unsupported_format_over_a_url_are_one_line_e
         assert not OutputLayout(out).maps(slide_id).exists() and not (out / "plans" / f"{slide_id}.json").exists()
     written = "".join(f.read_text(errors="replace") for f in out.rglob("*") if f.is_file() and f.suffix in (".json", ".log", ".html", ".csv"))
     assert SECRET not in written + capsys.readouterr().out and key["AccessKeyId"] not in written
+
+
+def test_what_a_read_fetches_is_counted_whichever_thread_fetches_it(tmp_path, stores):
+    """zarr fetches tiles in its own IO thread: the count is the server's, request for request."""
+    http = stores["http"]
+    slide = make_synthetic_slide(http.root / "synthetic.tif").path  # 5 MB: more blocks than the open reads
+    location = Location.parse(f"{http.url}/synthetic.tif")
+    with fetched(location) as opening:
+        opened = open_slide(location)
+    before = http.requests
+    with fetched(location) as got:
+        w, h = opened.info.dimensions
+        opened.read_level(0, 0, 0, w, h)
+    opened.close()
+    assert got.requests == http.requests - before > 0
+    assert 0 < got.bytes and opening.bytes + got.bytes <= slide.stat().st_size  # each block fetched once

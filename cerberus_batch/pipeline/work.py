@@ -121,7 +121,7 @@ def map_attributes(
 def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> tuple[ChunkPlan, Fetched]:
     """Open a slide, find its tissue, cut it into chunks and create its (empty) map group; returns the
     plan and what reading a remote slide fetched."""
-    with fetched() as fetches:
+    with fetched(slide.path) as fetches:
         identity = source_identity(slide.path, slide.reader or "auto")
         view = _cached_view(slide, processing.mpp, _identity_key(identity))
         mask, plan = plan_slide(view, slide, processing)
@@ -158,7 +158,7 @@ def infer_chunk_task(
 ) -> Fetched:
     """Infer one chunk, write its maps, then record it in the ledger; returns what reading a remote slide fetched."""
     group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
-    with fetched() as fetches:
+    with fetched(slide.path) as fetches:
         # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
         view = _cached_view(slide, processing.mpp, _identity_key(group.attrs["source"]))
         predictor = _predictor(model, processing)

@@ -124,7 +124,7 @@ class Location:
             return open(self.local, "rb")
         fs, path = self.filesystem()
         handle = fs.open(path, "rb", block_size=BLOCK_SIZE, cache_type="blockcache", cache_options={"maxblocks": CACHED_BLOCKS})
-        handle.cache.fetcher = _counted(handle.cache.fetcher)
+        handle.cache.fetcher = _counted(handle.cache.fetcher, self.address)
         return handle
 
     def read_bytes(self) -> bytes:
@@ -173,7 +173,9 @@ class Fetched:
     bytes: int = 0
 
 
-_tally = threading.local()
+# What remote reads fetched, per address, since it was last taken (see `fetched`).
+_counts: dict[str, Fetched] = {}
+_counts_lock = threading.Lock()
 
 # Errors of aiohttp and botocore that mean the server was not reached or dropped the connection.
 UNREACHABLE = frozenset({
@@ -203,24 +205,25 @@ def remote_cause(err: BaseException) -> str | None:
 
 
 @contextmanager
-def fetched() -> Iterator[Fetched]:
-    """Counts what this thread's remote reads fetch inside the block (a task's share of a slide's bytes)."""
-    outer = getattr(_tally, "current", None)
-    _tally.current = counted = Fetched()
+def fetched(path: Location) -> Iterator[Fetched]:
+    """What reads of `path` fetched, filled in when the block ends: everything fetched for it in this process
+    since the last take, from any thread (zarr reads tiles in its own IO thread). Each request is counted
+    once: a slide's sum over its tasks is exact; tasks of one slide running at once share it approximately."""
+    counted = Fetched()
     try:
         yield counted
     finally:
-        _tally.current = outer
-        if outer is not None:
-            outer.requests += counted.requests
-            outer.bytes += counted.bytes
+        with _counts_lock:
+            taken = _counts.pop(path.address, None)
+        if taken is not None:
+            counted.requests, counted.bytes = taken.requests, taken.bytes
 
 
-def _counted(fetch: Any) -> Any:
+def _counted(fetch: Any, address: str) -> Any:
     def fetch_counted(start: int, end: int) -> bytes:
         data = fetch(start, end)
-        tally = getattr(_tally, "current", None)
-        if tally is not None:
+        with _counts_lock:
+            tally = _counts.setdefault(address, Fetched())
             tally.requests += 1
             tally.bytes += len(data)
         return data
