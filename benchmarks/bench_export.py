@@ -1,7 +1,7 @@
 """SpatialData export cost vs slide size: seconds and peak RSS of `cerberus-batch export --format spatialdata`.
 
     python benchmarks/bench_export.py [--small 20] [--big 80] [--workdir DIR]
-    python benchmarks/bench_export.py --small 5 --big 20 --workdir /tmp/bench-export   # about 10 minutes on 2 cores
+    python benchmarks/bench_export.py --small 5 --big 20 --workdir /tmp/bench-export   # about 12 minutes on 2 shared cores
 
 Makes bench_scale's two mosaics of CMU-1-Small-Region (`cerberus_batch.testing.mosaic`; the big one's grid
 the small one's scaled to hold big/small times its copies, ≈ 459k nuclei at 80 mm²) and runs each through

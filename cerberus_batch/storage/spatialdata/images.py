@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from cerberus_batch.storage.spatialdata.ngff import RASTER_NGFF, RASTER_VERSION, scaled, write_group
 from cerberus_batch.storage.zarr_maps import open_slide_maps
@@ -18,8 +18,8 @@ from cerberus_batch.vocabulary import HEAD_MAPS, INST_CHANNELS, PER_CLASS, Store
 IMAGES, LABELS = "images", "labels"
 
 
-def write_rasters(maps: Path, store: Path) -> dict[str, list[str]]:
-    """Copy the slide's map group at `maps` into the store folder; returns the element names by group."""
+def write_rasters(maps: Path, store: Path) -> None:
+    """Copy the slide's map group at `maps` into the store folder."""
     group = open_slide_maps(maps)
     attrs = dict(group.attrs)
     written: dict[str, list[str]] = {IMAGES: [], LABELS: []}
@@ -39,7 +39,6 @@ def write_rasters(maps: Path, store: Path) -> dict[str, list[str]]:
         written[element].append(name)
     write_group(store / IMAGES, {})
     write_group(store / LABELS, {"ome": {"labels": written[LABELS]}})
-    return written
 
 
 def _multiscale(name: str, axes: list[str], levels: list[str], stored: StoredMap, attrs: Mapping[str, Any]) -> dict:
@@ -65,4 +64,4 @@ def _channels(head: str, stored: StoredMap, attrs: Mapping[str, Any]) -> list[st
     """Per-class maps name their channels by the model's classes; an INST map keeps its last outputs."""
     if stored.channels == PER_CLASS:
         return list(attrs["class_names"][head])
-    return list(INST_CHANNELS[-int(stored.channels or 1):])
+    return list(INST_CHANNELS[-cast(int, stored.channels):])

@@ -18,6 +18,7 @@ SHAPES_VERSION = "0.3"  # ShapesFormatV03: GeoParquet beside the group's attribu
 TABLE_VERSION = "0.2"  # TablesFormatV02: an AnnData zarr group
 COORDINATES = "global"  # the coordinate system SpatialData tools show by default; here level-0 px
 SHAPES_FILE = "shapes.parquet"
+INSTANCE_KEY = "instance_id"  # the tables' object id: the shapes' index, the AnnData table's instance key
 
 
 def _system(name: str, axes: Sequence[str]) -> dict[str, Any]:

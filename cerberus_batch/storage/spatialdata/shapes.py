@@ -14,10 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cerberus_batch.storage.spatialdata.ngff import SHAPES_FILE, SHAPES_VERSION, identity, write_group
+from cerberus_batch.storage.spatialdata.ngff import INSTANCE_KEY, SHAPES_FILE, SHAPES_VERSION, identity, write_group
 from cerberus_batch.storage.spatialdata.parts import blocks, unified_schema
 
-INDEX = "instance_id"
 COVERING = "bbox"
 
 
@@ -52,6 +51,6 @@ def _geo(schemas: list[pa.Schema]) -> dict:
 def _pandas(schema: pa.Schema) -> dict:
     """The parts' pandas metadata with `instance_id` as the index (it stays a column of the file)."""
     meta = json.loads(schema.metadata[b"pandas"])
-    meta["index_columns"] = [INDEX]
+    meta["index_columns"] = [INSTANCE_KEY]
     meta["columns"] = [c for c in meta["columns"] if c["field_name"] != COVERING]
     return meta

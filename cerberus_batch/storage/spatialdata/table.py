@@ -18,11 +18,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
-from cerberus_batch.storage.spatialdata.ngff import TABLE_VERSION
+from cerberus_batch.storage.spatialdata.ngff import INSTANCE_KEY, TABLE_VERSION
 from cerberus_batch.storage.spatialdata.parts import ROWS, blocks, unified_schema
+from cerberus_batch.storage.spatialdata.shapes import COVERING
 
-REGION_KEY, INSTANCE_KEY = "region", "instance_id"
-LEFT_OUT = ("geometry", "bbox")  # in the shapes element, or GeoParquet's own
+REGION_KEY = "region"
+LEFT_OUT = ("geometry", COVERING)  # in the shapes element, or GeoParquet's own
 CENTROID = ("centroid_x", "centroid_y")
 ARRAY, STRINGS = {"encoding-type": "array", "encoding-version": "0.2.0"}, {"encoding-type": "string-array", "encoding-version": "0.2.0"}
 DICT = {"encoding-type": "dict", "encoding-version": "0.1.0"}
