@@ -37,6 +37,7 @@ BOKEH = Resources(mode="inline", components=["bokeh"])
 DENSITY_TITLE = "Nuclei density per slide (nuclei per mm² of tissue)"
 COMPOSITION_TITLE = "Tissue composition across slides (share of tissue area)"
 READOUTS_TITLE = "Stromal lymphocyte density against tumour–stroma ratio"
+NO_READOUTS = "No slide to plot: the stromal lymphocyte density needs stroma, and no slide's tissue-type map has any."
 SHOWN_READOUTS = {  # summary column -> how the report names it, and its format
     TUMOUR_STROMA_RATIO: ("tumour–stroma ratio", "{:.2f}"),
     STROMAL_LYMPHOCYTES: ("stromal lymphocytes", "{:,.1f}/mm²"),
@@ -135,22 +136,29 @@ def _plots(slides: list[dict[str, Any]], names: list[str]) -> tuple[str, dict[st
     composition.add_layout(Legend(items=[(name, [bar]) for name, bar in zip(names, bars)], orientation="horizontal"), "below")
     composition.x_range.start, composition.x_range.end = 0, 1
     composition.xaxis.formatter = NumeralTickFormatter(format="0%")
-    script, divs = components({"density": density, "composition": composition, "readouts": _readout_plot(done)})
+    points = [(s["id"], s["row"].get(TUMOUR_STROMA_RATIO), s["row"].get(STROMAL_LYMPHOCYTES)) for s in done]
+    points = [p for p in points if not (pd.isna(p[1]) or pd.isna(p[2]))]
+    plots = {"density": density, "composition": composition}
+    if points:
+        plots["readouts"] = _readout_plot(points)
+    script, divs = components(plots)
+    # Empty axes would read as "no lymphocytes"; say why there is nothing to plot instead.
+    divs.setdefault("readouts", f"<div class='no-readouts'><b>{READOUTS_TITLE}</b><p>{NO_READOUTS}</p></div>")
     return script, divs
 
 
-def _readout_plot(done: list[dict[str, Any]]):
-    """One point per slide with both readouts (a slide without stroma or abnormal epithelium has neither)."""
-    points = [(s["id"], s["row"].get(TUMOUR_STROMA_RATIO), s["row"].get(STROMAL_LYMPHOCYTES)) for s in done]
-    points = [p for p in points if not (pd.isna(p[1]) or pd.isna(p[2]))]
-    plot = figure(title=READOUTS_TITLE, height=360, width=640, toolbar_location=None, x_range=(0, 1),
+def _readout_plot(points: list[tuple[str, float, float]]):
+    """One point per (slide, tumour–stroma ratio, stromal lymphocyte density)."""
+    # A little room past 0 and 1 (no abnormal epithelium) and past 0 lymphocytes, so no point is cut in half.
+    top = max(max(p[2] for p in points), 1.0)
+    plot = figure(title=READOUTS_TITLE, height=360, width=640, toolbar_location=None, x_range=(-0.03, 1.03),
+                  y_range=(-0.03 * top, 1.08 * top),
                   x_axis_label="tumour–stroma ratio (stroma / (stroma + abnormal epithelium) area)",
                   y_axis_label="lymphocytes + plasma cells / mm² of stroma",
                   tooltips=[("slide", "@slide"), ("ratio", "@ratio{0.00}"), ("density", "@density{0.0}")])
-    ids, ratio, density = (list(v) for v in zip(*points)) if points else ([], [], [])
+    ids, ratio, density = (list(v) for v in zip(*points))
     plot.scatter(x="ratio", y="density", size=9, color="#5a3d8a", source=ColumnDataSource(
         {"slide": ids, "ratio": ratio, "density": density}))
-    plot.y_range.start = 0
     return plot
 
 
@@ -182,12 +190,6 @@ def _readouts(row: dict[str, Any] | None) -> str:
     return f"<p class='readouts'>{' · '.join(said)}</p>"
 
 
-def _hex(colour: tuple[int, int, int]) -> str:
-    return "#%02x%02x%02x" % colour
-
-
-def _counts(slide: dict[str, Any]) -> str:
-    """Counts and densities per class of each object kind, or why there are none."""
 def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -197,6 +199,12 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{float(value):,.1f} s"
 
 
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % colour
+
+
+def _counts(slide: dict[str, Any]) -> str:
+    """Counts and densities per class of each object kind, or why there are none."""
     row, attrs = slide["row"], slide["attrs"]
     cells = []
     for kind in OBJECTS:
@@ -291,5 +299,6 @@ th { border-bottom: 2px solid #888; } tr.picture td { border-bottom: 1px solid #
 .key span { display: inline-block; width: 12px; height: 12px; margin-right: 4px; border: 1px solid #999; vertical-align: middle; }
 img.qc { max-width: 100%; width: 960px; height: auto; border: 1px solid #ccc; }
 .crossed { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.no-readouts { width: 640px; padding: 8px 12px; } .no-readouts p { color: #555; }
 table.heatmap td { text-align: right; font-size: 13px; } table.heatmap caption { text-align: left; color: #555; }
 """

@@ -1,4 +1,5 @@
-"""Real checkpoints that differ from the parity model in one way: a head's size, a new head, flipped bytes."""
+"""Real checkpoints that differ from the parity model in one way: a head's size, a new head, one tissue class's
+last layer, flipped bytes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import torch
 import yaml
 from parity_model import DATA, parity_state_dict
+
+from cerberus_batch.vocabulary import TISSUE, TUMOUR
 
 FLIPPED = 4096  # bytes inverted by `flip_tensor_bytes`
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header, before its name and extra field
@@ -39,6 +42,21 @@ def model_dir_with_heads(path: Path, decoder: str, classes: int) -> Path:
         state[key] = torch.cat([state[key]] * (classes // len(state[key]) + 1))[:classes]
     torch.save({"desc": state}, path / "weights.tar")
     (path / "settings.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+def model_dir_with_tumour(path: Path, shift: float) -> Path:
+    """The parity model whose tissue head calls a cell abnormal epithelium where muscle's logit comes within
+    `shift` of stroma's: abnormal epithelium's last-layer channel becomes muscle's, raised by `shift`.
+    (The parity weights call every tissue cell stroma, muscle second, by a margin that varies with the stain.)"""
+    path.mkdir(parents=True, exist_ok=True)
+    state = parity_state_dict()
+    tumour, muscle = TISSUE.classes.index(TUMOUR), TISSUE.classes.index("muscle")
+    for key in ("decoder_head.Patch-Class.conv2.weight", "decoder_head.Patch-Class.conv2.bias"):
+        state[key][tumour] = state[key][muscle]
+    state["decoder_head.Patch-Class.conv2.bias"][tumour] += shift
+    torch.save({"desc": state}, path / "weights.tar")
+    shutil.copyfile(DATA / "settings.yml", path / "settings.yml")
     return path
 
 

@@ -7,17 +7,23 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from cerberus_batch.cli import main
-from cerberus_batch.cohort_report import COMPOSITION_TITLE, DENSITY_TITLE, READOUTS_TITLE
+from cerberus_batch.cohort_report import COMPOSITION_TITLE, DENSITY_TITLE, NO_READOUTS, READOUTS_TITLE
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.tasks.composition import STROMAL_LYMPHOCYTES, TUMOUR_STROMA_RATIO
 from cerberus_batch.testing.slides import make_synthetic_slide
+from cerberus_batch.vocabulary import STROMA, TUMOUR
+from conftest import mask_file
+from model_variants import model_dir_with_tumour
 from test_dashboard import CHROMIUM, CHROMIUM_ARGS, PLOT_TITLES
 
 GOOD = ("s1", "s2")
@@ -31,6 +37,15 @@ CANVAS_SIZES = """() => {
   walk(document);
   return found;
 }"""
+# The points of the readout plot as its renderer draws them: [slide, x, y] from the columns its glyph plots.
+READOUT_POINTS = """() => Bokeh.documents.flatMap(doc => [...doc.all_models])
+  .filter(m => m.type === 'GlyphRenderer' && m.data_source.get_column('ratio') !== null)
+  .flatMap(r => {
+    const column = name => Array.from(r.data_source.get_column(name));
+    const xs = column(r.glyph.x.field), ys = column(r.glyph.y.field);
+    return column('slide').map((slide, i) => [slide, xs[i], ys[i]]);
+  })"""
+NO_READOUTS_SHOWN = "() => [...document.querySelectorAll('.no-readouts')].map(d => d.innerText.trim())"
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +94,9 @@ def same_but_bokeh_ids(a: str, b: str) -> bool:
     return re.sub(ids, "id", a) == re.sub(ids, "id", b)
 
 
-@pytest.mark.timeout(300)  # a hung browser should fail this test, not stall the suite
-def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp_path):
+def rendered(report: Path, screenshot: Path, **queries: str) -> dict:
+    """What each query (a JavaScript function) returns on the report opened in headless Chromium, with no
+    network; `errors` (console and page errors) and `fetched` (every URL asked for) added."""
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     if not CHROMIUM.exists():  # a skip here, a failure under CI (tests/conftest.py)
         pytest.skip(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium (.ci/run does)")
@@ -91,20 +107,33 @@ def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.on("request", lambda request: fetched.append(request.url))
-        page.goto((run_output / "report.html").as_uri())
+        page.goto(report.as_uri())
         page.wait_for_function(f"() => window.Bokeh && Bokeh.documents.length > 0 && ({CANVAS_SIZES})().length > 0", timeout=60_000)
         page.wait_for_timeout(500)  # the canvases draw a moment after the documents load
-        titles = page.evaluate(PLOT_TITLES)
-        rows = page.evaluate("() => [...document.querySelectorAll('tr.slide')].map(r => [...r.cells].map(c => c.innerText.trim()))")
-        pictures = page.evaluate("() => [...document.querySelectorAll('img.qc')].map(i => [i.naturalWidth, i.getBoundingClientRect().width])")
-        canvases = page.evaluate(CANVAS_SIZES)
-        heatmaps = page.evaluate("() => [...document.querySelectorAll('table.heatmap')].map(t => [...t.rows].map(r => [...r.cells].map(c => c.innerText.trim())))")
-        readouts = page.evaluate("() => [...document.querySelectorAll('p.readouts')].map(p => p.innerText)")
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        found = {name: page.evaluate(query) for name, query in queries.items()}
+        page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
-    assert errors == []
-    assert all(url.startswith(("file:", "data:")) for url in fetched), fetched
-    assert DENSITY_TITLE in titles and COMPOSITION_TITLE in titles and READOUTS_TITLE in titles
+    return {**found, "errors": errors, "fetched": fetched}
+
+
+@pytest.mark.timeout(300)  # a hung browser should fail this test, not stall the suite
+def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp_path):
+    found = rendered(
+        run_output / "report.html", tmp_path / "report.png", titles=PLOT_TITLES, canvases=CANVAS_SIZES,
+        rows="() => [...document.querySelectorAll('tr.slide')].map(r => [...r.cells].map(c => c.innerText.trim()))",
+        pictures="() => [...document.querySelectorAll('img.qc')].map(i => [i.naturalWidth, i.getBoundingClientRect().width])",
+        heatmaps="() => [...document.querySelectorAll('table.heatmap')].map(t => [...t.rows].map(r => [...r.cells].map(c => c.innerText.trim())))",
+        readouts="() => [...document.querySelectorAll('p.readouts')].map(p => p.innerText)",
+        points=READOUT_POINTS, no_points=NO_READOUTS_SHOWN,
+    )
+    titles, rows, pictures, canvases = found["titles"], found["rows"], found["pictures"], found["canvases"]
+    heatmaps, readouts = found["heatmaps"], found["readouts"]
+    assert found["errors"] == []
+    assert all(url.startswith(("file:", "data:")) for url in found["fetched"]), found["fetched"]
+    assert DENSITY_TITLE in titles and COMPOSITION_TITLE in titles
+    # No slide has stroma: the readout plot is words, not empty axes.
+    assert READOUTS_TITLE not in titles and found["points"] == []
+    assert [" ".join(said.split()) for said in found["no_points"]] == [f"{READOUTS_TITLE} {NO_READOUTS}"]
     assert any(w > 300 and h > 200 for w, h in canvases), "the plots are drawn"
     by_id = {cells[0]: cells for cells in rows}
     assert list(by_id) == [*GOOD, "broken"]
@@ -148,3 +177,43 @@ def test_composition_adds_up_to_the_summary_and_is_ours(run_output):
         assert summary.loc[slide_id, ["tumour_stroma_ratio", "stromal_lymphocytes_per_mm2"]].isna().all()
     owned = json.loads(layout.owned.read_text())
     assert {"composition.parquet", "composition.csv"} <= set(owned)
+
+
+MASKED = {"cmu-a": (130, 100), "cmu-b": (60, 120)}  # slide id -> (row, col) of its 20 x 20 mask square at 1/10 scale
+
+
+@pytest.fixture(scope="module")
+def stroma_output(tmp_path_factory, cmu_slide) -> Path:
+    """CMU-1-Small-Region twice, each slide a small masked square, run by a Cerberus checkpoint whose tissue
+    head finds both stroma and abnormal epithelium in each square (tests/model_variants.py)."""
+    folder = tmp_path_factory.mktemp("stroma")
+    model = model_dir_with_tumour(folder / "model", shift=2.55)
+    slides = []
+    for slide_id, (row, col) in MASKED.items():
+        mask = np.zeros((297, 222), np.uint8)  # the slide (2220 x 2967 px) at 1/10 scale
+        mask[row:row + 20, col:col + 20] = 255
+        Image.fromarray(mask).save(mask_file(folder, f"{slide_id}.png"))
+        slides.append({"path": str(cmu_slide), "id": slide_id, "mask": f"masks/{slide_id}.png"})
+    body = {"name": "stroma-cohort", "output": "out", "slides": slides,
+            "model": {"kind": "cerberus", "weights": str(model)},
+            "processing": {"chunk": 432, "tile": 432, "tissue_mask": "given"},
+            "cluster": {"workers": 1, "dashboard_address": ":0"}}
+    (folder / "cohort.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    report = run_cohort(load_cohort(folder / "cohort.yaml"), show_progress=False)
+    assert report.status == "ok", report.slides
+    return folder / "out"
+
+
+@pytest.mark.timeout(600)  # the fixture runs the model on the CPU; a hung browser still fails
+def test_readout_plot_shows_each_slides_summary_values(stroma_output, tmp_path):
+    summary = pd.read_parquet(OutputLayout(stroma_output).summaries[0]).set_index("slide_id")
+    assert (summary.loc[list(MASKED), [f"tissue_{TUMOUR}_mm2", f"tissue_{STROMA}_mm2"]] > 0).all().all()
+    assert (summary.loc[list(MASKED), TUMOUR_STROMA_RATIO].between(0, 1, inclusive="neither")).all()
+    assert summary.loc[list(MASKED), STROMAL_LYMPHOCYTES].notna().all()
+    found = rendered(stroma_output / "report.html", tmp_path / "report.png", titles=PLOT_TITLES,
+                     points=READOUT_POINTS, no_points=NO_READOUTS_SHOWN)
+    assert found["errors"] == [] and READOUTS_TITLE in found["titles"] and found["no_points"] == []
+    assert sorted(slide for slide, _, _ in found["points"]) == sorted(MASKED)
+    for slide, ratio, density in found["points"]:
+        assert ratio == pytest.approx(summary.loc[slide, TUMOUR_STROMA_RATIO], rel=1e-12)
+        assert density == pytest.approx(summary.loc[slide, STROMAL_LYMPHOCYTES], rel=1e-12)
