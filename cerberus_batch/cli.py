@@ -136,6 +136,21 @@ def report(output: str) -> None:
     click.echo(f"{target}: {target.stat().st_size:,} bytes")
 
 
+@main.command("check-model")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="The parity fixture's forward_reference.npz (tests/data/): also check the folder reproduces its logits.")
+def check_model(model_dir: str, reference: str | None) -> None:
+    """Load a Cerberus model folder as a run would and print its heads, classes, identity and parity status."""
+    from cerberus_batch.model.check import check_model as checked
+
+    try:
+        found = checked(model_dir, reference)
+    except CheckpointError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo("\n".join(found.lines()))
+
+
 @main.command("cluster-spec")
 @click.argument("cohort_file", type=click.Path(dir_okay=False))
 def cluster_spec(cohort_file: str) -> None:
@@ -302,7 +317,11 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
     if not find_images(Path(input_dir)):
         raise click.ClickException(f"{input_dir}: no PNG, JPEG or TIFF images found")
     if model_kind == "cerberus" and model_dir is None:
-        raise click.ClickException("--model is required for --model-kind cerberus")
+        from cerberus_batch.model.check import WHERE_TO_GET
+
+        raise click.ClickException(
+            f"--model is required for --model-kind cerberus: give {WHERE_TO_GET}; or use --model-kind stain (no weights)"
+        )
     from cerberus_batch.model.factory import build_predictor
 
     try:

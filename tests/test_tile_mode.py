@@ -151,8 +151,17 @@ def test_cerberus_model_post_processes_glands_at_full_resolution(tmp_path, parit
 
 
 def test_cerberus_kind_needs_a_model(tmp_path):
+    """The default model kind without --model: one line saying what folder to get and how to check it, or to
+    run the stain model; the stain run it suggests then works on the same folder."""
     (tmp_path / "in").mkdir()
     Image.new("RGB", (64, 64), "white").save(tmp_path / "in" / "a.png")
-    result = CliRunner().invoke(main, ["tile", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "o")])
+    command = ["tile", "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, command)
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: --model is required for --model-kind cerberus"
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("Error: --model is required for --model-kind cerberus"), line
+    for named in ("weights.tar", "settings.yml", "Graham et al.", "cerberus-batch check-model", "--model-kind stain"):
+        assert named in line, named
+    assert not (tmp_path / "o").exists()
+    stain = CliRunner().invoke(main, [*command, "--model-kind", "stain"])
+    assert stain.exit_code == 0 and stain.output.strip().endswith("1/1 images done"), stain.output
