@@ -27,6 +27,9 @@ def _cohort(path: str, *, inputs_here: bool = True):
         raise click.ClickException(str(err)) from None
 
 
+INTERRUPTED = "Interrupted: rerun the same command to resume."
+
+
 @main.command()
 @click.argument("cohort_file", type=click.Path(dir_okay=False))
 @click.option("--fresh", is_flag=True, help="Recompute everything, discarding maps made with other settings.")
@@ -45,6 +48,9 @@ def run(cohort_file: str, fresh: bool, allow_device_change: bool, no_progress: b
         raise click.ClickException(first_line(err)) from None
     except OSError as err:
         raise click.ClickException(f"{err.filename or cohort.output}: {err.strerror or first_line(err)}") from None
+    except KeyboardInterrupt:  # before the slides started (the cluster starting, the model loading): nothing to report
+        click.echo(INTERRUPTED, err=True)
+        raise SystemExit(130) from None
     slides = report.slides.values()
     done, failed = sum(s.status == "done" for s in slides), sum(s.status == "failed" for s in slides)
     click.echo(f"{done}/{len(slides)} slides done{f', {failed} failed' if failed else ''}; report: {OutputLayout(cohort.output).run_report}")
@@ -55,7 +61,7 @@ def run(cohort_file: str, fresh: bool, allow_device_change: bool, no_progress: b
         if outcome.note:  # failures were reported once, as they happened
             click.echo(f"NOTE {slide_id}: {outcome.note}", err=True)
     if report.status == "interrupted":
-        click.echo("Interrupted: rerun the same command to resume.", err=True)
+        click.echo(INTERRUPTED, err=True)
         raise SystemExit(130)
     if report.status != "ok":
         raise SystemExit(1)

@@ -6,6 +6,7 @@ import os
 
 from distributed import LocalCluster
 
+from cerberus_batch.cluster import interrupts
 from cerberus_batch.cluster.dashboard import start_scheduler
 from cerberus_batch.cluster.placement import worker_resources
 from cerberus_batch.cluster.spec import ClusterSpec
@@ -41,6 +42,7 @@ def local_cluster(spec: ClusterSpec, gpus: int) -> LocalCluster:
             memory_limit=spec.memory_limit,
             dashboard_address=spec.dashboard_address,
             resources=worker_resources(0, spec.threads_per_worker, cpu_only_workers=bool(gpus)),
+            preload=[interrupts.__name__],
         )
     )
     template = cluster.new_spec["options"]

@@ -33,6 +33,7 @@ from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.plan import NO_TISSUE
 from cerberus_batch.pipeline.progress import RunProgress
+from cerberus_batch.pipeline.run_log import libraries_logged_to
 from cerberus_batch.pipeline.work import (
     border_task, checked_predictor, chunk_instances_task, fingerprint, infer_chunk_task, merge_slide_task,
     overview_task, plan_slide_task, pyramid_task,
@@ -417,9 +418,11 @@ def run_cohort(
 
     The output folder is checked to stand apart from every input and locked against other runs,
     and every path the run writes there to be absent or ours, before anything is written to it.
+    What the libraries say meanwhile goes to `OUT/run.log`.
     """
     with (claim_output(cohort.output, cohort_inputs(cohort), "cerberus-batch run") as lock,
-          claim_run(cohort.output, [slide.id for slide in cohort.slides])):
+          claim_run(cohort.output, [slide.id for slide in cohort.slides]),
+          libraries_logged_to(OutputLayout(cohort.output).run_log)):
         return _run_locked(cohort, fresh, allow_device_change, show_progress, cluster, lock.taken_over)
 
 

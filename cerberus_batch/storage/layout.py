@@ -2,7 +2,7 @@
 
 ```
 OUT/run.json  run_report.json  summary.parquet  summary.csv  composition.parquet  composition.csv
-OUT/report.html  .cerberus-batch.lock
+OUT/report.html  run.log  .cerberus-batch.lock
 OUT/.cerberus-batch-files.json                      the files runs wrote here (`storage.owned`)
 OUT/maps/<slide>/                                   Zarr group of the slide's maps
 OUT/tables/<kind>/slide_id=<slide>/part-*.parquet   GeoParquet, hive-partitioned by slide, a part per chunk + the merge's
@@ -60,6 +60,11 @@ class OutputLayout:
         return self.root / "report.html"
 
     @property
+    def run_log(self) -> Path:
+        """What the libraries said during runs (their warnings and errors), appended to by each run."""
+        return self.root / "run.log"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".cerberus-batch.lock"
 
@@ -71,7 +76,7 @@ class OutputLayout:
     @property
     def run_files(self) -> tuple[Path, ...]:
         """The files a run writes for its whole cohort."""
-        return (self.run_settings, self.run_report, *self.summaries, *self.compositions, self.report)
+        return (self.run_settings, self.run_report, *self.summaries, *self.compositions, self.report, self.run_log)
 
     def work_folders(self, kinds: Iterable[str]) -> tuple[Path, ...]:
         """Folders holding only a run's records and staged parts, removed whole when they go."""
