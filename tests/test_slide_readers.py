@@ -4,13 +4,16 @@ tables of the tiffslide run; a Hamamatsu VMS (only OpenSlide reads it) runs like
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
 import subprocess
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pydicom
@@ -25,6 +28,8 @@ from cerberus_batch.cli import main
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import SlideError, open_slide
+from cerberus_batch.slides.location import Location
+from cerberus_batch.slides.sources import source_identity
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps
 from conftest import mask_file
@@ -49,38 +54,49 @@ def dicom_folder(tmp_path_factory, cmu_slide) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def dicomweb_series(tmp_path_factory, dicom_folder) -> str:
-    """The CMU series on a real Orthanc (started here, stopped by its PID): its DICOMweb series URL."""
+@contextmanager
+def orthanc(home: Path, dicom_folder: Path, users: dict[str, str] | None = None) -> Iterator[str]:
+    """The folder's series on a real Orthanc (started here, stopped by its PID; asking for HTTP basic
+    credentials when `users` are given): its DICOMweb series URL."""
     if not (ORTHANC.exists() and DICOMWEB_PLUGIN.exists()):
         pytest.skip("Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
-    home = tmp_path_factory.mktemp("orthanc")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     (home / "orthanc.json").write_text(json.dumps({
         "Name": "cerberus-test", "StorageDirectory": str(home / "db"), "IndexDirectory": str(home / "db"),
-        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
         "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }))
     with (home / "orthanc.log").open("wb") as log:
         server = subprocess.Popen([str(ORTHANC), str(home / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     root = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener()
+    if users:
+        user, password = next(iter(users.items()))
+        opener.addheaders = [("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())]
     try:
         for _ in range(100):
             try:
-                urllib.request.urlopen(f"{root}/system", timeout=1).close()
+                opener.open(f"{root}/system", timeout=1).close()
                 break
             except OSError:
                 assert server.poll() is None, (home / "orthanc.log").read_text()
                 time.sleep(0.1)
         for instance in sorted(dicom_folder.iterdir()):
-            urllib.request.urlopen(urllib.request.Request(f"{root}/instances", data=instance.read_bytes()), timeout=30).close()
+            opener.open(urllib.request.Request(f"{root}/instances", data=instance.read_bytes()), timeout=30).close()
         header = pydicom.dcmread(next(dicom_folder.iterdir()), stop_before_pixels=True)
         yield f"{root}/dicom-web/studies/{header.StudyInstanceUID}/series/{header.SeriesInstanceUID}"
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def dicomweb_series(tmp_path_factory, dicom_folder) -> Iterator[str]:
+    with orthanc(tmp_path_factory.mktemp("orthanc"), dicom_folder) as series:
+        yield series
 
 
 def make_vms(rgb: np.ndarray, folder: Path, mpp: float) -> Path:
@@ -213,3 +229,26 @@ def test_an_unsupported_format_and_a_two_slide_dicom_folder_are_one_line_each(tm
     for address, reason in ((notes, "unsupported format"), (two, "DICOM folder holds 2 slides")):
         lines = [line for line in validated.output.splitlines() if f"{address}:" in line]
         assert len(lines) == 1 and reason in lines[0], validated.output
+
+
+def test_dicomweb_credentials_from_the_address_or_storage_options_never_shown(tmp_path, cmu_slide, dicom_folder):
+    secret = "pw-s3cr3t"
+    (tmp_path / "orthanc").mkdir()
+    with orthanc(tmp_path / "orthanc", dicom_folder, users={"reader": secret}) as series:
+        expected = np.asarray(tiffslide.TiffSlide(cmu_slide).zarr_group["0"][:])
+        token = base64.b64encode(f"reader:{secret}".encode()).decode()
+        given = {
+            "userinfo": Location.parse(series.replace("http://", f"http://reader:{secret}@")),
+            "storage_options": Location.parse(series, storage_options={"headers": {"Authorization": f"Basic {token}"}}),
+        }
+        for how, location in given.items():
+            with open_slide(location) as slide:
+                assert np.array_equal(level0(slide), expected), how
+            assert source_identity(location)["sop_instances"] == len(list(dicom_folder.iterdir())), how
+        for location in (Location.parse(series), Location.parse(series.replace("http://", "http://reader:wrong@"))):
+            for step in (open_slide, source_identity):
+                with pytest.raises(SlideError) as refused:
+                    step(location)
+                message = str(refused.value)
+                assert message.startswith(f"{series}: access denied (check the credentials") and "\n" not in message, message
+                assert "wrong" not in message and secret not in message

@@ -191,7 +191,8 @@ def remote_cause(err: BaseException) -> str | None:
         chain.append(err)
         err = err.__cause__ or err.__context__
     for e in chain:
-        status = getattr(e, "status", None)  # an HTTP response (aiohttp)
+        # An HTTP response: aiohttp's status, or requests' (DICOMweb) response.status_code.
+        status = getattr(e, "status", None) or getattr(getattr(e, "response", None), "status_code", None)
         code = str(getattr(e, "response", {}).get("Error", {}).get("Code", "")) if isinstance(getattr(e, "response", None), dict) else ""
         if status in (401, 403) or isinstance(e, PermissionError) or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return ("access denied (check the credentials: AWS_* or other standard environment, or the cohort's "

@@ -94,7 +94,8 @@ def source_identity(path: Location, reader: Reader = "auto") -> dict[str, Any]:
     try:
         return path.identity()
     except Exception as err:  # the store's or the network's error
-        raise SlideError(path, remote_cause(err) or f"cannot read its size and date ({type(err).__name__})") from None
+        cause = remote_cause(err) or f"cannot read its size and date ({type(err).__name__})"
+    raise SlideError(path, cause)  # outside the handler: an aiohttp error as its context would not pickle to the client
 
 
 def _is_tiff(path: Path) -> bool:

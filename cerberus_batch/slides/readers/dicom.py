@@ -19,7 +19,7 @@ import requests
 from wsidicom import WsiDicom, WsiDicomWebClient
 
 from cerberus_batch.errors import SlideError, first_line
-from cerberus_batch.slides.location import Location
+from cerberus_batch.slides.location import Location, remote_cause
 from cerberus_batch.slides.sources import SourceMetadata, plausible_mpp, to_rgb
 
 DEFERRED_BYTES = 1024  # values larger than this are skipped, not read, while looking for a truncation
@@ -93,7 +93,7 @@ def dicom_identity(path: Location) -> dict[str, object]:
             found = web_client(path, series).get_wsi_instances(series.study, [series.series])
             uids = [str(instance) for _, instance, _ in found]
         except Exception as err:  # HTTP and connection errors alike: one line
-            raise SlideError(path, f"cannot list the DICOMweb series ({_scrubbed(err, path)})") from None
+            raise SlideError(path, remote_cause(err) or f"cannot list the DICOMweb series ({_scrubbed(err, path)})") from None
         if not uids:
             raise SlideError(path, "no DICOM whole-slide image instances in the series")
     digest = hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()
@@ -136,7 +136,7 @@ class DicomSource:
         try:
             return cls(path, WsiDicom.open_web(web_client(path, series), series.study, series.series))
         except Exception as err:  # HTTP, connection and DICOM errors alike end the slide with one line
-            raise SlideError(path, f"cannot open the DICOMweb series ({_scrubbed(err, path)})") from None
+            raise SlideError(path, remote_cause(err) or f"cannot open the DICOMweb series ({_scrubbed(err, path)})") from None
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         # read_region names a level by its pyramid index (log2 of its scale), in that level's own px.
