@@ -21,7 +21,7 @@ def slide_crossed(
     `place` as `work._slide_maps` gives it, `tissue_px` the mask's tissue per cell (`ChunkPlan.tissue_cells`)."""
     crossed = crossed_counts(output, slide_id)
     if TISSUE.class_map.name not in maps:
-        return {}, readouts(crossed, {}, 0.0, 0), composition_rows(slide_id, crossed, {})
+        return {}, readouts(crossed, {}, None, 0), composition_rows(slide_id, crossed, {})
     names, transform = place["tissue_classes"], place["transform"]
     cells = np.asarray(maps[TISSUE.class_map.name][:])
     area = cell_mm2(cells.shape, transform.from_level0(*place["bounds"]), place["mpp"])

@@ -61,8 +61,9 @@ def composition_rows(slide_id: str, crossed: Crossed, areas: Mapping[str, float]
     return rows
 
 
-def readouts(crossed: Crossed, areas: Mapping[str, float], front_mm2: float, front_lymphocytes: int) -> dict[str, Any]:
-    """The named readouts of one slide (README): each null where the tissue it divides by is absent."""
+def readouts(crossed: Crossed, areas: Mapping[str, float], front_mm2: float | None, front_lymphocytes: int) -> dict[str, Any]:
+    """The named readouts of one slide (README): each null where the tissue it divides by is absent; the
+    front's area null without a tissue map (`front_mm2` None), as nothing measured it."""
     stroma, tumour = areas.get(STROMA, 0.0), areas.get(TUMOUR, 0.0)
 
     def nuclei(tissue: str, *classes: str) -> int:
