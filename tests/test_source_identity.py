@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 import tiffslide
 import yaml
 from click.testing import CliRunner
@@ -19,6 +20,7 @@ from cerberus_batch.cli import main
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry, load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.pipeline.work import plan_slide_task
+from cerberus_batch.slides import SlideError
 from cerberus_batch.slides.location import Location
 from cerberus_batch.storage.zarr_maps import open_slide_maps
 from cerberus_batch.testing.slides import make_synthetic_slide
@@ -88,3 +90,10 @@ def test_a_worker_reopens_a_slide_replaced_under_the_same_name(tmp_path, cmu_sli
     assert tiffslide.TiffSlide(path).dimensions == (1500, 1100)
     plan_slide_task(slide, model, processing, output)
     assert open_slide_maps(output / "maps" / "s").attrs["slide_dimensions"] == [1500, 1100]
+
+
+def test_a_missing_local_slide_is_file_not_found_at_planning(tmp_path):
+    missing = tmp_path / "slides" / "gone.svs"  # listed, then deleted before its plan task ran
+    with pytest.raises(SlideError) as refused:
+        plan_slide_task(SlideEntry(id="gone", path=Location.parse(missing)), ModelSpec(kind="stain"), ProcessingSpec(), tmp_path / "out")
+    assert str(refused.value) == f"{missing}: file not found"

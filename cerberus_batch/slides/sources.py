@@ -34,6 +34,7 @@ MIN_BYTES_PER_PIXEL = 1e-4
 OME_UNITS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 # Which reader opens a slide; auto: a folder or DICOMweb series is DICOM, a TIFF tiffslide, other files OpenSlide.
 Reader = Literal["auto", "tiffslide", "openslide", "dicom"]
+FILE_NOT_FOUND = "file not found"  # a local slide that is not there (open and identity alike)
 TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, either byte order
 
 
@@ -65,7 +66,7 @@ def open_source(path: Location, reader: Reader = "auto") -> PixelSource:
         series = dicomweb_series(path.address) if path.remote else None
         return DicomSource.web(path, series) if series is not None else DicomSource.folder(path)
     if not path.remote and not path.local.is_file():
-        raise SlideError(path, "file not found")
+        raise SlideError(path, FILE_NOT_FOUND)
     if reader == "openslide":
         return OpenSlideSource(path)
     if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
@@ -91,6 +92,8 @@ def source_identity(path: Location, reader: Reader = "auto") -> dict[str, Any]:
 
     if is_dicom(path, reader):
         return dicom_identity(path)
+    if not path.remote and not path.local.is_file():
+        raise SlideError(path, FILE_NOT_FOUND)
     try:
         return path.identity()
     except Exception as err:  # the store's or the network's error
