@@ -131,12 +131,14 @@ def status(output: str) -> None:
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
-def report(output: str) -> None:
-    """Rebuild the cohort report OUT/report.html from what the run wrote (a single file that opens offline)."""
+@click.option("--single-file", is_flag=True,
+              help="Embed the QC pictures, for a report that travels alone (by default it refers to them beside it).")
+def report(output: str, single_file: bool) -> None:
+    """Rebuild the cohort report OUT/report.html from what the run wrote (it opens offline)."""
     from cerberus_batch.cohort_report import CohortReport
 
     try:
-        target = CohortReport(output).write()
+        target = CohortReport(output, single_file=single_file).write()
     except OutputError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"{target}: {target.stat().st_size:,} bytes")

@@ -1,9 +1,12 @@
-"""The cohort report `OUT/report.html`: one static file that opens anywhere, with no server and no network.
+"""The cohort report `OUT/report.html`: a static page that opens with no server and no network.
 
 Built only from what a run writes: `run_report.json` (each slide's status, failure reason and time),
 the cohort summary (counts per class, tissue area by type, readouts), the crossed counts (objects per
-tissue type), each slide's QC picture and its maps' record of the heads that ran. Everything is inline: Bokeh's own JavaScript (`bokeh.resources`' inline mode),
-the plots, the styles and the pictures (JPEG, base64).
+tissue type), each slide's QC picture and its maps' record of the heads that ran. Failed slides come first.
+Bokeh's own JavaScript (`bokeh.resources`' inline mode), the plots and the styles are inline; each slide's
+QC preview is a relative reference to its JPEG beside the report (`tables/overview/`), loaded as it scrolls
+into view, so a 1,000-slide report stays small and opens at once. The single-file form embeds the previews
+(base64), for a report that travels alone.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import html
 import json
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import pandas as pd
 from bokeh.embed import components
@@ -37,6 +41,7 @@ BOKEH = Resources(mode="inline", components=["bokeh"])
 DENSITY_TITLE = "Nuclei density per slide (nuclei per mm² of tissue)"
 COMPOSITION_TITLE = "Tissue composition across slides (share of tissue area)"
 READOUTS_TITLE = "Stromal lymphocyte density against tumour–stroma ratio"
+STATUS_ORDER = ("failed", "pending", "done")  # the report's slides in this order: what needs a look first
 NO_READOUTS = "No slide to plot: the stromal lymphocyte density needs stroma, and no slide's tissue-type map has any."
 SHOWN_READOUTS = {  # summary column -> how the report names it, and its format
     TUMOUR_STROMA_RATIO: ("tumour–stroma ratio", "{:.2f}"),
@@ -50,8 +55,9 @@ class CohortReport:
     """A cohort's `OUT/report.html`, rewritten whole (`write`) as slides finish, from the run's records
     and each slide's preview (made beside its QC picture)."""
 
-    def __init__(self, output: str | Path) -> None:
+    def __init__(self, output: str | Path, single_file: bool = False) -> None:
         self.layout = OutputLayout(output)
+        self.single_file = single_file  # the QC previews embedded, not referenced
         self.claimed = False  # listed as ours (`storage.owned`), checked once: a run rewrites it often
 
     @property
@@ -75,12 +81,16 @@ class CohortReport:
         slides = [_slide(layout, slide_id, outcome, summary, crossed[crossed["slide_id"] == slide_id])
                   for slide_id, outcome in run["slides"].items()]
         with atomic_path(self.path) as partial, open(partial, "w", encoding="utf-8") as page:
-            page.writelines(_page(run, slides, layout))
+            page.writelines(_page(run, slides, layout, self.single_file))
         return self.path
 
 
-def _preview(path: Path) -> str | None:
-    """The JPEG preview at `path` as a data URI, or None when there is none yet."""
+def _preview(layout: OutputLayout, slide_id: str, embedded: bool) -> str | None:
+    """The slide's JPEG preview as the report's `src`: a data URI, or its path relative to the report;
+    None when there is none yet."""
+    path = layout.overview_preview(slide_id)
+    if not embedded:
+        return quote(path.relative_to(layout.root).as_posix()) if path.is_file() else None  # ids may hold "#", "?"
     try:
         return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
     except FileNotFoundError:
@@ -239,9 +249,10 @@ def _bar(shares: list[float], names: list[str]) -> str:
     return f"<div class='bar'>{segments}</div>"
 
 
-def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayout) -> Iterator[str]:
+def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayout, embedded: bool) -> Iterator[str]:
     """The page in pieces, a slide's row (with its picture) at a time: the pictures of a 1,000-slide
-    cohort never sit in memory together."""
+    cohort never sit in memory together. Failed slides first, then those not finished, then the rest,
+    each group in the cohort's order."""
     names = _tissue_names(slides)
     script, divs = _plots(slides, names)
     statuses = [s["outcome"]["status"] for s in slides]
@@ -262,13 +273,13 @@ def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayou
 <table><thead><tr><th>slide</th><th>status</th><th>reason</th><th>time</th><th>tissue mm²</th>
 {''.join(f'<th>{k.name}</th>' for k in OBJECTS)}<th>tissue composition</th></tr></thead>
 <tbody>"""
-    for slide in slides:
+    for slide in sorted(slides, key=lambda s: STATUS_ORDER.index(s["outcome"]["status"])):
         outcome, row = slide["outcome"], slide["row"]
         reason = outcome.get("error") or outcome.get("note") or ""
-        picture = _preview(layout.overview_preview(slide["id"]))
-        relative = layout.overview(slide["id"]).relative_to(layout.root).as_posix()
-        shown = (f"<a href='{html.escape(relative)}'><img class='qc' alt='QC picture of {html.escape(slide['id'])}' "
-                 f"src='{picture}'></a>" if picture else "<span class='muted'>no QC picture</span>")
+        picture = _preview(layout, slide["id"], embedded)
+        relative = quote(layout.overview(slide["id"]).relative_to(layout.root).as_posix())
+        shown = (f"<a href='{html.escape(relative)}'><img class='qc' loading='lazy' alt='QC picture of {html.escape(slide['id'])}' "
+                 f"src='{html.escape(picture)}'></a>" if picture else "<span class='muted'>no QC picture</span>")
         tissue = float(row["tissue_mm2"]) if row else float(outcome.get("tissue_mm2", 0.0))
         yield (
             f"<tr class='slide' id='slide-{html.escape(slide['id'])}'><td><b>{html.escape(slide['id'])}</b></td>"

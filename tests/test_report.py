@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -64,16 +65,35 @@ def run_output(tmp_path_factory) -> Path:
     return folder / "out"
 
 
-def test_run_writes_a_self_contained_report(run_output):
-    page = (run_output / "report.html").read_text()
-    assert "Bokeh" in page and len(page) > 500_000, "Bokeh's own JavaScript is inline"
-    # Nothing to fetch: every script is inline, every picture a data URI; the only links are the
-    # relative ones to each full-size QC picture beside the report.
+def without_scripts(page: str) -> str:
+    """The report's markup, its inline scripts left out; there is no other script."""
     markup = re.sub(r"<script>.*?</script>", "", page, flags=re.S)
     assert "<script" not in markup and "<link" not in markup
-    assert all(src.startswith("data:") for src in re.findall(r"""src=['"]([^'"]*)""", markup))
+    return markup
+
+
+def test_run_writes_a_report_that_refers_to_the_pictures_beside_it(run_output):
+    page = (run_output / "report.html").read_text()
+    assert "Bokeh" in page and len(page) > 500_000, "Bokeh's own JavaScript is inline"
+    # Nothing from the network: each QC preview is its JPEG beside the report, loaded as it scrolls into view;
+    # the links go to each full-size QC picture.
+    markup = without_scripts(page)
+    sources = re.findall(r"""<img[^>]* src=['"]([^'"]*)""", markup)
+    assert sources == [OutputLayout(run_output).overview_preview(s).relative_to(run_output).as_posix() for s in GOOD]
+    assert all((run_output / src).is_file() for src in sources)
+    assert markup.count("loading='lazy'") == len(GOOD) and "data:image" not in markup
     assert all("://" not in href for href in re.findall(r"""href=['"]([^'"]*)""", markup))
-    assert page.count("data:image/jpeg;base64,") == len(GOOD), "a QC picture per slide that has one"
+
+
+def test_single_file_report_embeds_the_pictures(run_output, tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(run_output, copy)
+    result = CliRunner().invoke(main, ["report", str(copy), "--single-file"])
+    assert result.exit_code == 0, result.output
+    markup = without_scripts((copy / "report.html").read_text())
+    sources = re.findall(r"""<img[^>]* src=['"]([^'"]*)""", markup)
+    previews = [OutputLayout(copy).overview_preview(s).read_bytes() for s in GOOD]
+    assert [base64.b64decode(src.removeprefix("data:image/jpeg;base64,")) for src in sources] == previews
 
 
 def test_report_command_rebuilds_the_report_from_the_records(run_output, tmp_path):
@@ -136,7 +156,7 @@ def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp
     assert [" ".join(said.split()) for said in found["no_points"]] == [f"{READOUTS_TITLE} {NO_READOUTS}"]
     assert any(w > 300 and h > 200 for w, h in canvases), "the plots are drawn"
     by_id = {cells[0]: cells for cells in rows}
-    assert list(by_id) == [*GOOD, "broken"]
+    assert list(by_id) == ["broken", *GOOD], "failures first"
     summary = pd.read_csv(OutputLayout(run_output).summaries[1]).set_index("slide_id")
     for slide_id in GOOD:
         cells = by_id[slide_id]
@@ -217,3 +237,66 @@ def test_readout_plot_shows_each_slides_summary_values(stroma_output, tmp_path):
     for slide, ratio, density in found["points"]:
         assert ratio == pytest.approx(summary.loc[slide, TUMOUR_STROMA_RATIO], rel=1e-12)
         assert density == pytest.approx(summary.loc[slide, STROMAL_LYMPHOCYTES], rel=1e-12)
+
+
+COHORT_OF_200 = 200
+FAILED_EVERY = 10  # every 10th slide of the 200 failed
+
+
+def cohort_of_200(run_output: Path, folder: Path) -> tuple[Path, list[str], list[str]]:
+    """The records of a 200-slide run, made from the small run's: s1's outcome, summary row, crossed counts,
+    maps and QC pictures under 200 ids (every 10th slide failed, as `broken` did); the ids in cohort order
+    and the failed ones."""
+    out = folder / "out"
+    shutil.copytree(run_output, out, symlinks=True)
+    layout = OutputLayout(out)
+    run = json.loads(layout.run_report.read_text())
+    ids = [f"r{index:03d}" for index in range(COHORT_OF_200)]
+    failed = ids[::FAILED_EVERY]
+    run["slides"] = {i: run["slides"]["broken" if i in failed else "s1"] for i in ids}
+    layout.run_report.write_text(json.dumps(run))
+    done = [i for i in ids if i not in failed]
+    for table, file in ((pd.read_parquet(layout.summaries[0]), layout.summaries[0]), (pd.read_parquet(layout.compositions[0]), layout.compositions[0])):
+        one = table[table["slide_id"] == "s1"]
+        pd.concat([one.assign(slide_id=i) for i in done]).to_parquet(file)
+    for slide_id in done:
+        layout.maps(slide_id).symlink_to(layout.maps("s1").name)  # the maps' attrs: heads, class names
+        for picture in (layout.overview(slide_id), layout.overview_preview(slide_id)):
+            shutil.copyfile(picture.with_stem("s1"), picture)
+    return out, ids, failed
+
+
+@pytest.mark.timeout(300)
+def test_a_200_slide_report_is_small_lists_failures_first_and_shows_every_slide(run_output, tmp_path):
+    out, ids, failed = cohort_of_200(run_output, tmp_path)
+    layout = OutputLayout(out)
+    sizes = {}
+    for form, flags in (("single-file", ["--single-file"]), ("by reference", [])):  # the by-reference one is opened below
+        result = CliRunner().invoke(main, ["report", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        sizes[form] = layout.report.stat().st_size
+    previews = sum(layout.overview_preview(i).stat().st_size for i in ids if i not in failed)
+    print(f"report of {len(ids)} slides: {sizes['by reference']:,} bytes by reference, {sizes['single-file']:,} bytes "
+          f"as a single file ({previews:,} bytes of QC previews beside it)")
+    # The single file holds the previews in base64 (4 bytes per 3); the one by reference only their names.
+    assert sizes["single-file"] - sizes["by reference"] >= 4 / 3 * previews * 0.99
+    three = (run_output / "report.html").stat().st_size  # the 3-slide report: Bokeh's JavaScript and the plots
+    assert (sizes["by reference"] - three) / (len(ids) - 3) < 8_000, "a few KB of markup per slide"
+    found = rendered(
+        layout.report, tmp_path / "report.png",
+        rows="() => [...document.querySelectorAll('tr.slide')].map(r => [r.cells[0].innerText.trim(), r.cells[1].innerText.trim()])",
+        pictures="() => [...document.querySelectorAll('img.qc')].map(i => i.getAttribute('src'))",
+        last="""async () => {
+            const pictures = [...document.querySelectorAll('img.qc')], last = pictures[pictures.length - 1];
+            last.scrollIntoView();
+            await new Promise(done => last.complete && last.naturalWidth ? done() : last.addEventListener('load', done));
+            return last.naturalWidth;
+        }""",
+    )
+    assert found["errors"] == []
+    rows = found["rows"]
+    assert [slide for slide, _ in rows] == failed + [i for i in ids if i not in failed], "every slide, failures first"
+    assert [status for _, status in rows] == ["failed"] * len(failed) + ["done"] * (len(ids) - len(failed))
+    done = [i for i in ids if i not in failed]
+    assert found["pictures"] == [layout.overview_preview(i).relative_to(out).as_posix() for i in done]
+    assert found["last"] == Image.open(layout.overview_preview(done[-1])).width, "the last picture loads when scrolled to"
