@@ -270,3 +270,27 @@ def test_what_a_read_fetches_is_counted_whichever_thread_fetches_it(tmp_path, st
     opened.close()
     assert got.requests == http.requests - before > 0
     assert 0 < got.bytes and opening.bytes + got.bytes <= slide.stat().st_size  # each block fetched once
+
+
+def test_a_server_gone_mid_run_fails_its_slide_in_one_line_and_the_rerun_resumes(tmp_path, stores, cmu_slide):
+    http = stores["http"]
+    make_synthetic_slide(http.root / "gone.tif")  # 5 MB: its chunks fetch blocks its plan did not
+    slides = [{"path": f"{http.url}/gone.tif", "id": "remote"}, {"path": str(cmu_slide), "id": "local"}]
+    plan = tmp_path / "out" / "plans" / "remote.json"
+    # Down from the moment the slide's plan is written: every read its chunks make finds the connection closed.
+    http.down = plan.exists
+    try:
+        first = run(tmp_path, slides, stores["cluster"], tissue_mask="none", chunk=1008)
+    finally:
+        http.down = lambda: False
+    error = first.slides["remote"].error
+    assert first.slides["remote"].status == "failed" and first.slides["local"].status == "done", first.slides
+    assert error.count("\n") == 0 and error.startswith(f"SlideError: {http.url}/gone.tif: cannot read level ") and \
+        "server unreachable" in error, error
+    assert http.dropped >= 3  # the chunk was tried again (Dask's retries) before the slide failed
+    again = run(tmp_path, slides, stores["cluster"], tissue_mask="none", chunk=1008)  # the server is back
+    assert again.status == "ok", again.slides
+    remote = again.slides["remote"]
+    # Chunks done before the drop are kept (none here: each needs a block fetched after it), the rest computed.
+    assert remote.chunks_skipped == first.slides["remote"].chunks_computed and remote.chunks_computed + remote.chunks_skipped == remote.chunks
+    assert again.slides["local"].chunks_skipped == again.slides["local"].chunks

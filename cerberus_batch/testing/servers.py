@@ -11,7 +11,7 @@ import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 FAKE_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 DENIED_PREFIX = "/private/"  # the range server answers 403 below it, as a server refusing our credentials
@@ -59,6 +59,9 @@ class RangeServer(ThreadingHTTPServer):
         self.root = root
         self.requests = 0
         self.lock = threading.Lock()
+        # While this says so, every request's connection is closed unanswered (a server gone mid-run).
+        self.down: Callable[[], bool] = lambda: False
+        self.dropped = 0
 
     @property
     def url(self) -> str:
@@ -93,6 +96,10 @@ class _RangeHandler(BaseHTTPRequestHandler):
     def _answer(self, body: bool) -> None:
         with self.server.lock:
             self.server.requests += 1
+            if self.server.down():
+                self.server.dropped += 1
+                self.close_connection = True
+                return
         path = self.path.split("?", 1)[0]
         if path.startswith(DENIED_PREFIX):
             return self._empty(403)
