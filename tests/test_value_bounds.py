@@ -117,7 +117,7 @@ def test_a_slide_smaller_than_a_processing_pixel_is_refused_at_planning(tmp_path
     text = COHORT.replace("  - path: slides/a.svs\n    mpp: 0.25\n", "  - path: slides/a.svs\n  - {path: slides/speck.png, mpp: 0.05}\n")
     path = cohort_with(tmp_path, slide, "  mpp: 0.5", "  mpp: 20\n  chunk: 144\n  tile: 144", text.replace("  chunk: 1008\n  tile: 1008\n", ""))
     [problem] = plan_problems(path)
-    assert problem == f"PROBLEM speck: {(tmp_path / 'slides' / 'speck.png').resolve()}: 4×4 px at 0.05 µm/px (override) are 0×0 px at 20 µm/px: " \
+    assert problem == f"PROBLEM speck: {(tmp_path / 'slides' / 'speck.png').resolve()}: 4×4 px at 0.05 µm/px (fallback) are 0×0 px at 20 µm/px: " \
                       "less than one processing px; check its mpp"
 
 
@@ -128,7 +128,7 @@ def test_a_slide_longer_than_any_glass_slide_is_refused_at_planning(tmp_path, sl
     Image.fromarray(np.full((40, 5000, 3), 200, np.uint8)).save(tmp_path / "slides" / "strip.png")
     text = COHORT.replace("    mpp: 0.25\n", "    mpp: 0.25\n  - {path: slides/strip.png, mpp: 20}\n")
     [problem] = plan_problems(cohort_with(tmp_path, slide, "output: out", "output: out", text))
-    assert problem == f"PROBLEM strip: {(tmp_path / 'slides' / 'strip.png').resolve()}: 5000×40 px at 20 µm/px (override) are 100 × 0.8 mm: " \
+    assert problem == f"PROBLEM strip: {(tmp_path / 'slides' / 'strip.png').resolve()}: 5000×40 px at 20 µm/px (fallback) are 100 × 0.8 mm: " \
                       "longer than any glass slide (80 mm); check its mpp"
 
 
