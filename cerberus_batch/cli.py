@@ -109,17 +109,17 @@ def validate(cohort_file: str) -> None:
         predictor = checked_predictor(cohort)
     except CheckpointError as err:
         problems.append(f"model: {err}")
+    else:
+        try:  # as `run` refuses it before the cluster starts
+            refuse_mismatch(cohort.output, fingerprint(cohort.model, cohort.processing, predictor, None))
+        except RunMismatch as err:
+            problems.append(f"output: {err}")
     for problem in problems:
         click.echo(f"PROBLEM {problem}", err=True)
     if problems:
         raise SystemExit(1)
 
 
-    else:
-        try:  # as `run` refuses it before the cluster starts
-            refuse_mismatch(cohort.output, fingerprint(cohort.model, cohort.processing, predictor, None))
-        except RunMismatch as err:
-            problems.append(f"output: {err}")
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
 def status(output: str) -> None:
