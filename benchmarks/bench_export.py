@@ -14,7 +14,6 @@ export streams rows and copies map chunks, so its memory must not grow with the 
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from bench_scale import CACHE, big_grid, compile_postprocessing, write_cohort
+from bench_scale import big_grid, checked_source, compile_postprocessing, mosaic_arguments, write_cohort
 
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
@@ -77,15 +76,8 @@ def size_of(folder: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", type=float, default=20.0, help="tissue mm² of the small slide")
-    parser.add_argument("--big", type=float, default=80.0, help="tissue mm² of the big slide")
-    parser.add_argument("--workers", type=int, default=2, help="single-threaded worker processes of the runs")
-    parser.add_argument("--source", type=Path, default=CACHE / "CMU-1-Small-Region.svs", help="the H&E slide to mirror")
-    parser.add_argument("--workdir", type=Path, help="keep (and reuse) the mosaics and runs here (default: a temporary folder)")
-    args = parser.parse_args()
-    if not args.source.is_file():
-        raise SystemExit(f"{args.source}: not found; run `pytest tests/test_mosaic.py` once to fetch it, or pass --source")
+    args = mosaic_arguments(__doc__).parse_args()
+    checked_source(args)
     compile_postprocessing()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

@@ -249,18 +249,29 @@ def compile_postprocessing() -> None:
     merge_slide(maps, [chunk_instances(maps, box, **place) for box in boxes], **place)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def mosaic_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that run two mosaics (this one, bench_export): their tissue areas,
+    the workers, the slide they mirror and where they are kept."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=float, default=20.0, help="tissue mm² of the small slide")
     parser.add_argument("--big", type=float, default=80.0, help="tissue mm² of the big slide")
     parser.add_argument("--workers", type=int, default=2, help="single-threaded worker processes")
-    parser.add_argument("--chunk", type=int, help="processing chunk px (default: the cohort default)")
-    parser.add_argument("--interval", type=float, default=0.1, help="RSS sampling interval, s")
     parser.add_argument("--source", type=Path, default=CACHE / "CMU-1-Small-Region.svs", help="the H&E slide to mirror")
-    parser.add_argument("--workdir", type=Path, help="keep the mosaics and outputs here (default: a temporary folder)")
-    args = parser.parse_args()
+    parser.add_argument("--workdir", type=Path, help="keep (and reuse) the mosaics and outputs here (default: a temporary folder)")
+    return parser
+
+
+def checked_source(args: argparse.Namespace) -> None:
     if not args.source.is_file():
         raise SystemExit(f"{args.source}: not found; run `pytest tests/test_mosaic.py` once to fetch it, or pass --source")
+
+
+def main() -> None:
+    parser = mosaic_arguments(__doc__)
+    parser.add_argument("--chunk", type=int, help="processing chunk px (default: the cohort default)")
+    parser.add_argument("--interval", type=float, default=0.1, help="RSS sampling interval, s")
+    args = parser.parse_args()
+    checked_source(args)
     compile_postprocessing()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
