@@ -40,11 +40,11 @@ from cerberus_batch.pipeline.work import (
 )
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.atomic import write_bytes_durably
+from cerberus_batch.storage.composition import write_cohort_composition
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, TIMED, Ledger, check_run, refuse_mismatch
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.owned import claim_run, remove_listed_file
-from cerberus_batch.storage.composition import write_cohort_composition
 from cerberus_batch.storage.summary import COMPOSITION, write_cohort_summary
 from cerberus_batch.tasks.merge import border_shares
 
