@@ -68,7 +68,10 @@ def test_glob_and_manifest_forms(tmp_path):
         ({"slides": [{"path": "slides/a.svs", "speed": 3}]}, "slides.0.speed"),
         ({"model": {"kind": "cerberus", "weights": "models/nowhere"}, "processing": {"chunk": 432, "tile": 432}},
          "model.weights: folder not found"),
-        ({"model": {"kind": "cerberus"}, "processing": {"chunk": 432, "tile": 432}}, "model.weights: required"),
+        ({"model": {"kind": "cerberus"}, "processing": {"chunk": 432, "tile": 432}},
+         "model.weights: required for model kind 'cerberus': a folder holding the official weights.tar and settings.yml, "
+         "unchanged, from the authors' Cerberus release (Graham et al., Medical Image Analysis 2022; CC BY-NC-SA 4.0, "
+         "non-commercial use), checked by `cerberus-batch check-model DIR`; or model kind 'stain' (no weights)"),
         ({"model": {"kind": "hovernet"}}, "model.kind"),
         ({"processing": {"chunk": 432, "tissue_mask": "given"}}, "processing.tissue_mask: 'given', but these slides have no mask: 'a', 'bee'"),
         ({"slides": {"glob": "slides/*.svs", "masks": "masks/{name}.png"}}, "slides.masks: 'masks/{name}.png': the only placeholder is {stem}"),

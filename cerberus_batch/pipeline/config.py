@@ -177,7 +177,9 @@ def load_cohort(path: str | Path, *, inputs_here: bool = True) -> Cohort:
     processing = parsed.processing if parsed is not None else _valid(ProcessingSpec, raw.get("processing", {}))
     if model is not None and model.kind == "cerberus":
         if model.weights is None:
-            report.at(("model", "weights"), "required for model kind 'cerberus' (folder with weights.tar + settings.yml)")
+            from cerberus_batch.model.check import WHERE_TO_GET  # loads torch: on this refusal's path only
+
+            report.at(("model", "weights"), f"required for model kind 'cerberus': {WHERE_TO_GET}; or model kind 'stain' (no weights)")
         else:
             weights = _resolve(base, model.weights)
             if inputs_here and not weights.is_dir():
