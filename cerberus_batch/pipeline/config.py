@@ -17,7 +17,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-import numpy as np
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
@@ -56,10 +55,7 @@ Mpp = Annotated[float, AfterValidator(microscope_mpp)]
 
 def chunk_bytes_per_px(dtype: str) -> float:
     """Bytes per processing px of a chunk of every map a run may store, probabilities as `dtype`."""
-    return sum(
-        (spec.channels or 1) * (np.dtype(dtype).itemsize if spec.probability else 1) / spec.downsample**2
-        for spec in map_specs(HEAD_MAPS, model_class_names())
-    )
+    return sum(spec.bytes_per_px(dtype) for spec in map_specs(HEAD_MAPS, model_class_names()))
 
 
 def largest_chunk(dtype: str) -> int:

@@ -28,6 +28,10 @@ class MapSpec:
     downsample: int  # processing px per map px
     probability: bool  # quantised probability (True) or class index (False)
 
+    def bytes_per_px(self, dtype: str) -> float:
+        """Stored bytes per processing px (before compression), probabilities as `dtype`, class indices as uint8."""
+        return (self.channels or 1) * (np.dtype(dtype).itemsize if self.probability else 1) / self.downsample**2
+
 
 def map_specs(heads: Iterable[str], class_names: Mapping[str, Sequence[str]]) -> list[MapSpec]:
     """The maps a slide group holds for the model heads that ran, in the vocabulary's order."""
