@@ -78,7 +78,9 @@ class CohortReport:
         summary = pd.read_parquet(summary_file).set_index("slide_id") if summary_file.is_file() else pd.DataFrame()
         crossed_file = layout.compositions[0]
         crossed = pd.read_parquet(crossed_file) if crossed_file.is_file() else pd.DataFrame(columns=["slide_id"])
-        slides = [_slide(layout, slide_id, outcome, summary, crossed[crossed["slide_id"] == slide_id])
+        # Split once, not filtered per slide: a 1,000-slide cohort's report is rewritten while it runs.
+        by_slide = {slide_id: rows for slide_id, rows in crossed.groupby("slide_id", sort=False)}
+        slides = [_slide(layout, slide_id, outcome, summary, by_slide.get(slide_id, crossed.iloc[:0]))
                   for slide_id, outcome in run["slides"].items()]
         with atomic_path(self.path) as partial, open(partial, "w", encoding="utf-8") as page:
             page.writelines(_page(run, slides, layout, self.single_file))
