@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -22,6 +25,13 @@ from cerberus_batch.storage.zarr_maps import map_arrays
 
 CROP = (800, 1200, 700, 500)  # x, y, w, h in CMU-1 level-0 px (0.499 µm/px: read as 0.5)
 STEP = 1 / 255 + 1e-6
+
+
+def test_tile_mode_loads_no_dask():
+    """Tile mode runs in one process: importing it must not load Dask's distributed scheduler."""
+    check = "import sys, cerberus_batch.pipeline.tile; print(sorted(m for m in ('distributed', 'dask') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CONTEXT, whole_cells
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.overview import draw_instances
-from cerberus_batch.pipeline.work import map_attributes
+from cerberus_batch.pipeline.attributes import map_attributes
 from cerberus_batch.slides import Transform, open_slide
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.layout import ImageLayout

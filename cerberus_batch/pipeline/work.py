@@ -19,18 +19,18 @@ from typing import Any
 import numpy as np
 from distributed import get_worker
 
-from cerberus_batch import __version__
 from cerberus_batch.grid import ChunkBox, whole_cells
 from cerberus_batch.model.factory import build_predictor
 from cerberus_batch.model.predictor import Predictor, numerics
 from cerberus_batch.overview import write_overview
+from cerberus_batch.pipeline.attributes import map_attributes
 from cerberus_batch.pipeline.config import Cohort, ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.crossed import slide_crossed
 from cerberus_batch.pipeline.plan import plan_slide
 from cerberus_batch.slides import ChunkPlan, Transform
 from cerberus_batch.slides.location import Fetched, Location, fetched
 from cerberus_batch.slides.sources import source_identity
-from cerberus_batch.storage.atomic import SOFTWARE, atomic_path
+from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import BORDER_PART, OutputLayout
 from cerberus_batch.storage.ledger import NUMERICS, Ledger
@@ -98,24 +98,6 @@ def _cached_view(slide: SlideEntry, target_mpp: float, identity: str):
 
 def _identity_key(identity: dict[str, Any]) -> str:
     return json.dumps(identity, sort_keys=True)
-
-
-def map_attributes(
-    slide_id: str, path: Location, mpp: float, transform: Transform, predictor: Predictor, **specific: Any,
-) -> dict[str, Any]:
-    """What a map group records of its slide and model, in run and tile mode, plus each mode's own."""
-    return {
-        "slide_id": slide_id,
-        "slide_path": str(path),
-        "mpp": mpp,  # true µm per processing px (e.g. 0.499 for a natively read 0.499 level)
-        "transform": transform.to_dict(),
-        "model_kind": predictor.kind,
-        "model_identity": predictor.identity,
-        "heads": list(predictor.heads),
-        "class_names": {k: list(v) for k, v in predictor.class_names.items()},
-        **specific,
-        "software": f"{SOFTWARE} {__version__}",  # also what marks the group as ours
-    }
 
 
 def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> tuple[ChunkPlan, Fetched]:
