@@ -28,8 +28,8 @@ from skimage.morphology import remove_small_objects  # noqa: E402
 from skimage.segmentation import watershed  # noqa: E402
 
 from cerberus_batch.pipeline.config import ProcessingSpec  # noqa: E402
+from cerberus_batch.quantisation import dequantise  # noqa: E402
 from cerberus_batch.slides import Transform  # noqa: E402
-from cerberus_batch.storage.maps import dequantise  # noqa: E402
 from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps  # noqa: E402
 from cerberus_batch.tasks.merge import chunk_instances, merge_slide  # noqa: E402
 from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds  # noqa: E402

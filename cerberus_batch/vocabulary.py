@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
+import numpy as np
+
 from cerberus_batch.grid import CELL
+from cerberus_batch.quantisation import CLASS_DTYPE
 
 PER_CLASS = "per class"  # channels: one per class the model names for the head
 RGB = tuple[int, int, int]
@@ -18,12 +21,21 @@ RGB = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class StoredMap:
-    """One map a head is stored as."""
+    """One map a head is stored as (a slide group's, `storage.maps.map_specs`, has its channels counted)."""
 
     name: str
     channels: int | Literal["per class"] | None  # None: a single 2-D map of class indices
     form: Literal["prob", "class"]  # quantised probabilities, or the most likely class
     downsample: int  # processing px per map px
+
+    @property
+    def probability(self) -> bool:
+        return self.form == "prob"
+
+    def bytes_per_px(self, dtype: str) -> float:
+        """Stored bytes per processing px (before compression), probabilities as `dtype`; channels counted."""
+        itemsize = np.dtype(dtype if self.probability else CLASS_DTYPE).itemsize
+        return (self.channels or 1) * itemsize / self.downsample**2
 
 
 INST_CHANNELS = ("background", "inner", "contour")  # an INST head's outputs; its map keeps inner and contour

@@ -17,8 +17,9 @@ from cerberus_batch.grid import whole_cells
 from cerberus_batch.model.factory import build_predictor
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
+from cerberus_batch.quantisation import dequantise, quantise
 from cerberus_batch.slides import Transform, open_slide
-from cerberus_batch.storage.maps import dequantise, map_specs, quantise
+from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.instances import instance_table

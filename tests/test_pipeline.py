@@ -22,8 +22,8 @@ from cerberus_batch.cli import main
 from cerberus_batch.grid import CELL
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
+from cerberus_batch.quantisation import dequantise
 from cerberus_batch.slides import ChunkPlan, open_slide, plan_chunks, tissue_mask
-from cerberus_batch.storage.maps import dequantise
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import pool2, read_chunk
 from conftest import mask_file

@@ -9,8 +9,8 @@ from scipy import ndimage
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
+from cerberus_batch.quantisation import dequantise
 from cerberus_batch.slides import Transform
-from cerberus_batch.storage.maps import dequantise
 from cerberus_batch.tasks.instances import Measured, instance_table, measure, measured_table, vote
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.tasks.nuclei import segment_nuclei

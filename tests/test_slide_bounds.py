@@ -25,8 +25,8 @@ from cerberus_batch.grid import CELL
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.pipeline.work import cohort_predictor
+from cerberus_batch.quantisation import quantise
 from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
-from cerberus_batch.storage.maps import quantise
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import predict_chunk

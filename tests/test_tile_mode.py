@@ -17,10 +17,10 @@ from cerberus_batch.cli import main
 from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.stain import StainPredictor
 from cerberus_batch.pipeline.tile import reflect_padded
+from cerberus_batch.quantisation import dequantise
 from cerberus_batch.slides import open_slide
 from cerberus_batch.storage.atomic import MARKER
 from cerberus_batch.storage.colours import instance_colour
-from cerberus_batch.storage.maps import dequantise
 from cerberus_batch.storage.zarr_maps import map_arrays
 
 CROP = (800, 1200, 700, 500)  # x, y, w, h in CMU-1 level-0 px (0.499 µm/px: read as 0.5)

@@ -26,7 +26,7 @@ from cerberus_batch.pipeline.attributes import map_attributes
 from cerberus_batch.slides import Transform, open_slide
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.layout import ImageLayout
-from cerberus_batch.storage.maps import MapSpec, map_specs
+from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.owned import claim_folders
 from cerberus_batch.storage.pyramid import build_pyramid
@@ -35,7 +35,7 @@ from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import stored_maps
 from cerberus_batch.tasks.merge import slide_instances
 from cerberus_batch.tasks.postprocess import cerberus_kinds
-from cerberus_batch.vocabulary import DRAWING_ORDER, TISSUE, class_names
+from cerberus_batch.vocabulary import DRAWING_ORDER, TISSUE, StoredMap, class_names
 
 log = logging.getLogger("cerberus_batch")
 
@@ -69,13 +69,13 @@ def reflect_padded(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((CONTEXT, grid_h - h + CONTEXT), (CONTEXT, grid_w - w + CONTEXT), (0, 0)), mode="reflect")
 
 
-def tile_specs(predictor: Predictor) -> list[MapSpec]:
+def tile_specs(predictor: Predictor) -> list[StoredMap]:
     """The slide maps, with glands and lumens kept at full resolution, as tile mode post-processes them."""
     specs = map_specs(predictor.heads, predictor.class_names)
     return [replace(spec, downsample=1) if spec.downsample == 2 else spec for spec in specs]
 
 
-def image_maps(image: np.ndarray, predictor: Predictor, specs: list[MapSpec]) -> dict[str, np.ndarray]:
+def image_maps(image: np.ndarray, predictor: Predictor, specs: list[StoredMap]) -> dict[str, np.ndarray]:
     """Stored-form maps on the whole-cell grid; pixel maps are zero beyond the image."""
     return stored_maps(predictor.predict(reflect_padded(image)), specs, [], image.shape[:2])
 

@@ -20,8 +20,9 @@ from typing import Any, Mapping
 import numpy as np
 import zarr
 
+from cerberus_batch.quantisation import CLASS_DTYPE
 from cerberus_batch.storage.atomic import atomic_path, fsync_tree
-from cerberus_batch.storage.maps import MapSpec
+from cerberus_batch.vocabulary import StoredMap
 
 LEVEL0 = "0"  # a map's full-resolution array, inside the map's group
 MEAN, MODE = "mean", "mode"  # a map's multiscale `type`: how its levels are made (`storage.pyramid`)
@@ -45,7 +46,7 @@ def create_slide_maps(
     *,
     shape: tuple[int, int],
     chunk: int,
-    specs: list[MapSpec],
+    specs: list[StoredMap],
     dtype: str,
     attrs: Mapping[str, Any],
 ) -> zarr.Group:
@@ -67,7 +68,7 @@ def create_slide_maps(
                 LEVEL0,
                 shape=lead + size,
                 chunks=lead + tile,
-                dtype=dtype if spec.probability else "uint8",
+                dtype=dtype if spec.probability else CLASS_DTYPE,
                 fill_value=0,
                 dimension_names=(("c",) if lead else ()) + ("y", "x"),
             )
@@ -75,7 +76,7 @@ def create_slide_maps(
     return zarr.open_group(path, mode="r+")
 
 
-def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[MapSpec]) -> None:
+def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[StoredMap]) -> None:
     """Write one chunk task's maps, then flush them to disk; (x, y) is its processing-pixel origin.
 
     Zarr renames chunk files into place, creating their folders (`c/0/<row>/`), but never
@@ -109,7 +110,7 @@ def map_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
     return {name: group[f"{name}/{LEVEL0}"] for name in group.group_keys()}
 
 
-def _ngff(spec: MapSpec, mpp: float) -> dict:
+def _ngff(spec: StoredMap, mpp: float) -> dict:
     """A map's OME-NGFF 0.5 `ome` attribute, naming its level 0 only (`storage.pyramid` adds the rest).
 
     A map px spans `downsample` processing px, so its scale is that many times `mpp` µm and its

@@ -8,8 +8,8 @@ import numpy as np
 
 from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, chunk_tissue
 from cerberus_batch.model.predictor import Predictor
-from cerberus_batch.storage.maps import MapSpec, quantise
-from cerberus_batch.vocabulary import HEAD_MAPS
+from cerberus_batch.quantisation import CLASS_DTYPE, quantise
+from cerberus_batch.vocabulary import HEAD_MAPS, StoredMap
 
 
 def read_chunk(read, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -25,7 +25,7 @@ def pool2(prob: np.ndarray) -> np.ndarray:
 
 def stored_maps(
     outputs: Mapping[str, np.ndarray],
-    specs: list[MapSpec],
+    specs: list[StoredMap],
     empty_cells: Iterable[tuple[int, int]],
     inside: tuple[int, int],
     dtype: str = "uint8",
@@ -54,7 +54,7 @@ def stored_maps(
                 prob = _background_past(prob, inside)
             if spec.downsample == 2:
                 prob = pool2(prob)
-            stored[spec.name] = quantise(prob, dtype) if spec.probability else np.argmax(prob, axis=0).astype(np.uint8)
+            stored[spec.name] = quantise(prob, dtype) if spec.probability else np.argmax(prob, axis=0).astype(CLASS_DTYPE)
     for row, col in empty_cells:
         for spec in specs:
             side = CELL // spec.downsample

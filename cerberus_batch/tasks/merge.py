@@ -36,7 +36,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cerberus_batch.grid import ChunkBox, Window
-from cerberus_batch.storage.maps import dequantise
+from cerberus_batch.quantisation import dequantise
 from cerberus_batch.tasks.instances import (
     Measured, TissueCells, empty_table, instance_table, measure, measured_table, tissue_table,
 )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from cerberus_batch.storage.maps import dequantise
+from cerberus_batch.quantisation import dequantise
 from cerberus_batch.tasks.instances import Measured
 from cerberus_batch.tasks.postprocess import ObjectKind
 

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from cerberus_batch.grid import CELL
-from cerberus_batch.storage.maps import quantise
+from cerberus_batch.quantisation import quantise
 
 
 def blob_field(shape: tuple[int, int], centres: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
