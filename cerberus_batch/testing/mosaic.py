@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-TILE = 256  # px per tile side, every level
+from cerberus_batch.testing.svs import THUMBNAIL_SIZE, TILE, Encoding, write_svs
+
 DOWNSAMPLES = (4, 16)  # reduced levels; ÷16 serves the ~8 µm/px tissue mask at 0.5 µm/px
-THUMBNAIL_SIZE = 768  # longer side of the thumbnail page
 PROCESSING_MPP = 0.5  # where the source's tissue is measured, as the pipeline's default
 STRIP = 16  # output rows of a reduced-level tile averaged at once (bounds the level-0 block read)
 
@@ -126,24 +125,10 @@ def _write_svs(
     path: Path, image: np.ndarray, size: tuple[int, int], mpp: float, power: float | None,
     compression: str | None, quality: int,
 ) -> None:
-    """Aperio layout (as testing/slides.py writes it): baseline, thumbnail, reduced levels."""
+    """The mosaic's levels, tile by tile, in the SVS layout."""
     w, h = size
-    codec = (compression or "none").upper()
-    header = f"Aperio Image Library v12.0.15 \r\n{w}x{h} ({TILE}x{TILE}) {codec}/RGB Q={quality}"
-    fields = f"|AppMag = {power or 20:g}|ScanScope ID = MOSAIC|Filename = {path.stem}|MPP = {mpp}"
-    packed = {"compression": compression, "compressionargs": {"level": quality} if compression == "jpeg" else None}
-    tiled = {"tile": (TILE, TILE), "photometric": "rgb", "metadata": None, "dtype": np.uint8, **packed}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
+    levels = [(_tiles(image, size, 1), size)]
+    levels += [(_tiles(image, size, f), (w // f, h // f)) for f in DOWNSAMPLES if min(w // f, h // f) >= 1]
     # bigtiff: a lossless 80 mm² mosaic passes the 4 GB of classic TIFF offsets.
-    with tifffile.TiffWriter(partial, bigtiff=True) as tiff:
-        tiff.write(_tiles(image, size, 1), shape=(h, w, 3), description=header + fields, **tiled)
-        tiff.write(_thumbnail(image, size), description=f"{header} -> thumbnail{fields}", photometric="rgb",
-                   metadata=None, **packed)
-        for factor in DOWNSAMPLES:
-            level_w, level_h = w // factor, h // factor
-            if min(level_w, level_h) < 1:
-                break
-            description = f"{header} -> {level_w}x{level_h} - {fields}"
-            tiff.write(_tiles(image, size, factor), shape=(level_h, level_w, 3), description=description, **tiled)
-    partial.replace(path)
+    write_svs(path, levels, _thumbnail(image, size), mpp, {"AppMag": f"{power or 20:g}", "ScanScope ID": "MOSAIC"},
+              Encoding(compression, quality, quality, bigtiff=True))

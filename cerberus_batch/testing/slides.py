@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from scipy import ndimage
 from skimage.draw import ellipse
 
+from cerberus_batch.testing.svs import THUMBNAIL_SIZE, Encoding, write_svs
+
 MPP = 0.25  # level-0 µm/px, a 40x scan
-TILE = 256
 JPEG_QUALITY = 90
 DOWNSAMPLES = (1, 4, 16)
-THUMBNAIL_SIZE = 768  # longer side of the Aperio thumbnail page
 GLASS_FRACTION = 0.42  # before glands claim stroma around them; about 0.3 remains
 
 # Classes of the rendered image, and their base RGB colours.
@@ -218,19 +217,12 @@ def _box_downsample(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _write_svs(path: Path, image: np.ndarray) -> None:
-    """Aperio layout: tiled baseline, stripped thumbnail, then tiled reduced levels (tifffile's SVS series)."""
+    """The slide, its box-averaged reduced levels and a nearest-pixel thumbnail, in the SVS layout."""
     h, w = image.shape[:2]
-    header = f"Aperio Image Library v12.0.15 \r\n{w}x{h} ({TILE}x{TILE}) JPEG/RGB Q={JPEG_QUALITY}"
-    fields = f"|AppMag = 40|StripeWidth = 2032|ScanScope ID = SYNTHETIC|Filename = {path.stem}|MPP = {MPP}"
-    # metadata=None: tifffile's own "shaped" description would hide the SVS layout from readers.
-    tiled = dict(tile=(TILE, TILE), photometric="rgb", metadata=None, compression="jpeg", compressionargs={"level": JPEG_QUALITY})
-    thumbnail_factor = math.ceil(max(w, h) / THUMBNAIL_SIZE)
-    with tifffile.TiffWriter(path) as tiff:
-        tiff.write(image, description=header + fields, **tiled)
-        thumbnail = image[::thumbnail_factor, ::thumbnail_factor]
-        tiff.write(thumbnail, description=f"{header} -> thumbnail{fields}", photometric="rgb", compression="jpeg", metadata=None)
-        level = image
-        for finer, factor in zip(DOWNSAMPLES, DOWNSAMPLES[1:]):
-            level = _box_downsample(level, factor // finer)
-            description = f"{header} -> {level.shape[1]}x{level.shape[0]} - {fields}"
-            tiff.write(level, description=description, **tiled)
+    levels, level = [(image, (w, h))], image
+    for finer, factor in zip(DOWNSAMPLES, DOWNSAMPLES[1:]):
+        level = _box_downsample(level, factor // finer)
+        levels.append((level, (level.shape[1], level.shape[0])))
+    step = math.ceil(max(w, h) / THUMBNAIL_SIZE)
+    write_svs(path, levels, image[::step, ::step], MPP, {"AppMag": 40, "StripeWidth": 2032, "ScanScope ID": "SYNTHETIC"},
+              Encoding("jpeg", JPEG_QUALITY, None))
