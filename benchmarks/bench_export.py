@@ -89,7 +89,7 @@ def main() -> None:
             out, grid = run_slide(folder, area, None if grid is None else big_grid(grid, args.big / args.small), args)
             layout = OutputLayout(out)
             nuclei = sum(pq.ParquetFile(p).metadata.num_rows for p in layout.table_files("nuclei"))
-            slide = layout.table_slides("nuclei")[0]
+            slide = layout.table_slides(["nuclei"])[0]
             pixels = sum(a.size for a in map_arrays(open_slide_maps(layout.maps(slide))).values())
             target = folder / "export"
             seconds, peak = export(out, target)

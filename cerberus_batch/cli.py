@@ -269,7 +269,8 @@ EXPORT_SUFFIXES = {"qupath": ".geojson", "spatialdata": ".zarr"}  # what each fo
 @click.option("-o", "--out", "target", type=click.Path(), required=True, help="File to write (with --all: the folder).")
 def export(output: str, export_format: str, slide_id: str | None, every_slide: bool, target: str) -> None:
     """Export slides' nuclei, glands, lumens and tissue regions for a viewer (QuPath: File > Import objects)."""
-    from cerberus_batch.storage.qupath import table_slides, write_qupath_geojson
+    from cerberus_batch.storage.layout import OutputLayout
+    from cerberus_batch.storage.qupath import EXPORTED, write_qupath_geojson
     from cerberus_batch.storage.spatialdata import write_spatialdata
 
     if export_format not in EXPORT_SUFFIXES:
@@ -283,7 +284,7 @@ def export(output: str, export_format: str, slide_id: str | None, every_slide: b
         raise click.ClickException(f"-o {target}: a folder; give a file name, or --all to write every slide into it")
     if not Path(output).is_dir():
         raise click.ClickException(f"{output}: output folder not found")
-    slides = table_slides(output)
+    slides = OutputLayout(output).table_slides(kind.name for kind in EXPORTED)
     if not slides:
         raise click.ClickException(f"{output}: no tables found (has the run finished?)")
     if every_slide:

@@ -9,7 +9,7 @@ OUT/tables/<kind>/slide_id=<slide>/part-*.parquet   GeoParquet, hive-partitioned
 OUT/tables/<kind>/.staging/slide_id=<slide>/<run token>/   a run's parts of the slide until its commit renames them into place
 OUT/tables/overview/<slide>.png  <slide>.jpg       QC picture, and its preview for the cohort report
 OUT/masks/<slide>.png  OUT/plans/<slide>.json  OUT/logs/<slide>.log
-OUT/ledger/<slide>/                                 resume markers
+OUT/ledger/<slide>/chunk-<index>.done  <stage>.json  commit-<kind>.token   resume markers (`storage.ledger`)
 ```
 """
 
@@ -27,6 +27,7 @@ MERGE_PART = "merge"
 # `<kind>/*/*.parquet` never reaches it either (its globs do match "." names).
 STAGING = ".staging"
 REPLACED = "replaced"  # beside the run tokens (8 hex digits), never one of them
+CHUNK_DONE = "chunk-{}.done"  # {}: the chunk's index
 
 
 class OutputLayout:
@@ -110,9 +111,9 @@ class OutputLayout:
         glob character), sorted by path; empty when there are none."""
         return sorted(self.tables(kind).glob(f"{PARTITION}{slide_id}/{TABLE_PART.format('*')}"))
 
-    def table_slides(self, kind: str) -> list[str]:
-        """Slide ids with a committed partition of a kind."""
-        return [folder.name.removeprefix(PARTITION) for folder in self.tables(kind).glob(f"{PARTITION}*")]
+    def table_slides(self, kinds: Iterable[str]) -> list[str]:
+        """Slide ids with a committed partition of any of these kinds, sorted."""
+        return sorted({folder.name.removeprefix(PARTITION) for kind in kinds for folder in self.tables(kind).glob(f"{PARTITION}*")})
 
     def table_staging(self, kind: str, slide_id: str) -> Path:
         """The slide's work area of a kind: the parts each run stages, and the folder a commit replaces."""
@@ -148,6 +149,28 @@ class OutputLayout:
     @property
     def ledger(self) -> Path:
         return self.root / LEDGER
+
+    def ledger_slide(self, slide_id: str) -> Path:
+        """Everything the ledger records of a slide."""
+        return self.ledger / slide_id
+
+    def chunk_done(self, slide_id: str, chunk_index: int) -> Path:
+        """The marker of a chunk whose maps are durably written."""
+        return self.ledger_slide(slide_id) / CHUNK_DONE.format(chunk_index)
+
+    def chunks_done(self, slide_id: str) -> set[int]:
+        """The indices of the slide's chunks with a `chunk_done` marker."""
+        prefix, suffix = CHUNK_DONE.split("{}")
+        found = self.ledger_slide(slide_id).glob(CHUNK_DONE.format("*"))
+        return {int(p.name.removeprefix(prefix).removesuffix(suffix)) for p in found}
+
+    def stage_record(self, slide_id: str, stage: str) -> Path:
+        """What a finished stage of the slide produced (`ledger.MAPS_WRITTEN`, ...)."""
+        return self.ledger_slide(slide_id) / f"{stage}.json"
+
+    def commit_token(self, slide_id: str, kind: str) -> Path:
+        """The token of the run that last began to commit the slide's table of a kind."""
+        return self.ledger_slide(slide_id) / f"commit-{kind}.token"
 
 
 class ImageLayout:

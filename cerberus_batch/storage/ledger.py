@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,45 +26,55 @@ MAPS_WRITTEN, TABLES_COMMITTED, LEVELS_WRITTEN = "maps", "instances", "pyramid"
 TIMED = "time"  # a slide's computing seconds, summed over the runs that worked on it (a replanned slide starts again)
 
 
+@dataclass(frozen=True)
+class SlideRecord:
+    """What the ledger holds of a slide: its chunks whose maps are written, and whether its tables are
+    committed and its maps' viewer levels written."""
+
+    done_chunks: frozenset[int] = frozenset()
+    tables: bool = False
+    levels: bool = False
+
+
 class Ledger:
     def __init__(self, output: Path):
-        self.root = OutputLayout(output).ledger
-
-    def _slide(self, slide_id: str) -> Path:
-        return self.root / slide_id
+        self.layout = OutputLayout(output)
 
     def forget(self, slide_id: str) -> None:
         """Drop everything recorded for a slide, so it is computed again."""
-        shutil.rmtree(self._slide(slide_id), ignore_errors=True)
+        shutil.rmtree(self.layout.ledger_slide(slide_id), ignore_errors=True)
 
     def mark_done(self, slide_id: str, chunk_index: int) -> None:
-        write_bytes_durably(self._slide(slide_id) / f"chunk-{chunk_index}.done", b"")
+        write_bytes_durably(self.layout.chunk_done(slide_id, chunk_index), b"")
 
     def done_chunks(self, slide_id: str) -> set[int]:
-        folder = self._slide(slide_id)
-        if not folder.is_dir():
-            return set()
-        return {int(p.stem.split("-")[1]) for p in folder.glob("chunk-*.done")}
+        return self.layout.chunks_done(slide_id)
+
+    def record(self, slide_id: str) -> SlideRecord:
+        """What the ledger holds of a slide now."""
+        return SlideRecord(frozenset(self.done_chunks(slide_id)), self.slide_stage(slide_id, TABLES_COMMITTED) is not None,
+                           self.slide_stage(slide_id, LEVELS_WRITTEN) is not None)
 
     def mark_slide(self, slide_id: str, stage: str, info: dict[str, Any]) -> None:
         """Record a finished stage of a slide (e.g. 'maps', 'instances') with what it produced."""
-        write_bytes_durably(self._slide(slide_id) / f"{stage}.json", json.dumps(info).encode())
+        write_bytes_durably(self.layout.stage_record(slide_id, stage), json.dumps(info).encode())
 
     def slide_stage(self, slide_id: str, stage: str) -> dict[str, Any] | None:
-        path = self._slide(slide_id) / f"{stage}.json"
+        path = self.layout.stage_record(slide_id, stage)
         return json.loads(path.read_text()) if path.is_file() else None
 
     def mark_commit(self, slide_id: str, kind: str, token: str) -> None:
         """Record that the run with this token has staged all of a slide's parts of a kind and commits them."""
-        write_bytes_durably(self._slide(slide_id) / f"commit-{kind}.token", token.encode())
+        write_bytes_durably(self.layout.commit_token(slide_id, kind), token.encode())
 
     def commit_token(self, slide_id: str, kind: str) -> str | None:
         """The token of the run that last began to commit the slide's table of a kind."""
-        path = self._slide(slide_id) / f"commit-{kind}.token"
+        path = self.layout.commit_token(slide_id, kind)
         return path.read_text() if path.is_file() else None
 
     def slides(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        root = self.layout.ledger
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
 def run_changes(output: Path, fingerprint: dict[str, Any]) -> list[str]:

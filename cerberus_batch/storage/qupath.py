@@ -32,12 +32,6 @@ EXPORTED = (TISSUE, *DRAWING_ORDER)  # in file order: the biggest objects first,
 DETECTIONS = (NUCLEI,)  # the other kinds are annotations
 
 
-def table_slides(output: str | Path) -> list[str]:
-    """Slide ids that have a table of any exported kind in an output folder, sorted."""
-    layout = OutputLayout(output)
-    return sorted({slide_id for kind in EXPORTED for slide_id in layout.table_slides(kind.name)})
-
-
 def object_type(kind: Kind) -> str:
     """What QuPath imports an object of this kind as."""
     return "detection" if kind in DETECTIONS else "annotation"
