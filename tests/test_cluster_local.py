@@ -15,7 +15,8 @@ from cerberus_batch.cluster import start_cluster
 from cerberus_batch.cluster.placement import CPU, GPU
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.progress import RunProgress
-from cerberus_batch.pipeline.run import CohortRun, RunReport, run_cohort
+from cerberus_batch.pipeline.records import RunReport
+from cerberus_batch.pipeline.run import CohortRun, run_cohort
 from test_cluster_cohorts import output_files, small_cohort
 
 

@@ -18,7 +18,7 @@ from cerberus_batch.overview import (
     CAPTION, CROP, HEADER, LEGEND_WIDTH, MARGIN, NOT_COMPUTED, SIZE, legend_sections, write_overview,
 )
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
-from cerberus_batch.pipeline.run import border_task_count
+from cerberus_batch.pipeline.graph import border_task_count
 from cerberus_batch.pipeline.work import (
     border_task, chunk_instances_task, infer_chunk_task, merge_slide_task, overview_task, plan_slide_task,
 )

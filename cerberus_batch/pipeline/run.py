@@ -14,68 +14,34 @@ A failure anywhere marks only that slide as failed; every other slide goes on.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
 import uuid
 from collections import deque
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from distributed import Client, Future, WorkerPlugin, as_completed
 
 from cerberus_batch.cluster.placement import placement
-from cerberus_batch.cohort_report import CohortReport
 from cerberus_batch.errors import ClusterError, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
+from cerberus_batch.pipeline.graph import BORDER, INFER, INSTANCES, MERGE, OVERVIEW, PYRAMID, Ref, TaskSpec, slide_tasks
 from cerberus_batch.pipeline.plan import NO_TISSUE
 from cerberus_batch.pipeline.progress import RunProgress
+from cerberus_batch.pipeline.records import RunRecords, RunReport, SlideOutcome, resumed
 from cerberus_batch.pipeline.run_log import libraries_logged_to
 from cerberus_batch.pipeline.work import (
     border_task, checked_predictor, chunk_instances_task, fingerprint, infer_chunk_task, merge_slide_task,
     overview_task, plan_slide_task, pyramid_task,
 )
-from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.atomic import write_bytes_durably
-from cerberus_batch.storage.composition import write_cohort_composition
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, TIMED, Ledger, check_run, refuse_mismatch
 from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.owned import claim_run, remove_listed_file
-from cerberus_batch.storage.summary import COMPOSITION, write_cohort_summary
-from cerberus_batch.tasks.merge import border_shares
-
-
-@dataclass
-class SlideOutcome:
-    status: str = "pending"  # pending | done | failed
-    error: str | None = None
-    note: str | None = None  # done, but worth a look (e.g. no tissue)
-    chunks: int = 0
-    chunks_computed: int = 0
-    chunks_skipped: int = 0  # done by an earlier run
-    tables_skipped: bool = False  # written by an earlier run
-    tissue_mm2: float = 0.0
-    seconds: float | None = None  # computing time, summed over the runs that worked on it; None: not yet timed
-    fetched_bytes: int = 0  # read from a remote slide by this run (0 for local files)
-    fetched_requests: int = 0
-
-
-@dataclass
-class RunReport:
-    cohort: str
-    output: str
-    status: str = "running"  # running | ok | failed | interrupted
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    dashboard: str | None = None
-    slides: dict[str, SlideOutcome] = field(default_factory=dict)
-
-    def write(self, output: Path) -> None:
-        write_bytes_durably(OutputLayout(output).run_report, json.dumps(asdict(self), indent=2).encode())
 
 
 class QuietTaskFailures(WorkerPlugin):
@@ -100,19 +66,22 @@ def _quieter(record: logging.LogRecord) -> bool:
     return not (message.startswith("Compute Failed") or ("Async instruction" in message and "CancelledError" in message))
 
 
-CHUNKS_PER_BORDER_TASK = 8  # a slide's nuclei on chunk borders are finished by one task per this many chunks
-MOST_BORDER_TASKS = 16
-
-
-def border_task_count(chunks: int) -> int:
-    """How many border tasks a slide of `chunks` chunks gets (fewer if it has fewer chunk rows)."""
-    return max(1, min(MOST_BORDER_TASKS, -(-chunks // CHUNKS_PER_BORDER_TASK)))
-
-
 def slides_in_flight(client: Client) -> int:
     """How many slides may be in the graph at once: enough that every worker thread has work while
     a slide plans or merges (2 per thread, plus one), and at least 2."""
     return max(2, 2 * sum(client.nthreads().values()) + 1)
+
+
+# The function of each task `graph.slide_tasks` names.
+TASKS = {INFER: infer_chunk_task, INSTANCES: chunk_instances_task, BORDER: border_task, MERGE: merge_slide_task,
+         OVERVIEW: overview_task, PYRAMID: pyramid_task}
+
+
+def _resolved(arg: Any, futures: dict[str, Future]) -> Any:
+    """A task argument with each `Ref` (alone or in a list) replaced by the future it names."""
+    if isinstance(arg, Ref):
+        return futures[arg.key]
+    return [_resolved(a, futures) for a in arg] if isinstance(arg, list) else arg
 
 
 class CohortRun:
@@ -227,63 +196,30 @@ class CohortRun:
         outcome = self.report.slides[slide.id]
         outcome.fetched_bytes += fetches.bytes
         outcome.fetched_requests += fetches.requests
-        done = self.ledger.done_chunks(slide.id)
+        c = self.cohort
+        graph = slide_tasks(slide, plan, self.ledger.record(slide.id),
+                            model=c.model, processing=c.processing, output=c.output, token=self.token)
         outcome.chunks, outcome.tissue_mm2 = len(plan.chunks), plan.tissue_mm2
         if not plan.chunks:
             outcome.note = NO_TISSUE
-        c = self.cohort
-        inferred = {
-            chunk.index: self.submit(
-                slide, self.on_chunk, infer_chunk_task, slide, chunk.index, chunk.box, chunk.empty_cells,
-                c.model, c.processing, c.output,
-                key=f"infer-{slide.id}-{chunk.index}", resources=self.infer_resources, retries=2,
-            )
-            for chunk in plan.chunks if chunk.index not in done
-        }
-        outcome.chunks_skipped = len(plan.chunks) - len(inferred)
+        outcome.chunks_skipped, outcome.tables_skipped = graph.chunks_skipped, graph.tables_skipped
         self.progress.add_chunks(len(plan.chunks), already=outcome.chunks_skipped)
-        outcome.tables_skipped = self.ledger.slide_stage(slide.id, TABLES_COMMITTED) is not None
-        # Maps this run writes get their levels anew; maps an earlier run wrote, unless it recorded their
-        # levels (a replanned slide's ledger goes with its maps).
-        levels = bool(inferred) or self.ledger.slide_stage(slide.id, LEVELS_WRITTEN) is None
-        awaiting = self.awaiting[slide.id] = {MAPS_WRITTEN}
-        if not outcome.tables_skipped:
-            awaiting.add(TABLES_COMMITTED)
-            self.find_instances(slide, plan, inferred)
-        if levels:
-            awaiting.add(LEVELS_WRITTEN)
-            # Below the instance tasks' priority, so the levels never delay the objects; the slide keeps
-            # its place in flight until they are written too.
-            self.submit(slide, self.on_pyramid, pyramid_task, slide.id, c.output, list(inferred.values()),
-                        key=f"pyramid-{slide.id}", resources=self.cpu_resources)
-        if not inferred:
+        self.awaiting[slide.id] = set(graph.awaiting)
+        self.submit_tasks(slide, graph.tasks)
+        if graph.maps_written:
             self.maps_done(slide)
         self.admit()  # workers may have joined since the last look
 
-    def find_instances(self, slide: SlideEntry, plan: ChunkPlan, inferred: dict[int, Future]) -> None:
-        """An instance task per chunk, each starting as soon as its chunk's maps are written (at once
-        for chunks an earlier run inferred); border tasks that finish the nuclei cut by chunk borders, a
-        band of chunk rows each, as soon as the instance tasks of those rows and the rows either side are
-        done; after all of them, the merge (glands, lumens, tissue, the commit) and the overview.
-
-        They go before inference waiting in the queue (priority): a slide that finishes frees its place.
-        """
-        out = self.cohort.output
-        parts = [
-            self.submit(slide, None, chunk_instances_task, slide.id, c.index, c.box, out, self.token, inferred=inferred.get(c.index),
-                        key=f"instances-{slide.id}-{c.index}", resources=self.cpu_resources, priority=1)
-            for c in plan.chunks
-        ]
-        shares = border_shares([c.box for c in plan.chunks], border_task_count(len(plan.chunks)))
-        borders = [
-            self.submit(slide, None, border_task, slide.id, out, self.token, k, share, [parts[i] for i in share.chunks],
-                        key=f"border-{slide.id}-{k}", resources=self.cpu_resources, priority=1)
-            for k, share in enumerate(shares)
-        ]
-        merged = self.submit(slide, None, merge_slide_task, slide.id, out, plan.tissue_mm2, self.token, parts, borders,
-                             key=f"merge-{slide.id}", resources=self.cpu_resources, priority=1)
-        self.submit(slide, self.on_overview, overview_task, slide.id, out, merged, slide.path,
-                    key=f"overview-{slide.id}", resources=self.cpu_resources, priority=1)
+    def submit_tasks(self, slide: SlideEntry, specs: tuple[TaskSpec, ...]) -> None:
+        """Submit a slide's tasks, each `Ref` in their arguments the future of the task it names."""
+        handlers = {INFER: self.on_chunk, OVERVIEW: self.on_overview, PYRAMID: self.on_pyramid}
+        futures: dict[str, Future] = {}
+        for spec in specs:
+            resources = self.infer_resources if spec.task == INFER else self.cpu_resources
+            args = [_resolved(arg, futures) for arg in spec.args]
+            kwargs = {name: _resolved(arg, futures) for name, arg in spec.kwargs.items()}
+            futures[spec.key] = self.submit(slide, handlers.get(spec.task), TASKS[spec.task], *args, key=spec.key,
+                                            resources=resources, priority=spec.priority, retries=spec.retries, **kwargs)
 
     def on_chunk(self, slide: SlideEntry, future: Future) -> None:
         outcome = self.report.slides[slide.id]
@@ -326,67 +262,6 @@ class CohortRun:
         if outcome.chunks_skipped or outcome.tables_skipped:
             self.progress.note(f"{slide.id}: {resumed(outcome)}")
         self.leave(slide)
-
-
-REPORT_EVERY = 1.0  # seconds: the least time between two rewrites of the report and summary while slides finish
-REPORT_SHARE = 0.05  # and at most this share of the run's time goes into rewriting them
-
-
-class RunRecords:
-    """`run_report.json`, the cohort summary and `report.html`, rewritten as slides finish, so a run that
-    dies leaves them for every slide finished until moments before. Each rewrite costs time in proportion to the
-    cohort, so they are spaced out by `REPORT_EVERY`, or longer where one took more than
-    `REPORT_SHARE` of that (a 1,000-slide cohort must not cost a million rows written); and at the end.
-
-    The summary covers every slide whose tables exist, this run's or an earlier one's (the ledger's
-    rows, read once at the start and again for each slide that finishes).
-    """
-
-    def __init__(self, cohort: Cohort, report: RunReport, ledger: Ledger, note: Callable[[str], None]) -> None:
-        self.cohort, self.report, self.ledger, self.note = cohort, report, ledger, note
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.seconds: dict[str, float | None] = {}  # per slide: its computing time (`CohortRun.timed`)
-        self.composition: dict[str, list[dict[str, Any]]] = {}  # per slide: its rows of the crossed counts
-        for slide in cohort.slides:
-            self.slide_finished(slide.id)
-        self.due = 0.0  # time.monotonic() from which the next rewrite may happen
-        self.html = CohortReport(cohort.output)
-
-    def slide_finished(self, slide_id: str) -> None:
-        row = self.ledger.slide_stage(slide_id, TABLES_COMMITTED)
-        self.seconds[slide_id] = (self.ledger.slide_stage(slide_id, TIMED) or {}).get("seconds")
-        if row is None:
-            self.rows.pop(slide_id, None)
-            self.composition.pop(slide_id, None)
-        else:
-            self.composition[slide_id] = row.pop(COMPOSITION, [])  # none for a slide of an earlier version
-            self.rows[slide_id] = row
-
-    def write(self, final: bool = False) -> None:
-        began = time.monotonic()
-        if not final and began < self.due:
-            return
-        rows = [{**self.rows[s.id], "wall_seconds": _rounded(self.seconds[s.id])}
-                for s in self.cohort.slides if s.id in self.rows]
-        if rows:  # before the report: a slide the report calls done always has its summary row
-            write_cohort_summary(self.cohort.output, rows)
-            write_cohort_composition(self.cohort.output, [r for s in self.cohort.slides for r in self.composition.get(s.id, ())])
-        self.report.write(self.cohort.output)
-        try:  # from the records just written; a report that cannot be drawn must not stop the cohort
-            self.html.write()
-        except Exception as err:  # noqa: BLE001 - any failure of a view, reported in one line
-            self.note(f"WARNING {self.html.path}: not rewritten: {first_line(err, typed=True)}")
-        self.due = time.monotonic() + max(REPORT_EVERY, (time.monotonic() - began) / REPORT_SHARE)
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 3)
-
-
-def resumed(outcome: SlideOutcome) -> str:
-    """What an earlier run had already done for a slide, in words."""
-    said = f"{outcome.chunks_skipped} of {outcome.chunks} chunks already done"
-    return said + (", tables already written" if outcome.tables_skipped else "")
 
 
 def cohort_inputs(cohort: Cohort) -> dict[str, Path]:
@@ -441,7 +316,7 @@ def _run_locked(cohort: Cohort, fresh: bool, allow_device_change: bool, show_pro
             else:
                 gpu = False
             client = stack.enter_context(Client(cluster))
-        except (OSError, TimeoutError, RuntimeError) as err:  # nobody answers at the address; dask-jobqueue missing
+        except (OSError, TimeoutError, RuntimeError, ClusterError) as err:  # nobody answers at the address; dask-jobqueue missing
             raise ClusterError(f"{cohort.source}: cluster: {first_line(err)}") from None
         check_run(cohort.output, fingerprint(cohort.model, cohort.processing, predictor, gpu), fresh=fresh,
                   allow_device_change=allow_device_change)
