@@ -35,10 +35,10 @@ from bench_model import TOLERANCE, reference_parity  # noqa: E402
 from conftest import fetch_cmu_small_region  # noqa: E402
 from parity_model import make_parity_model_dir  # noqa: E402
 
+from cerberus_batch.defaults import CHUNK  # noqa: E402
 from cerberus_batch.grid import CELL, CONTEXT  # noqa: E402
 from cerberus_batch.model import CerberusPredictor  # noqa: E402
 from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask  # noqa: E402
-from cerberus_batch.slides.plan import DEFAULT_CHUNK  # noqa: E402
 
 NUMERICS = {"cuda": ("fp32", "tf32", "bf16", "fp16"), "cpu": ("fp32", "bf16")}
 
@@ -98,7 +98,7 @@ def end_to_end(model_dir: Path, device: str, quick: bool, workers: int) -> None:
         model = {} if device == "cuda" else {"device": "cpu"}  # CUDA: the GPU worker infers
         processing = {"chunk": 2 * CELL, "tile": 2 * CELL} if quick else {}
         cohort = write_cohort(folder, slide, model_dir, workers, mask=given, processing=processing, **model)
-        cells = plan_chunks(view, mask, chunk=processing.get("chunk", DEFAULT_CHUNK)).cells
+        cells = plan_chunks(view, mask, chunk=processing.get("chunk", CHUNK)).cells
         run = sampled_run(run_command(cohort), gpu=device == "cuda")
     if run.returncode != 0:
         raise SystemExit(f"run failed ({run.returncode}):\n{run.output}")

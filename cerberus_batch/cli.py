@@ -8,6 +8,7 @@ from typing import get_args
 import click
 
 from cerberus_batch import __version__
+from cerberus_batch.defaults import BATCH_SIZE, CHUNK, PROCESSING_MPP
 from cerberus_batch.errors import CheckpointError, CohortError, OutputError, RunMismatch, SlideError, first_line
 from cerberus_batch.slides.sources import Reader
 
@@ -190,8 +191,8 @@ MPP_OVERRIDE = click.option("--mpp-override", type=float, callback=_mpp, help="L
 @MPP_OVERRIDE
 @click.option("--reader", type=click.Choice(get_args(Reader)), default="auto", show_default=True,
               help="Who reads the slide: auto (tiffslide for TIFF, DICOM for a folder or DICOMweb series, else OpenSlide).")
-@click.option("--target-mpp", type=float, default=0.5, show_default=True, callback=_mpp, help="Processing resolution, µm/px.")
-@click.option("--chunk", type=int, default=2016, show_default=True, help="Chunk side in processing px (multiple of 144).")
+@click.option("--target-mpp", type=float, default=PROCESSING_MPP, show_default=True, callback=_mpp, help="Processing resolution, µm/px.")
+@click.option("--chunk", type=int, default=CHUNK, show_default=True, help="Chunk side in processing px (multiple of 144).")
 @click.option("--mask", "mask_source", default="auto", show_default=True, help='"auto", "none" or a mask image.')
 def inspect(slide: str, mpp_override: float | None, reader: Reader, target_mpp: float, chunk: int, mask_source: str) -> None:
     """Print a slide's metadata, levels, processing resolution, tissue and chunk plan."""
@@ -313,10 +314,10 @@ def export(output: str, export_format: str, slide_id: str | None, every_slide: b
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), help="Cerberus model folder (weights.tar + settings.yml).")
 @click.option("--input-dir", required=True, type=click.Path(file_okay=False, exists=True), help="Folder of PNG/JPEG/TIFF tiles (searched recursively).")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="One folder per image is written here.")
-@click.option("--mpp", type=float, help="The images' own µm/px; they are resampled to 0.5. Default: already at 0.5.")
+@click.option("--mpp", type=float, help=f"The images' own µm/px; they are resampled to {PROCESSING_MPP}. Default: already at {PROCESSING_MPP}.")
 @click.option("--mode", type=click.Choice(["tile", "patch"]), default="tile", show_default=True, help="Large tiles or the reference's 448-px patches.")
 @click.option("--model-kind", type=click.Choice(["cerberus", "stain"]), default="cerberus", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True)
 def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | None, mode: str, model_kind: str, batch_size: int) -> None:
     """Run the model on every image of a folder: maps, nuclei/gland/lumen tables and an overlay per image."""
     from cerberus_batch.pipeline.tile import find_images, run_tile_mode

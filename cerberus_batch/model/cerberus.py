@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 import torch
 
+from cerberus_batch.defaults import BATCH_SIZE, TILE
 from cerberus_batch.grid import CELL, CONTEXT, Tile, pass_size, tissue_tiles
 from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model
@@ -61,8 +62,8 @@ class CerberusPredictor:
         model_dir: str | Path,
         heads: Iterable[str] | None = None,
         mode: Literal["tile", "patch"] = "tile",
-        tile: int = 1008,
-        batch_size: int = 8,
+        tile: int = TILE,
+        batch_size: int = BATCH_SIZE,
         device: str | torch.device | None = None,
         amp: Literal["bf16", "fp16"] | None = None,
         channels_last: bool | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Literal
 
+from cerberus_batch.defaults import BATCH_SIZE, TILE
 from cerberus_batch.model.predictor import Predictor
 
 
@@ -14,8 +15,8 @@ def build_predictor(
     *,
     heads: Iterable[str] | None = None,
     mode: Literal["tile", "patch"] = "tile",
-    tile: int = 1008,
-    batch_size: int = 8,
+    tile: int = TILE,
+    batch_size: int = BATCH_SIZE,
     device: str | None = None,
     amp: Literal["bf16", "fp16"] | None = None,
     memory: float | None = None,

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from cerberus_batch.defaults import PROCESSING_MPP, TILE
 from cerberus_batch.errors import first_line
 from cerberus_batch.grid import CONTEXT, whole_cells
 from cerberus_batch.model.predictor import Predictor
@@ -40,8 +41,7 @@ from cerberus_batch.vocabulary import DRAWING_ORDER, TISSUE, StoredMap, class_na
 log = logging.getLogger("cerberus_batch")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-PROCESSING_MPP = 0.5
-MAP_CHUNK = 1008  # processing px per Zarr chunk side
+MAP_CHUNK = TILE  # processing px per Zarr chunk side: a tile-mode pass
 
 
 @dataclass

@@ -3,12 +3,11 @@
 from cerberus_batch.errors import SlideError
 from cerberus_batch.slides.mask import TissueMask, detect_tissue, tissue_mask
 from cerberus_batch.slides.plan import Chunk, ChunkPlan, cell_tissue, plan_chunks
-from cerberus_batch.slides.slide import DEFAULT_MPP, Slide, SlideInfo, open_slide
+from cerberus_batch.slides.slide import Slide, SlideInfo, open_slide
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView
 
 __all__ = [
-    "DEFAULT_MPP",
     "Chunk",
     "ChunkPlan",
     "Slide",

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from cerberus_batch.defaults import CHUNK
 from cerberus_batch.errors import SlideError
 from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, Tile, chunk_tissue, tissue_tiles
 from cerberus_batch.slides.mask import TissueMask
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView
 
-DEFAULT_CHUNK = 2016  # 14 cells
 EDGE_ROUNDING = 1e-6  # mask-pixel positions this close to an integer are treated as exact
 # The longest glass slides (whole-mount, 3 in) are 76 mm: a slide longer than this has a wrong mpp. With
 # processing at 0.05 µm/px or coarser (`config.microscope_mpp`), it also keeps a slide within 1.6 M px a side.
@@ -139,7 +139,7 @@ def check_extent(view: SlideView) -> None:
         raise SlideError(info.path, f"{stated} are {mm[0]:g} × {mm[1]:g} mm: longer than any glass slide ({LONGEST_SLIDE_MM} mm); check its mpp")
 
 
-def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = DEFAULT_CHUNK, slide_id: str = "") -> ChunkPlan:
+def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = CHUNK, slide_id: str = "") -> ChunkPlan:
     """The deterministic chunk plan of a slide at its processing resolution."""
     if chunk <= 0 or chunk % CELL:
         raise ValueError(f"chunk: {chunk} is not a positive multiple of the {CELL}-px cell")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cerberus_batch.defaults import PROCESSING_MPP
 from cerberus_batch.errors import SlideError
 from cerberus_batch.slides.location import Location
 from cerberus_batch.slides.sources import PixelSource, Reader, open_source
 from cerberus_batch.slides.transform import Transform
 from cerberus_batch.slides.view import SlideView, best_level, render_whole, view_at_mpp
 
-DEFAULT_MPP = 0.5
 NO_MPP_FIX = "pass --mpp-override"  # what the commands that open one slide offer; a cohort names its own
 
 
@@ -81,7 +81,7 @@ class Slide:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._source.read(level, x0, y0, x1, y1)
         return out
 
-    def at_mpp(self, mpp: float = DEFAULT_MPP) -> SlideView:
+    def at_mpp(self, mpp: float = PROCESSING_MPP) -> SlideView:
         """The slide at the processing resolution (µm/px)."""
         return view_at_mpp(self, mpp)
 

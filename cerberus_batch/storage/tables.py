@@ -28,6 +28,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import shapely
 
+from cerberus_batch.slide_ids import SAFE_ID_RULE, is_safe_slide_id
 from cerberus_batch.storage.atomic import atomic_path, fsync_path, replace_folder
 from cerberus_batch.storage.layout import MERGE_PART, OutputLayout
 from cerberus_batch.storage.ledger import Ledger
@@ -38,8 +39,9 @@ READ_TRIES = 3
 
 
 def _check_slide_id(slide_id: str) -> None:
-    if not slide_id or "/" in slide_id or slide_id.startswith((".", "_")):
-        raise ValueError(f"slide_id {slide_id!r}: not usable as a partition folder name")
+    # The cohort file's ids are checked where it is read: one that is not safe here is a bug.
+    if not is_safe_slide_id(slide_id):
+        raise ValueError(f"slide_id {slide_id!r}: not usable as a partition folder name ({SAFE_ID_RULE})")
 
 
 def stage_table_part(

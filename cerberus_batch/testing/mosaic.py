@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cerberus_batch.defaults import PROCESSING_MPP  # where the source's tissue is measured
 from cerberus_batch.testing.svs import THUMBNAIL_SIZE, TILE, Encoding, write_svs
 
 DOWNSAMPLES = (4, 16)  # reduced levels; ÷16 serves the ~8 µm/px tissue mask at 0.5 µm/px
-PROCESSING_MPP = 0.5  # where the source's tissue is measured, as the pipeline's default
 STRIP = 16  # output rows of a reduced-level tile averaged at once (bounds the level-0 block read)
 
 
