@@ -2,18 +2,61 @@
 
 from __future__ import annotations
 
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import get_args
+from typing import Any, Iterator, get_args
 
 import click
 
 from cerberus_batch import __version__
 from cerberus_batch.defaults import BATCH_SIZE, CHUNK, PROCESSING_MPP
-from cerberus_batch.errors import CheckpointError, CohortError, OutputError, RunMismatch, SlideError, first_line
+from cerberus_batch.errors import (
+    CerberusBatchError, CheckpointError, ClusterError, OutputError, RunMismatch, SlideError, failure_line, first_line,
+)
 from cerberus_batch.slides.sources import Reader
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@contextmanager
+def refusals_shown(log: Path | None = None, subject: str | Path = "") -> Iterator[None]:
+    """Our refusals and the system's errors (naming their file, else `subject`) leave as one line; anything
+    else as a bug: one line saying so, its traceback written to `log` (None: stderr)."""
+    try:
+        yield
+    except (click.ClickException, click.exceptions.Exit, click.Abort):  # click's own; Exit and Abort are RuntimeErrors
+        raise
+    except CerberusBatchError as err:
+        raise click.ClickException(str(err)) from None
+    except OSError as err:
+        raise click.ClickException(f"{err.filename or subject}: {err.strerror or first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - a bug: shown as one, never as the user's mistake
+        raise click.ClickException(f"{failure_line(err)}; its traceback is {_traceback_to(log, err)}") from None
+
+
+def _traceback_to(log: Path | None, err: Exception) -> str:
+    """Writes the error's traceback to `log` (on stderr if none, or if it cannot be written); says where it went."""
+    text = "".join(traceback.format_exception(err))
+    if log is not None:
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as file:
+                file.write(text)
+            return f"in {log}"
+        except OSError:
+            pass
+    click.echo(text, err=True, nl=False)
+    return "above"
+
+
+class Commands(click.Group):
+    """Every command's refusals print as one line; a bug prints as one, its traceback on stderr (`run`: in its log)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with refusals_shown():
+            return super().invoke(ctx)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cerberus-batch")
 def main() -> None:
     """Run the Cerberus histology model over cohorts of whole-slide images."""
@@ -22,10 +65,7 @@ def main() -> None:
 def _cohort(path: str, *, inputs_here: bool = True):
     from cerberus_batch.pipeline.config import load_cohort
 
-    try:
-        return load_cohort(path, inputs_here=inputs_here)
-    except CohortError as err:
-        raise click.ClickException(str(err)) from None
+    return load_cohort(path, inputs_here=inputs_here)
 
 
 INTERRUPTED = "Interrupted: rerun the same command to resume."
@@ -44,11 +84,8 @@ def run(cohort_file: str, fresh: bool, allow_device_change: bool, no_progress: b
     from cerberus_batch.storage.layout import OutputLayout
 
     try:
-        report = run_cohort(cohort, fresh=fresh, allow_device_change=allow_device_change, show_progress=not no_progress)
-    except ValueError as err:  # the model, the output folder, the cluster or a mismatched earlier run
-        raise click.ClickException(first_line(err)) from None
-    except OSError as err:
-        raise click.ClickException(f"{err.filename or cohort.output}: {err.strerror or first_line(err)}") from None
+        with refusals_shown(OutputLayout(cohort.output).run_log, subject=cohort.output):
+            report = run_cohort(cohort, fresh=fresh, allow_device_change=allow_device_change, show_progress=not no_progress)
     except KeyboardInterrupt:  # before the slides started (the cluster starting, the model loading): nothing to report
         click.echo(INTERRUPTED, err=True)
         raise SystemExit(130) from None
@@ -138,10 +175,7 @@ def report(output: str, single_file: bool) -> None:
     """Rebuild the cohort report OUT/report.html from what the run wrote (it opens offline)."""
     from cerberus_batch.cohort_report import CohortReport
 
-    try:
-        target = CohortReport(output, single_file=single_file).write()
-    except OutputError as err:
-        raise click.ClickException(str(err)) from None
+    target = CohortReport(output, single_file=single_file).write()
     click.echo(f"{target}: {target.stat().st_size:,} bytes")
 
 
@@ -153,11 +187,7 @@ def check_model(model_dir: str, reference: str | None) -> None:
     """Load a Cerberus model folder as a run would and print its heads, classes, identity and parity status."""
     from cerberus_batch.model.check import check_model as checked
 
-    try:
-        found = checked(model_dir, reference)
-    except CheckpointError as err:
-        raise click.ClickException(str(err)) from None
-    click.echo("\n".join(found.lines()))
+    click.echo("\n".join(checked(model_dir, reference).lines()))
 
 
 @main.command("cluster-spec")
@@ -169,7 +199,7 @@ def cluster_spec(cohort_file: str) -> None:
     cohort = _cohort(cohort_file, inputs_here=False)  # slides and model live on the cluster, not here
     try:
         click.echo(submission_preview(cohort.cluster), nl=False)
-    except (ValueError, RuntimeError) as err:
+    except ClusterError as err:
         raise click.ClickException(f"{cohort_file}: cluster: {err}") from None
 
 
@@ -179,7 +209,7 @@ def _mpp(ctx: click.Context, param: click.Parameter, value: float | None) -> flo
 
     try:
         return value if value is None else microscope_mpp(value)
-    except ValueError as err:
+    except ValueError as err:  # a pydantic validator's, which says what it refused
         raise click.BadParameter(str(err)) from None
 
 
@@ -206,14 +236,14 @@ def inspect(slide: str, mpp_override: float | None, reader: Reader, target_mpp: 
 
     try:
         location = Location.parse(slide)
-        identity = source_identity(location, reader)
-        with open_slide(location, mpp=mpp_override, reader=reader) as opened:
-            view = opened.at_mpp(target_mpp)
-            check_extent(view)
-            mask = tissue_mask(view, mask_source)
-            plan = plan_chunks(view, mask, chunk=chunk, slide_id=location.stem)
-    except (SlideError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    except ValueError as err:  # the parser's, as a cohort's slides are refused
+        raise SlideError(slide, str(err)) from None
+    identity = source_identity(location, reader)
+    with open_slide(location, mpp=mpp_override, reader=reader) as opened:
+        view = opened.at_mpp(target_mpp)
+        check_extent(view)
+        mask = tissue_mask(view, mask_source)
+        plan = plan_chunks(view, mask, chunk=chunk, slide_id=location.stem)
     info = opened.info
     table = Table(title=location.shown, show_header=False)  # the address without credentials
     rows = {
@@ -245,14 +275,11 @@ def mask(slide: str, output: str, mpp_override: float | None) -> None:
     from cerberus_batch.slides import open_slide, tissue_mask
     from cerberus_batch.slides.plan import check_extent
 
-    try:
-        with open_slide(slide, mpp=mpp_override) as opened:
-            view = opened.at_mpp()
-            check_extent(view)
-            found = tissue_mask(view)
-        found.save_png(output)
-    except (SlideError, OSError) as err:
-        raise click.ClickException(str(err)) from None
+    with open_slide(slide, mpp=mpp_override) as opened:
+        view = opened.at_mpp()
+        check_extent(view)
+        found = tissue_mask(view)
+    found.save_png(output)
     h, w = found.array.shape
     click.echo(f"{output}: {w}×{h} mask, {found.downsample:g} processing px per pixel, {found.tissue_fraction:.1%} tissue")
 
@@ -305,8 +332,6 @@ def export(output: str, export_format: str, slide_id: str | None, every_slide: b
             counts = write(output, slide, file)
         except OSError as err:
             raise click.ClickException(f"{file}: {err.strerror or err}") from None
-        except OutputError as err:  # -o names a folder that is not a store we wrote
-            raise click.ClickException(str(err)) from None
         click.echo(f"{file}: slide {slide}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
 
 
@@ -334,10 +359,7 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
         )
     from cerberus_batch.model.factory import build_predictor
 
-    try:
-        predictor = build_predictor(model_kind, model_dir, mode=mode, batch_size=batch_size)
-    except CheckpointError as err:
-        raise click.ClickException(str(err)) from None
+    predictor = build_predictor(model_kind, model_dir, mode=mode, batch_size=batch_size)
 
     def report(outcome) -> None:
         if outcome.error is None:
@@ -346,10 +368,7 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
         else:
             click.echo(f"FAILED {outcome.error}", err=True)
 
-    try:
-        outcomes = run_tile_mode(Path(input_dir), Path(output_dir), predictor, mpp, on_image=report, model_dir=model_dir)
-    except OutputError as err:
-        raise click.ClickException(str(err)) from None
+    outcomes = run_tile_mode(Path(input_dir), Path(output_dir), predictor, mpp, on_image=report, model_dir=model_dir)
     failed = sum(outcome.error is not None for outcome in outcomes)
     click.echo(f"{len(outcomes) - failed}/{len(outcomes)} images done")
     if failed:

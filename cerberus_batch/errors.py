@@ -1,7 +1,10 @@
 """Errors as users see them: one line.
 
-Every refusal we raise is a `CerberusBatchError`, itself a ValueError so callers that catch
-ValueError keep working; the subclasses say which input or resource was refused.
+Every refusal we raise is a `CerberusBatchError`; the subclasses say which input or resource was refused.
+It is not a ValueError: Python and every library raise ValueError for a wrong argument, i.e. for a bug,
+and an `except ValueError` would show such a bug as the user's mistake. Anything else that escapes is
+reported by `failure_line` as a bug, its traceback written to a log. (Pydantic validators still raise
+ValueError, as pydantic asks; the cohort loader turns what they say into a `CohortError`.)
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-class CerberusBatchError(ValueError):
+class CerberusBatchError(Exception):
     """An input, setting or resource we refuse; the message says which and why."""
 
 
@@ -39,7 +42,25 @@ class OutputError(CerberusBatchError):
 
 
 class ClusterError(CerberusBatchError):
-    """The cohort's cluster could not be started or reached."""
+    """The cohort's cluster could not be started or reached, or needs a package that is not installed."""
+
+
+class SettingError(CerberusBatchError):
+    """A setting given outside a cohort file (a command-line option, a model kind) that we refuse; the message names it."""
+
+
+BUG = "this is a bug in cerberus-batch"
+
+
+def is_bug(err: BaseException) -> bool:
+    """Whether an error is ours to fix: neither a refusal of ours nor the system's (a file, the disk, the network)."""
+    return not isinstance(err, (CerberusBatchError, OSError))
+
+
+def failure_line(err: BaseException) -> str:
+    """One line for a failure: its type and message, and for a bug that it is one (the caller says where its traceback went)."""
+    line = first_line(err, typed=True)
+    return f"{line} ({BUG})" if is_bug(err) else line
 
 
 def first_line(err: BaseException, *, typed: bool = False, path: str | Path | None = None) -> str:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cerberus_batch.cli import main
 from cerberus_batch.cluster.gpu_pin import pinned_devices
 from cerberus_batch.cluster.spec import ClusterSpec
-from cerberus_batch.errors import CohortError
+from cerberus_batch.errors import ClusterError, CohortError
 from cerberus_batch.pipeline.config import load_cohort
 from test_cluster_cohorts import small_cohort
 
@@ -179,7 +179,7 @@ def test_kubernetes_without_the_package_says_what_to_install(tmp_path, monkeypat
     from cerberus_batch.cluster import start_cluster
 
     spec = load_cohort(small_cohort(tmp_path, GPU_KUBERNETES)).cluster
-    with pytest.raises(RuntimeError) as caught:
+    with pytest.raises(ClusterError) as caught:
         with start_cluster(spec):
             pass
     assert str(caught.value) == "cluster kind 'kubernetes' needs dask-kubernetes: pip install cerberus-batch[kubernetes]"

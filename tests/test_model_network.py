@@ -32,7 +32,7 @@ def _forward(model: torch.nn.Module, images: np.ndarray) -> dict[str, np.ndarray
 
 def test_state_dict_matches_released_layout() -> None:
     layout = json.loads((DATA / "state_dict_layout.json").read_text())
-    model = CerberusNet.from_settings({"decoder_kwargs": RELEASED})  # no considered_tasks: the released six
+    model = CerberusNet(RELEASED)  # the released six decoders
     assert [[name, list(t.shape)] for name, t in model.state_dict().items()] == layout
     assert len(layout) == 558
 

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from cerberus_batch.errors import SettingError
 from cerberus_batch.slides import SlideError, open_slide, plan_chunks, tissue_mask
 from cerberus_batch.testing.slides import make_synthetic_slide
 
@@ -131,5 +132,5 @@ def test_all_zero_mask_gives_an_empty_plan_quietly(tmp_path, png_slide):
 def test_chunk_must_be_a_multiple_of_the_cell(png_slide, chunk):
     _, view = png_slide
     mask = tissue_mask(view, "none")
-    with pytest.raises(ValueError, match=f"chunk: {chunk} is not a positive multiple of the 144-px cell"):
+    with pytest.raises(SettingError, match=f"chunk: {chunk} is not a positive multiple of the 144-px cell"):
         plan_chunks(view, mask, chunk=chunk)

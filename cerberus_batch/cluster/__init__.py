@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from cerberus_batch.cluster.placement import Placement, placement
 from cerberus_batch.cluster.spec import ClusterSpec
+from cerberus_batch.errors import ClusterError
 
 __all__ = ["ClusterSpec", "Placement", "placement", "start_cluster", "submission_preview"]
 
@@ -55,4 +56,4 @@ def submission_preview(spec: ClusterSpec) -> str:
         from cerberus_batch.cluster.kubernetes import manifests
 
         return yaml.safe_dump_all(manifests(spec), sort_keys=False)
-    raise ValueError(f"cluster kind {spec.kind!r} submits nothing to review (only slurm and kubernetes do)")
+    raise ClusterError(f"cluster kind {spec.kind!r} submits nothing to review (only slurm and kubernetes do)")

@@ -11,6 +11,7 @@ from distributed.security import Security
 
 from cerberus_batch.cluster.placement import CPU, GPU
 from cerberus_batch.cluster.spec import AddressSpec
+from cerberus_batch.errors import ClusterError
 
 
 def tls_config(spec: AddressSpec) -> dict[str, str]:
@@ -31,7 +32,7 @@ def gpu_workers(spec: AddressSpec) -> bool:
         resources = [w.get("resources", {}) for w in client.scheduler_info(n_workers=-1)["workers"].values()]
     gpu = any(GPU in r for r in resources)
     if gpu and not any(CPU in r for r in resources):
-        raise RuntimeError(
+        raise ClusterError(
             f"{spec.scheduler}: workers carry {GPU} but none carries {CPU}; "
             f"start CPU workers with `dask worker --resources {CPU}=<threads>`"
         )

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from cerberus_batch.cluster.placement import resources_arg, worker_resources
 from cerberus_batch.cluster.spec import ClusterSpec, KubernetesSpec
+from cerberus_batch.errors import ClusterError
 
 API_VERSION = "kubernetes.dask.org/v1"
 SCHEDULER_PORT = 8786
@@ -155,7 +156,7 @@ def kubernetes_cluster(spec: ClusterSpec) -> Iterator[Any]:
         from dask_kubernetes.operator import KubeCluster
         from kr8s.objects import NetworkPolicy
     except ImportError:
-        raise RuntimeError("cluster kind 'kubernetes' needs dask-kubernetes: pip install cerberus-batch[kubernetes]") from None
+        raise ClusterError("cluster kind 'kubernetes' needs dask-kubernetes: pip install cerberus-batch[kubernetes]") from None
     k = spec.kubernetes
     policy = network_policy_manifest(k)
     fence = NetworkPolicy(policy) if policy else None

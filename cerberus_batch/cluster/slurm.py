@@ -19,13 +19,14 @@ from distributed.security import Security
 from cerberus_batch.cluster.dashboard import start_scheduler
 from cerberus_batch.cluster.placement import resources_arg, worker_resources
 from cerberus_batch.cluster.spec import ClusterSpec, SlurmSpec
+from cerberus_batch.errors import ClusterError
 
 
 def _slurm_cluster_class():
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        raise RuntimeError("cluster kind 'slurm' needs dask-jobqueue: pip install cerberus-batch[slurm]") from None
+        raise ClusterError("cluster kind 'slurm' needs dask-jobqueue: pip install cerberus-batch[slurm]") from None
     return SLURMCluster
 
 
@@ -44,11 +45,11 @@ def run_security(s: SlurmSpec) -> Iterator[Optional[Security]]:
         return
     base = Path(os.path.expandvars(s.tls_directory)).expanduser()
     if not base.is_dir():
-        raise ValueError(f"slurm.tls_directory {base} is not a folder (it must be one every node sees)")
+        raise ClusterError(f"slurm.tls_directory {base} is not a folder (it must be one every node sees)")
     try:
         made = Security.temporary()
     except ImportError:
-        raise RuntimeError("slurm TLS needs the cryptography package: pip install cryptography (or set slurm.tls: false)") from None
+        raise ClusterError("slurm TLS needs the cryptography package: pip install cryptography (or set slurm.tls: false)") from None
     with tempfile.TemporaryDirectory(prefix=".cerberus-batch-tls-", dir=base) as folder:  # mode 0700
         # The one self-signed certificate is both the CA and every role's identity.
         cert = _private_file(Path(folder) / "cert.pem", made.tls_ca_file)

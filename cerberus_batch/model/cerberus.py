@@ -15,13 +15,13 @@ import torch
 from cerberus_batch.defaults import BATCH_SIZE, TILE
 from cerberus_batch.grid import CELL, CONTEXT, Tile, pass_size, tissue_tiles
 from cerberus_batch.model.activation import probabilities
-from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model
+from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model, read_model_folder
 from cerberus_batch.model.fusion import fuse_batchnorms
 from cerberus_batch.model.memory import (
     CPU_BYTES_PER_INPUT_PX, cpu_budget, cuda_budget, cuda_bytes_per_input_px, fitting_tiles,
 )
 from cerberus_batch.model.naming import CLASS_NAMES, PATCH_CLASS
-from cerberus_batch.model.predictor import output_size
+from cerberus_batch.model.predictor import ModelDescription, output_size
 
 
 def _by_shape(tiles: list[Tile]) -> Iterator[list[Tile]]:
@@ -39,6 +39,18 @@ def _identity(model_dir: Path, decoders: Iterable[str]) -> str:
                 digest.update(block)
     digest.update("\n".join(decoders).encode())
     return digest.hexdigest()
+
+
+def _class_names(heads: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    return {key: CLASS_NAMES[key] for key in heads if key in CLASS_NAMES}
+
+
+def describe_cerberus(model_dir: str | Path, heads: Iterable[str] | None = None) -> ModelDescription:
+    """What `CerberusPredictor(model_dir, heads)` will say of itself, from settings.yml and the weights' bytes
+    (refused as loading refuses the settings), without building the network."""
+    folder = read_model_folder(model_dir, heads)
+    keys = tuple(folder.output_classes)
+    return ModelDescription("cerberus", keys, _class_names(keys), _identity(Path(model_dir), folder.running))
 
 
 class CerberusPredictor:
@@ -91,7 +103,7 @@ class CerberusPredictor:
             torch.backends.cudnn.allow_tf32 = tf32
         self.memory = memory
         self.heads = tuple(self.model.output_classes)
-        self.class_names = {key: CLASS_NAMES[key] for key in self.heads if key in CLASS_NAMES}
+        self.class_names = _class_names(self.heads)
         self.identity = _identity(Path(model_dir), self.model.running)
         self._cuda_bytes_per_px: float | None = None
 

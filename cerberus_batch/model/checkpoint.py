@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -13,6 +14,7 @@ import yaml
 
 from cerberus_batch.errors import CheckpointError
 from cerberus_batch.model.integrity import verify_weights
+from cerberus_batch.model.naming import RELEASED_TASKS, considered_decoders, output_classes, resolve_decoders
 from cerberus_batch.model.network import CerberusNet
 from cerberus_batch.vocabulary import head_outputs
 
@@ -89,11 +91,38 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_heads(path: Path, model: CerberusNet) -> None:
+@dataclass(frozen=True)
+class ModelFolder:
+    """What a model directory's settings say, checked: its decoders ({decoder: {head: classes}}) and those that run."""
+
+    weights: Path
+    settings: Path
+    decoders: dict[str, dict[str, int]]
+    running: tuple[str, ...]
+
+    @property
+    def output_classes(self) -> dict[str, int]:
+        return output_classes(self.decoders, self.running)
+
+
+def read_model_folder(model_dir: str | Path, heads: Iterable[str] | None = None) -> ModelFolder:
+    """A model directory's files and settings, with `heads` resolved (see `load_model`), without its weights."""
+    weights, settings = model_files(model_dir)
+    kwargs = read_model_kwargs(settings)
+    decoders = considered_decoders(kwargs["decoder_kwargs"], kwargs.get("considered_tasks") or RELEASED_TASKS)
+    try:
+        running = resolve_decoders(heads, decoders)
+    except ValueError as err:  # an unknown head, named by the resolver
+        raise CheckpointError(f"{settings}: {err}") from None
+    _check_heads(settings, output_classes(decoders, running))
+    return ModelFolder(weights, settings, decoders, running)
+
+
+def _check_heads(path: Path, classes: Mapping[str, int]) -> None:
     """The running heads' sizes against the vocabulary: their indices are stored, coloured and summarised by
     the vocabulary's names, so another count is another model's classes."""
     known = head_outputs()
-    for key, outputs in model.output_classes.items():
+    for key, outputs in classes.items():
         if key not in known:
             raise CheckpointError(f"{path}: {key} is not a head this package reads ({', '.join(known)})")
         if outputs != len(known[key]):
@@ -131,13 +160,9 @@ def load_model(
     `heads` restricts which decoders run (user spellings, decoder names or output keys).
     Raises CheckpointError (one line, naming the file) for any unloadable directory.
     """
-    weights, settings = model_files(model_dir)
-    model = CerberusNet.from_settings(read_model_kwargs(settings))
-    try:
-        model.run_only(heads)
-    except ValueError as err:
-        raise CheckpointError(f"{settings}: {err}") from None
-    _check_heads(settings, model)
+    folder = read_model_folder(model_dir, heads)
+    weights = folder.weights
+    model = CerberusNet(folder.decoders, tuple(folder.decoders)).run_only(folder.running)
     unverified = verify_weights(weights)
     state = read_state_dict(weights)
     _check_layout(weights, state, model)

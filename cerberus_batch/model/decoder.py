@@ -34,10 +34,6 @@ class ConvBlock(nn.Module):
         return self.block(x)
 
 
-# Widths of the four stages, from the 256-channel conv_map output to full resolution.
-DECODER_STAGES = ((256, 256, 128), (128, 128, 64), (64, 64, 64), (64, 64, 64))
-
-
 # Feature px a stage's output is wrong by at a cut edge: 1 for the bilinear x2 upsample, 1 per 3x3 conv.
 STAGE_REACH = 3
 
@@ -47,28 +43,34 @@ def _window(lo: int, hi: int, size: int) -> tuple[int, int]:
     return max(0, (lo - STAGE_REACH) // 2), min(size, -(-(hi + STAGE_REACH) // 2))
 
 
-def decoder_windows(shape: tuple[int, int], keep: tuple[tuple[int, int], tuple[int, int]]) -> list[tuple[slice, slice]]:
-    """(rows, cols) windows of the decoder's inputs at 1/16, 1/8, 1/4, 1/2 and full resolution, so the
+def decoder_windows(
+    shape: tuple[int, int], keep: tuple[tuple[int, int], tuple[int, int]], stages: int,
+) -> list[tuple[slice, slice]]:
+    """(rows, cols) windows of the decoder's inputs at 1/2**stages .. 1/2 and full resolution, so the
     full-resolution output is computed on `keep` ((y0, y1), (x0, x1)) only, with every value there as
     on the whole image: each stage runs on what the next needs plus STAGE_REACH."""
     per_axis = []
     for (lo, hi), size in zip(keep, shape):
         levels = [(lo, hi)]
-        for level in range(1, len(DECODER_STAGES) + 1):
+        for level in range(1, stages + 1):
             levels.append(_window(*levels[-1], size >> level))
         per_axis.append(levels[::-1])
     return [(slice(*rows), slice(*cols)) for rows, cols in zip(*per_axis)]
 
 
 class PixelDecoder(nn.ModuleList):
-    """Upsamples from 1/16 to full resolution, adding the encoder skips (x3, x2, x1, x0).
+    """Upsamples x2 per stage to full resolution, adding the encoder skips (deepest first: x3, x2, x1, x0).
 
-    With `windows` (`decoder_windows`) each stage runs only where the output needs it: on CPU the
-    full-resolution stages cost most, and a tile's context needs no decoder output of its own.
+    A stage takes the width of its skip and ends at the next skip's (the last at `out_channels`), so
+    the widths follow the encoder's `out_channels`. With `windows` (`decoder_windows`) each stage runs
+    only where the output needs it: on CPU the full-resolution stages cost most, and a tile's context
+    needs no decoder output of its own.
     """
 
-    def __init__(self) -> None:
-        super().__init__(ConvBlock(widths) for widths in DECODER_STAGES)
+    def __init__(self, skip_channels: Sequence[int], out_channels: int = 64) -> None:
+        ends = (*skip_channels[1:], out_channels)
+        super().__init__(ConvBlock((width, width, end)) for width, end in zip(skip_channels, ends))
+        self.out_channels = out_channels
 
     def forward(
         self, x: torch.Tensor, skips: Sequence[torch.Tensor], windows: Sequence[tuple[slice, slice]] | None = None,

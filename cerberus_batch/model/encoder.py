@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+STEM_WIDTH = 64
 LAYER_BLOCKS = (3, 4, 6, 3)
 LAYER_WIDTHS = (64, 128, 256, 512)
+LAYER_STRIDES = (1, 2, 2, 2)  # layer1 follows the stride-2 max-pool
 
 
 class Downsample(nn.Sequential):
@@ -50,23 +54,26 @@ class ResNet34Encoder(nn.Module):
     """torchvision's ResNet-34 layout, but the stem conv has stride 1 as in Cerberus.
 
     `avgpool` and `fc` are kept only because the released checkpoint holds their
-    weights (strict loading); forward never uses them.
+    weights (strict loading); forward never uses them. Decoders and heads read the widths of
+    the five features from `out_channels` and their input px per deepest cell from `output_stride`.
     """
 
     conv_bn_pairs = (("conv1", "bn1"),)
+    out_channels = (STEM_WIDTH, *LAYER_WIDTHS)  # x0 .. x4
+    output_stride = 2 * math.prod(LAYER_STRIDES)  # the max-pool, then the layers: 16
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 1, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, STEM_WIDTH, 7, 1, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(STEM_WIDTH)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        in_channels = 64
-        for index, (blocks, width) in enumerate(zip(LAYER_BLOCKS, LAYER_WIDTHS), start=1):
-            self.add_module(f"layer{index}", _layer(in_channels, width, blocks, 1 if index == 1 else 2))
+        in_channels = STEM_WIDTH
+        for index, (blocks, width, stride) in enumerate(zip(LAYER_BLOCKS, LAYER_WIDTHS, LAYER_STRIDES), start=1):
+            self.add_module(f"layer{index}", _layer(in_channels, width, blocks, stride))
             in_channels = width
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, 1000)
+        self.fc = nn.Linear(in_channels, 1000)  # ImageNet's classes, unused
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x0 (full resolution, before the max-pool) .. x4 (1/16)."""

@@ -1,17 +1,68 @@
-"""The one place a predictor is made, for `run` (from the cohort file) and `tile` (from its options)."""
+"""The registry of model kinds: the one place a predictor is made (for `run` from the cohort file, for `tile`
+from its options) or described without being made (heads, class names, identity, for planning)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from cerberus_batch.defaults import BATCH_SIZE, TILE
-from cerberus_batch.model.predictor import Predictor
+from cerberus_batch.errors import SettingError
+from cerberus_batch.model.predictor import ModelDescription, Predictor
+
+Weights = str | Path | None
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """How a kind of model is built from its weights and options, and described from its weights and heads alone."""
+
+    build: Callable[..., Predictor]  # (weights, *, heads, mode, tile, batch_size, device, amp, memory)
+    describe: Callable[[Weights, Iterable[str] | None], ModelDescription]  # (weights, heads), cheap
+
+
+def _build_cerberus(weights: Weights, **options: Any) -> Predictor:
+    from cerberus_batch.model.cerberus import CerberusPredictor
+
+    return CerberusPredictor(weights, **options)
+
+
+def _describe_cerberus(weights: Weights, heads: Iterable[str] | None) -> ModelDescription:
+    from cerberus_batch.model.cerberus import describe_cerberus
+
+    return describe_cerberus(weights, heads)
+
+
+def _build_stain(weights: Weights, **options: Any) -> Predictor:
+    from cerberus_batch.model.stain import StainPredictor
+
+    return StainPredictor()  # no weights, numpy on the CPU: the options do not apply
+
+
+def _describe_stain(weights: Weights, heads: Iterable[str] | None) -> ModelDescription:
+    from cerberus_batch.model.stain import StainPredictor
+
+    return StainPredictor.describe()
+
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    "cerberus": ModelKind(_build_cerberus, _describe_cerberus),
+    "stain": ModelKind(_build_stain, _describe_stain),
+}
+
+
+def model_kind(name: str) -> ModelKind:
+    """The registered kind `name`, or a one-line refusal naming the kinds there are."""
+    try:
+        return MODEL_KINDS[name]
+    except KeyError:
+        raise SettingError(f"model kind {name!r}: unknown; expected one of {', '.join(MODEL_KINDS)}") from None
 
 
 def build_predictor(
-    kind: Literal["cerberus", "stain"],
-    weights: str | Path | None = None,
+    kind: str,
+    weights: Weights = None,
     *,
     heads: Iterable[str] | None = None,
     mode: Literal["tile", "patch"] = "tile",
@@ -23,10 +74,11 @@ def build_predictor(
 ) -> Predictor:
     """A model of `kind`; Cerberus loads `weights` (the official folder) and honours the other options
     (`memory`: the bytes its batches may use on the CPU, default what is free)."""
-    if kind == "stain":
-        from cerberus_batch.model.stain import StainPredictor
+    return model_kind(kind).build(
+        weights, heads=heads, mode=mode, tile=tile, batch_size=batch_size, device=device, amp=amp, memory=memory,
+    )
 
-        return StainPredictor()
-    from cerberus_batch.model.cerberus import CerberusPredictor
 
-    return CerberusPredictor(weights, heads=heads, mode=mode, tile=tile, batch_size=batch_size, device=device, amp=amp, memory=memory)
+def describe_model(kind: str, weights: Weights = None, heads: Iterable[str] | None = None) -> ModelDescription:
+    """What `build_predictor(kind, weights, heads=heads)` will say of itself (kind, heads, class names, identity)."""
+    return model_kind(kind).describe(weights, heads)

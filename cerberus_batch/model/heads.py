@@ -10,8 +10,9 @@ from torch import nn
 
 from cerberus_batch.grid import CELL, CONTEXT
 from cerberus_batch.model.decoder import ConvBlock
+from cerberus_batch.model.encoder import ResNet34Encoder
 
-FEATURE_STRIDE = 16  # input px per layer-4 feature cell
+FEATURE_STRIDE = ResNet34Encoder.output_stride  # input px per layer-4 feature cell
 CELL_FEATURES = CELL // FEATURE_STRIDE  # 9
 
 
@@ -27,9 +28,9 @@ class Classifier(nn.Module):
 
 
 class PixelHead(nn.Module):
-    """64 decoder channels -> 96 (1x1 ConvBlock) -> `classes` logits, at the decoder's resolution."""
+    """The decoder's channels -> 96 (1x1 ConvBlock) -> `classes` logits, at the decoder's resolution."""
 
-    def __init__(self, classes: int, in_channels: int = 64, hidden: int = 96) -> None:
+    def __init__(self, classes: int, in_channels: int, hidden: int = 96) -> None:
         super().__init__()
         self.x = nn.Sequential(ConvBlock((in_channels, hidden), kernel=1), Classifier(hidden, classes))
 
@@ -42,7 +43,7 @@ class PatchClassifier(nn.Sequential):
 
     conv_bn_pairs = (("conv1", "bn2"),)  # bn1 comes before any conv (pre-activation), so it stays
 
-    def __init__(self, classes: int, in_channels: int = 512, hidden: int = 256) -> None:
+    def __init__(self, classes: int, in_channels: int, hidden: int = 256) -> None:
         super().__init__(
             OrderedDict(
                 bn1=nn.BatchNorm2d(in_channels),

@@ -24,6 +24,19 @@ def output_key(decoder: str, head: str) -> str:
     return f"{decoder.split('#')[0]}-{head}"
 
 
+def considered_decoders(
+    decoder_kwargs: Mapping[str, Mapping[str, int]], considered_tasks: Iterable[str] = RELEASED_TASKS,
+) -> dict[str, dict[str, int]]:
+    """{decoder: {head: classes}} of the decoders a model holds: those of `considered_tasks`, in settings order."""
+    considered = set(considered_tasks)
+    return {d: dict(h) for d, h in decoder_kwargs.items() if d in considered}
+
+
+def output_classes(decoder_heads: Mapping[str, Mapping[str, int]], running: Iterable[str]) -> dict[str, int]:
+    """Logit channels of each output key of the `running` decoders, in forward order."""
+    return {output_key(d, h): classes for d in running for h, classes in decoder_heads[d].items()}
+
+
 def resolve_decoders(requested: Iterable[str] | None, decoder_heads: Mapping[str, Mapping[str, int]]) -> tuple[str, ...]:
     """The decoders to run, in model order, for user spellings, decoder names or output keys.
 

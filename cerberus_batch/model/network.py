@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -11,7 +11,9 @@ from cerberus_batch.grid import CONTEXT
 from cerberus_batch.model.decoder import PixelDecoder, decoder_windows
 from cerberus_batch.model.encoder import ResNet34Encoder
 from cerberus_batch.model.heads import PatchClassifier, PixelHead, pool_cells, pool_patch
-from cerberus_batch.model.naming import PATCH_CLASS, RELEASED_TASKS, output_key, resolve_decoders
+from cerberus_batch.model.naming import (
+    PATCH_CLASS, RELEASED_TASKS, considered_decoders, output_classes, output_key, resolve_decoders,
+)
 
 
 class CerberusNet(nn.Module):
@@ -24,28 +26,27 @@ class CerberusNet(nn.Module):
         self, decoder_kwargs: Mapping[str, Mapping[str, int]], considered_tasks: Sequence[str] = RELEASED_TASKS
     ) -> None:
         super().__init__()
-        self.decoder_kwargs = {d: dict(h) for d, h in decoder_kwargs.items() if d in considered_tasks}
+        self.decoder_kwargs = considered_decoders(decoder_kwargs, considered_tasks)
         self.backbone = ResNet34Encoder()
-        self.conv_map = nn.Conv2d(512, 256, 1, bias=False)
+        widths = self.backbone.out_channels
+        skips = widths[-2::-1]  # x3 .. x0, as the decoders add them
+        self.conv_map = nn.Conv2d(widths[-1], skips[0], 1, bias=False)  # x4 to the first skip's width
         self.decoder_head = nn.ModuleDict()
         for decoder, heads in self.decoder_kwargs.items():
             if decoder == PATCH_CLASS:
-                self.decoder_head[decoder] = PatchClassifier(next(iter(heads.values())))
+                self.decoder_head[decoder] = PatchClassifier(next(iter(heads.values())), widths[-1])
             else:
-                self.decoder_head[decoder] = PixelDecoder()
+                self.decoder_head[decoder] = PixelDecoder(skips)
         self.output_head = nn.ModuleDict(
             {
-                decoder: nn.ModuleDict({head: PixelHead(classes) for head, classes in heads.items()})
+                decoder: nn.ModuleDict(
+                    {head: PixelHead(classes, self.decoder_head[decoder].out_channels) for head, classes in heads.items()}
+                )
                 for decoder, heads in self.decoder_kwargs.items()
                 if decoder != PATCH_CLASS
             }
         )
         self.running = tuple(self.decoder_kwargs)
-
-    @classmethod
-    def from_settings(cls, model_kwargs: Mapping[str, Any]) -> CerberusNet:
-        """From `settings.yml`'s `model_kwargs`; a missing `considered_tasks` means the released six."""
-        return cls(model_kwargs["decoder_kwargs"], model_kwargs.get("considered_tasks") or RELEASED_TASKS)
 
     def run_only(self, heads: Iterable[str] | None) -> CerberusNet:
         """Restrict forward to the decoders behind `heads` (see `resolve_decoders`); None runs all."""
@@ -55,7 +56,7 @@ class CerberusNet(nn.Module):
     @property
     def output_classes(self) -> dict[str, int]:
         """Logit channels of each running output key, in forward order."""
-        return {output_key(d, h): classes for d in self.running for h, classes in self.decoder_kwargs[d].items()}
+        return output_classes(self.decoder_kwargs, self.running)
 
     def forward(self, images: torch.Tensor, per_cell: bool = False) -> dict[str, torch.Tensor]:
         """Raw logits of the running heads for float NCHW RGB in 0..255 (H, W divisible by 16).
@@ -80,7 +81,8 @@ class CerberusNet(nn.Module):
         start = self.conv_map(x4) if any(d != PATCH_CLASS for d in self.running) else None
         height, width = images.shape[-2:]
         keep = ((margin, height - margin), (margin, width - margin))
-        windows = decoder_windows((height, width), keep) if margin else None  # pixel heads see the output only
+        stages = len(self.backbone.out_channels) - 1
+        windows = decoder_windows((height, width), keep, stages) if margin else None  # pixel heads see the output only
         for decoder in self.running:
             if decoder == PATCH_CLASS:
                 pooled = pool_cells(x4) if per_cell else pool_patch(x4)

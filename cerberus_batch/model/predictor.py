@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
 import numpy as np
@@ -30,6 +31,16 @@ class Predictor(Protocol):
     identity: str  # stable hash of what determines the outputs (settings, weights, heads)
 
     def predict(self, image: np.ndarray, tissue: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a predictor says of itself (the Predictor fields of the same names), known without building it."""
+
+    kind: str
+    heads: tuple[str, ...]
+    class_names: Mapping[str, Sequence[str]]
+    identity: str
 
 
 def output_size(image: np.ndarray) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 
 from cerberus_batch.grid import CELL, CONTEXT
-from cerberus_batch.model.predictor import output_size
+from cerberus_batch.model.predictor import ModelDescription, output_size
 
 ALGORITHM = "stain-baseline-v1"
 
@@ -45,6 +45,11 @@ class StainSettings:
         return int(4 * self.smoothing_sigma + 0.5) + self.depth_cap + self.core_window + 1
 
 
+def _identity(settings: StainSettings) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()
+    return f"{ALGORITHM}-{digest[:16]}"
+
+
 def _logistic(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
@@ -67,8 +72,12 @@ class StainPredictor:
         if settings.radius >= CONTEXT:
             raise ValueError(f"StainSettings.radius {settings.radius} px must stay below the {CONTEXT}-px context")
         self.settings = settings
-        digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()
-        self.identity = f"{ALGORITHM}-{digest[:16]}"
+        self.identity = _identity(settings)
+
+    @classmethod
+    def describe(cls, settings: StainSettings = StainSettings()) -> ModelDescription:
+        """What a predictor with `settings` says of itself."""
+        return ModelDescription(cls.kind, cls.heads, cls.class_names, _identity(settings))
 
     def predict(self, image: np.ndarray, tissue: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every cell, `tissue` or not: the whole region costs less than cutting it."""

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from distributed import Client, Future, WorkerPlugin, as_completed
 
 from cerberus_batch.cluster.placement import placement
-from cerberus_batch.errors import ClusterError, first_line
+from cerberus_batch.errors import ClusterError, failure_line, first_line
 from cerberus_batch.pipeline.config import Cohort, SlideEntry
 from cerberus_batch.pipeline.graph import BORDER, INFER, INSTANCES, MERGE, OVERVIEW, PYRAMID, Ref, TaskSpec, slide_tasks
 from cerberus_batch.pipeline.plan import NO_TISSUE
@@ -151,10 +151,10 @@ class CohortRun:
                 except Exception as err:  # noqa: BLE001 - reported as the slide's failure, with its traceback
                     if slide.id not in self.started:  # it had left: the failure is the run's own
                         raise
-                    self.fail(slide, first_line(err, typed=True), traceback.format_exception(err))
+                    self.fail(slide, failure_line(err), traceback.format_exception(err))
             elif future.status == "error":
                 err = future.exception()
-                self.fail(slide, first_line(err, typed=True), traceback.format_exception(type(err), err, future.traceback()))
+                self.fail(slide, failure_line(err), traceback.format_exception(type(err), err, future.traceback()))
             else:  # cancelled or lost: the slide cannot finish in this run
                 self.fail(slide, f"task {future.key} was {future.status}")
             # Still pending while it is handled: a slide that leaves lets go of it with the rest,

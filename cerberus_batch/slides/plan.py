@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cerberus_batch.defaults import CHUNK
-from cerberus_batch.errors import SlideError
+from cerberus_batch.errors import SettingError, SlideError
 from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, Tile, chunk_tissue, tissue_tiles
 from cerberus_batch.slides.mask import TissueMask
 from cerberus_batch.slides.transform import Transform
@@ -142,7 +142,7 @@ def check_extent(view: SlideView) -> None:
 def plan_chunks(view: SlideView, mask: TissueMask, chunk: int = CHUNK, slide_id: str = "") -> ChunkPlan:
     """The deterministic chunk plan of a slide at its processing resolution."""
     if chunk <= 0 or chunk % CELL:
-        raise ValueError(f"chunk: {chunk} is not a positive multiple of the {CELL}-px cell")
+        raise SettingError(f"chunk: {chunk} is not a positive multiple of the {CELL}-px cell")
     h, w = view.shape
     tissue_px = cell_tissue(mask, (h, w))
     tissue = tissue_px > 0
