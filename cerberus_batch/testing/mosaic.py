@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cerberus_batch.defaults import PROCESSING_MPP  # where the source's tissue is measured
+from cerberus_batch.errors import SlideError
 from cerberus_batch.testing.svs import THUMBNAIL_SIZE, TILE, Encoding, write_svs
 
 DOWNSAMPLES = (4, 16)  # reduced levels; ÷16 serves the ~8 µm/px tissue mask at 0.5 µm/px
@@ -49,7 +50,7 @@ def write_mosaic(
 
     Give the mosaic's `grid` as (columns, rows) of copies, or a `tissue_mm2` to aim for: the
     nearest-to-square grid with ceil(tissue_mm2 / one copy's tissue) copies, one copy's tissue
-    being the area the pipeline's automatic mask finds on the source at 0.5 µm/px. (Seams join
+    being the area the pipeline's automatic mask finds on the source at PROCESSING_MPP. (Seams join
     tissue with its mirror image, so the mosaic's own mask area is close to, not exactly, copies
     × that.) `compression` is any tifffile codec name, or None for uncompressed (bit-exact) tiles.
     """
@@ -60,7 +61,7 @@ def write_mosaic(
         raise ValueError("give exactly one of grid or tissue_mm2")
     with open_slide(source) as slide:
         if slide.info.mpp is None:
-            raise ValueError(f"{source}: the source slide has no µm/px in its metadata")
+            raise SlideError(source, "the source slide has no µm/px in its metadata")
         mpp = float(slide.info.mpp[0])
         w, h = slide.info.dimensions
         image = slide.read_level(0, 0, 0, w, h)
