@@ -234,11 +234,12 @@ def test_fresh_removes_only_what_we_wrote(tmp_path, cluster):
 
 
 def test_the_rerun_sweeps_what_a_kill_left_half_written(tmp_path, cluster):
-    cohort = load_cohort(small_cohort(tmp_path, ids=("wide",), size=(2400, 640)))  # maps over 1,000 px: viewer levels
+    # Maps of 2400 processing px: levels 1 (the chunk tasks') and 2 (the pyramid task's).
+    cohort = load_cohort(small_cohort(tmp_path, ids=("wide",), size=(4800, 640)))
     output = tmp_path / "out"
     layout = OutputLayout(output)
     assert run_cohort(cohort, show_progress=False, cluster=cluster).status == "ok"
-    assert (layout.maps("wide") / "nuclei_prob" / "1").is_dir()
+    assert (layout.maps("wide") / "nuclei_prob" / "2").is_dir()
     # A worker killed while it builds the viewer levels, before the ledger records them ...
     code = (
         "import os, signal, sys\n"
@@ -253,13 +254,13 @@ def test_the_rerun_sweeps_what_a_kill_left_half_written(tmp_path, cluster):
     # ... and one killed while it writes the slide's mask.
     killed_inside_atomic_path(layout.mask("wide"))
     left = leftovers(output)
-    assert any(name.startswith("maps/wide/") and "/.1." in name for name in left), left
+    assert any(name.startswith("maps/wide/") and "/.2." in name for name in left), left
     assert any(name.startswith("masks/.wide.png.") for name in left), left
 
     report = run_cohort(cohort, show_progress=False, cluster=cluster)
     assert report.status == "ok" and report.slides["wide"].chunks_skipped == report.slides["wide"].chunks
     assert leftovers(output) == []
-    assert (layout.maps("wide") / "nuclei_prob" / "1").is_dir()
+    assert (layout.maps("wide") / "nuclei_prob" / "2").is_dir()
 
 
 def test_an_output_of_version_0_2_resumes_its_files_being_ours(tmp_path):

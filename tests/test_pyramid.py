@@ -18,8 +18,7 @@ from cerberus_batch.grid import CELL
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, Ledger
-from cerberus_batch.storage.pyramid import halve, level_shapes
-from cerberus_batch.storage.zarr_maps import MEAN, MODE
+from cerberus_batch.storage.levels import MEAN, MODE, halve, level_shapes
 from cerberus_batch.testing.slides import make_synthetic_slide
 from cerberus_batch.vocabulary import HEAD_MAPS
 
@@ -188,8 +187,10 @@ def test_the_pyramid_waits_for_the_slides_inference_and_nothing_waits_for_it(wid
 
 def test_a_rerun_keeps_the_levels_unless_the_maps_were_recomputed(wide, cluster):
     cohort, _ = wide
-    level = cohort.output / "maps" / "wide" / "nuclei_prob" / "1"
-    built = level.stat().st_ino  # a rebuild renames a new folder into place
+    # The last level, which the pyramid task makes (the first ones are the chunk tasks'); a rebuild renames
+    # a new folder into place.
+    level = cohort.output / "maps" / "wide" / "nuclei_prob" / str(len(NUCLEI_LEVELS) - 1)
+    built = level.stat().st_ino
     report, graph = run_seen(cohort, cluster)
     assert report.status == "ok" and report.slides["wide"].chunks_computed == 0, report.slides
     assert graph.waited_for == [] and level.stat().st_ino == built
@@ -213,3 +214,14 @@ def test_a_rerun_keeps_the_levels_unless_the_maps_were_recomputed(wide, cluster)
     assert report.status == "failed" and outcome.status == "failed", report.slides
     assert "gaussian" in outcome.error and "\n" not in outcome.error
     assert "Traceback" in (cohort.output / "logs" / "wide.log").read_text()
+
+
+def test_levels_made_chunk_by_chunk_equal_the_map_halved_whole(wide):
+    """The chunk tasks halve their own maps (the first levels), the pyramid task the rest: every level is
+    its predecessor halved as one array, odd last rows and columns included."""
+    cohort, _ = wide
+    for name, group in maps_of(cohort).items():
+        method = MEAN if STORED[name].form == "prob" else MODE
+        levels = level_shapes(group["0"].shape)
+        for k in range(1, len(levels)):
+            np.testing.assert_array_equal(group[str(k)][:], halve(group[str(k - 1)][:], method), err_msg=f"{name} level {k}")

@@ -22,13 +22,14 @@ import zarr
 
 from cerberus_batch.quantisation import CLASS_DTYPE
 from cerberus_batch.storage.atomic import atomic_path, fsync_tree
+from cerberus_batch.storage.levels import MEAN, MODE, chunk_levels, halve, level_shapes
 from cerberus_batch.vocabulary import StoredMap
 
 LEVEL0 = "0"  # a map's full-resolution array, inside the map's group
-MEAN, MODE = "mean", "mode"  # a map's multiscale `type`: how its levels are made (`storage.pyramid`)
-# The slide group's layout: 2, a group per map. Groups without it held each map as an array of
-# the slide group; they never match, so their slides are computed again in this layout.
-LAYOUT = {"maps_layout": 2}
+# The slide group's layout: 3, a group per map with its first levels made by the chunk tasks. Groups of
+# another layout (2: levels made after the slide; none: each map an array of the slide group) never
+# match, so their slides are computed again in this layout.
+LAYOUT = {"maps_layout": 3}
 
 
 def maps_match(path: Path, attrs: Mapping[str, Any]) -> bool:
@@ -60,24 +61,26 @@ def create_slide_maps(
         group = zarr.open_group(partial, mode="w", zarr_format=3)
         h, w = shape
         for spec in specs:
-            size = (h // spec.downsample, w // spec.downsample)
-            tile = (max(1, chunk // spec.downsample),) * 2
+            side = max(1, chunk // spec.downsample)
             lead = () if spec.channels is None else (spec.channels,)
+            shapes = level_shapes(lead + (h // spec.downsample, w // spec.downsample))
             image = group.create_group(spec.name, attributes={"ome": _ngff(spec, float(attrs["mpp"]))})
-            image.create_array(
-                LEVEL0,
-                shape=lead + size,
-                chunks=lead + tile,
-                dtype=dtype if spec.probability else CLASS_DTYPE,
-                fill_value=0,
-                dimension_names=(("c",) if lead else ()) + ("y", "x"),
-            )
+            for k in range(1 + chunk_levels(side, len(shapes))):  # level 0 and those its chunk tasks write
+                image.create_array(
+                    str(k),
+                    shape=shapes[k],
+                    chunks=lead + (side >> k,) * 2,
+                    dtype=dtype if spec.probability else CLASS_DTYPE,
+                    fill_value=0,
+                    dimension_names=(("c",) if lead else ()) + ("y", "x"),
+                )
         group.attrs.update({**_plain(attrs), **LAYOUT})
     return zarr.open_group(path, mode="r+")
 
 
 def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[StoredMap]) -> None:
-    """Write one chunk task's maps, then flush them to disk; (x, y) is its processing-pixel origin.
+    """Write one chunk task's maps, and the levels it makes of them (`levels.chunk_levels`), then flush
+    them to disk; (x, y) is its processing-pixel origin, on the chunk grid.
 
     Zarr renames chunk files into place, creating their folders (`c/0/<row>/`), but never
     fsyncs either; the resume ledger may only record a chunk whose bytes and folder entries
@@ -85,20 +88,27 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
     """
     for spec in specs:
         values = stored[spec.name]
+        image = group[spec.name]
+        level0 = image[LEVEL0]
         ys, xs = y // spec.downsample, x // spec.downsample
-        window = (slice(ys, ys + values.shape[-2]), slice(xs, xs + values.shape[-1]))
-        if spec.channels is not None:
-            window = (slice(None),) + window
-        array = group[f"{spec.name}/{LEVEL0}"]
-        array[window] = values
-        side = array.chunks[-1]
-        key = (0,) * (array.ndim - 2) + (ys // side, xs // side)
-        folder = Path(group.store.root) / group.path / spec.name / LEVEL0
-        chunk_file = folder / "c" / "/".join(map(str, key))
-        # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
-        written = chunk_file if chunk_file.is_file() else chunk_file.parent
-        if written.exists():
-            fsync_tree(folder, written)
+        for k in range(1 + chunk_levels(level0.chunks[-1], len(level_shapes(level0.shape)))):
+            if k:
+                values = halve(values, MEAN if spec.probability else MODE)
+            _write_durably(image[str(k)], ys >> k, xs >> k, values)
+
+
+def _write_durably(array: zarr.Array, ys: int, xs: int, values: np.ndarray) -> None:
+    """Write `values` at map px (ys, xs), one chunk of `array`, and flush its file and folder."""
+    window = (slice(ys, ys + values.shape[-2]), slice(xs, xs + values.shape[-1]))
+    array[(slice(None),) * (array.ndim - 2) + window] = values
+    side = array.chunks[-1]
+    key = (0,) * (array.ndim - 2) + (ys // side, xs // side)
+    folder = Path(array.store.root) / array.path
+    chunk_file = folder / "c" / "/".join(map(str, key))
+    # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
+    written = chunk_file if chunk_file.is_file() else chunk_file.parent
+    if written.exists():
+        fsync_tree(folder, written)
 
 
 def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:
