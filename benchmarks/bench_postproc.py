@@ -31,8 +31,11 @@ from cerberus_batch.pipeline.config import ProcessingSpec  # noqa: E402
 from cerberus_batch.quantisation import dequantise  # noqa: E402
 from cerberus_batch.slides import Transform  # noqa: E402
 from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps  # noqa: E402
-from cerberus_batch.tasks.merge import chunk_instances, merge_slide  # noqa: E402
-from cerberus_batch.tasks.postprocess import ObjectKind, cerberus_kinds  # noqa: E402
+from cerberus_batch.tasks.chunk import chunk_instances  # noqa: E402
+from cerberus_batch.tasks.geometry import SlideGeometry  # noqa: E402
+from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds  # noqa: E402
+from cerberus_batch.tasks.merge import merge_slide  # noqa: E402
+from cerberus_batch.tasks.postprocess import ObjectKind  # noqa: E402
 from cerberus_batch.testing.maps import synthetic_maps  # noqa: E402
 
 REPEATS = 3  # best of, for both
@@ -110,10 +113,10 @@ def main() -> None:
     height, width = maps["nuclei_prob"].shape[1:]
     boxes = [(x, y, min(args.chunk, width - x), min(args.chunk, height - y))
              for y in range(0, height, args.chunk) for x in range(0, width, args.chunk)]
-    place = dict(slide_id="bench", transform=Transform(1.0, 1.0), mpp=0.5)
+    geometry = SlideGeometry("bench", Transform(1.0, 1.0), 0.5)
     nuclei, glands, lumens = cerberus_kinds()
     print(f"maps: {source}, {height} x {width} px, {len(boxes)} chunks of {args.chunk} px, 1 core, best of {REPEATS}")
-    chunk_instances(maps, boxes[0], kinds=(nuclei,), **place)  # compile once, outside the timing
+    chunk_instances(maps, boxes[0], geometry, SlideKinds((nuclei,)))  # compile once, outside the timing
     for label, kinds in (("nuclei", (nuclei,)), ("glands+lumens", (glands, lumens))):
         present = [k for k in kinds if k.prob_map in maps]
         if not present:
@@ -123,8 +126,8 @@ def main() -> None:
         own = {name: maps[name] for kind in present for name in (kind.prob_map, kind.class_map) if name in maps}
 
         def ours():
-            results = [chunk_instances(own, box, kinds=present, **place) for box in boxes]
-            return merge_slide(own, results, kinds=present, **place)
+            results = [chunk_instances(own, box, geometry, SlideKinds(tuple(present))) for box in boxes]
+            return merge_slide(own, results, geometry, SlideKinds(tuple(present)))
 
         def baseline():
             found = 0

@@ -51,7 +51,10 @@ from distributed import Client, LocalCluster, get_task_stream
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import Transform
-from cerberus_batch.tasks.merge import chunk_instances, merge_slide
+from cerberus_batch.tasks.chunk import chunk_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds
+from cerberus_batch.tasks.merge import merge_slide
 from cerberus_batch.testing.maps import synthetic_maps
 from cerberus_batch.testing.mosaic import write_mosaic
 
@@ -244,9 +247,9 @@ def compile_postprocessing() -> None:
     """Post-process small synthetic maps here first: numba keeps the compiled code in its on-disk cache,
     so no worker compiles inside a timed run (seconds of a chunk task, and LLVM's memory in its peak RSS)."""
     maps = synthetic_maps(1152, 1152, seed=0)
-    place = dict(slide_id="compile", transform=Transform(1.0, 1.0), mpp=0.5)
+    geometry, kinds = SlideGeometry("compile", Transform(1.0, 1.0), 0.5), SlideKinds.for_model()
     boxes = [(x, y, 576, 576) for y in (0, 576) for x in (0, 576)]
-    merge_slide(maps, [chunk_instances(maps, box, **place) for box in boxes], **place)
+    merge_slide(maps, [chunk_instances(maps, box, geometry, kinds) for box in boxes], geometry, kinds)
 
 
 def mosaic_arguments(description: str) -> argparse.ArgumentParser:

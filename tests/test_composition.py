@@ -12,7 +12,10 @@ from cerberus_batch.pipeline.crossed import slide_crossed
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import write_slide_tables
-from cerberus_batch.tasks.merge import chunk_instances, merge_slide
+from cerberus_batch.tasks.chunk import chunk_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds
+from cerberus_batch.tasks.merge import merge_slide
 from cerberus_batch.testing.maps import synthetic_maps
 from cerberus_batch.vocabulary import HEAD_MAPS, TISSUE
 
@@ -24,8 +27,11 @@ NAMES = TISSUE.classes
 CELL_MM2 = (144 * MPP) ** 2 / 1e6
 
 
-def place(slide_id: str) -> dict:
-    return dict(slide_id=slide_id, transform=TRANSFORM, mpp=MPP, bounds=TRANSFORM.to_level0(*EXTENT), tissue_classes=NAMES)
+KINDS = SlideKinds.for_model()
+
+
+def geometry(slide_id: str) -> SlideGeometry:
+    return SlideGeometry(slide_id, TRANSFORM, MPP, TRANSFORM.to_level0(*EXTENT))
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +55,10 @@ def boxes(size: int) -> list[tuple[int, int, int, int]]:
 def crossed(request, maps, mask_px, tmp_path_factory):
     out = tmp_path_factory.mktemp("crossed")
     slide = f"s{request.param}"
-    results = [chunk_instances(maps, box, **place(slide)) for box in boxes(request.param or max(HEIGHT, WIDTH))]
-    tables = merge_slide(maps, results, **place(slide))
+    results = [chunk_instances(maps, box, geometry(slide), KINDS) for box in boxes(request.param or max(HEIGHT, WIDTH))]
+    tables = merge_slide(maps, results, geometry(slide), KINDS)
     write_slide_tables(out, slide, tables)
-    areas, readouts, rows = slide_crossed(out, slide, maps, place(slide), mask_px)
+    areas, readouts, rows = slide_crossed(out, maps, geometry(slide), NAMES, mask_px)
     summary = slide_summary(out, slide, 1.0, areas, 0.0, readouts, rows, HEAD_MAPS)
     return tables, areas, readouts, rows, summary
 
@@ -101,7 +107,7 @@ def test_areas_are_the_typed_cells_on_the_slide_and_densities_divide_by_them(cro
     expected = expected_areas(maps, mask_px)
     assert areas == pytest.approx(expected, rel=1e-12)
     assert areas["background"] < (maps["tissue_class"] == 0).sum() * CELL_MM2, "background cells without mask tissue left out"
-    tissue = merge_slide(maps, [], **place("polygons"))["tissue"]  # the polygons of the typed cells
+    tissue = merge_slide(maps, [], geometry("polygons"), KINDS)["tissue"]  # the polygons of the typed cells
     for name, mm2 in (tissue.groupby("class_name")["area_um2"].sum() / 1e6).items():
         assert areas[name] == pytest.approx(mm2, rel=1e-12), name
         assert summary[f"tissue_{name}_mm2"] == pytest.approx(mm2, rel=1e-12)
@@ -145,15 +151,15 @@ def test_readouts_equal_their_definitions(crossed, maps, mask_px) -> None:
 
 def test_a_readout_whose_tissue_is_absent_is_null(maps, mask_px, tmp_path) -> None:
     no_tumour = dict(maps, tissue_class=np.where(np.isin(maps["tissue_class"], (1, 5)), 2, maps["tissue_class"]).astype(np.uint8))
-    write_slide_tables(tmp_path, "n", merge_slide(no_tumour, [chunk_instances(no_tumour, b, **place("n")) for b in boxes(2016)],
-                                                  **place("n")))
-    _, readouts, rows = slide_crossed(tmp_path, "n", no_tumour, place("n"), mask_px)[0:3]
+    parts = [chunk_instances(no_tumour, b, geometry("n"), KINDS) for b in boxes(2016)]
+    write_slide_tables(tmp_path, "n", merge_slide(no_tumour, parts, geometry("n"), KINDS))
+    _, readouts, rows = slide_crossed(tmp_path, no_tumour, geometry("n"), NAMES, mask_px)[0:3]
     assert readouts == {"tumour_stroma_ratio": None, "stromal_lymphocytes_per_mm2": None,
                         "intraepithelial_lymphocytes_per_mm2": None, "front_lymphocytes_per_mm2": None,
                         "front_stroma_mm2": 0.0}
     without = {k: v for k, v in maps.items() if k != "tissue_class"}
-    write_slide_tables(tmp_path, "t", merge_slide(without, [chunk_instances(without, b, **place("t")) for b in boxes(2016)],
-                                                  **place("t")))
-    areas, readouts, rows = slide_crossed(tmp_path, "t", without, place("t"), mask_px)
+    parts = [chunk_instances(without, b, geometry("t"), KINDS) for b in boxes(2016)]
+    write_slide_tables(tmp_path, "t", merge_slide(without, parts, geometry("t"), KINDS))
+    areas, readouts, rows = slide_crossed(tmp_path, without, geometry("t"), NAMES, mask_px)
     assert areas == {} and all(v is None for v in readouts.values()), "no tissue map: not even the front's area is 0"
     assert rows and all(r["tissue_name"] is None and r["tissue_mm2"] is None and r["per_mm2"] is None for r in rows)

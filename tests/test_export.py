@@ -18,7 +18,9 @@ from cerberus_batch.slides import Transform
 from cerberus_batch.storage.colours import INSTANCE_COLOURS, KIND_COLOURS, TISSUE_COLOURS, tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import read_table, write_slide_tables
-from cerberus_batch.tasks.merge import slide_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds
+from cerberus_batch.tasks.whole import slide_instances
 from cerberus_batch.testing.maps import synthetic_maps
 from cerberus_batch.testing.slides import make_synthetic_slide
 
@@ -37,8 +39,8 @@ def output(tmp_path_factory):
     """Two slides' tables from the real post-processing; a fractional transform gives non-integer coordinates."""
     out = tmp_path_factory.mktemp("cohort")
     for seed, slide_id in enumerate(SLIDES):
-        tables = slide_instances(synthetic_maps(576, 720, seed=seed), slide_id=slide_id,
-                                 transform=Transform(1.996, 1.996, 10.5, 3.25), mpp=0.5)
+        geometry = SlideGeometry(slide_id, Transform(1.996, 1.996, 10.5, 3.25), 0.5)
+        tables = slide_instances(synthetic_maps(576, 720, seed=seed), geometry, SlideKinds.for_model())
         write_slide_tables(out, slide_id, tables)
     return out
 

@@ -18,8 +18,11 @@ from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays
-from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances
-from cerberus_batch.tasks.postprocess import cerberus_kinds
+from cerberus_batch.tasks.chunk import chunk_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds
+from cerberus_batch.tasks.merge import merge_slide
+from cerberus_batch.tasks.whole import slide_instances
 from cerberus_batch.testing.slides import make_synthetic_slide
 from conftest import mask_file
 
@@ -54,16 +57,20 @@ def assert_same(expected: dict, actual: dict) -> None:
         assert (shapely.to_wkb(a.geometry.values) == shapely.to_wkb(b.geometry.values)).all(), kind
 
 
+def geometry_of(slide_id: str, attrs: dict) -> SlideGeometry:
+    return SlideGeometry(slide_id, Transform.from_dict(attrs["transform"]), attrs["mpp"], tuple(attrs["slide_dimensions"]))
+
+
+def kinds_of(attrs: dict) -> SlideKinds:
+    return SlideKinds(cerberus_kinds("wsi", attrs["class_names"]), tuple(attrs["class_names"]["Patch-Class"]))
+
+
 def in_memory_reference(output: Path, slide_id: str) -> dict:
     """The definition of exact: post-processing applied to the whole-slide maps read into memory."""
     group = zarr.open_group(output / "maps" / slide_id, mode="r")
     maps = {name: array[...] for name, array in map_arrays(group).items()}
     attrs = dict(group.attrs)
-    found = slide_instances(
-        maps, slide_id=slide_id, transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
-        bounds=tuple(attrs["slide_dimensions"]), kinds=cerberus_kinds("wsi", attrs["class_names"]),
-        tissue_classes=attrs["class_names"]["Patch-Class"],
-    )
+    found = slide_instances(maps, geometry_of(slide_id, attrs), kinds_of(attrs))
     return {kind: table.assign(slide_id=table["slide_id"].astype(str)).sort_values("instance_id").reset_index(drop=True)[
         ["slide_id"] + [c for c in table.columns if c != "slide_id"]] for kind, table in found.items()}
 
@@ -151,12 +158,11 @@ def test_cerberus_instances_exact_on_real_slide(cmu_slide, parity_model_dir, clu
     attrs = dict(group.attrs)
     maps = map_arrays(group)
     h, w = maps["nuclei_prob"].shape[1:]
-    place = dict(slide_id="cmu", transform=Transform.from_dict(attrs["transform"]), mpp=attrs["mpp"],
-                 bounds=tuple(attrs["slide_dimensions"]), kinds=cerberus_kinds("wsi", attrs["class_names"]))
+    geometry, kinds = geometry_of("cmu", attrs), kinds_of(attrs)
     for size in (432, 1008, max(h, w)):
         boxes = [(x, y, min(size, w - x), min(size, h - y)) for y in range(0, h, size) for x in range(0, w, size)]
-        parts = [chunk_instances(maps, box, **place) for box in boxes]
-        merged = merge_slide(maps, parts, tissue_classes=attrs["class_names"]["Patch-Class"], **place)
+        parts = [chunk_instances(maps, box, geometry, kinds) for box in boxes]
+        merged = merge_slide(maps, parts, geometry, kinds)
         for kind in KINDS:
             got = merged[kind].sort_values("instance_id").reset_index(drop=True)
             got = got.assign(slide_id=got["slide_id"].astype(str))[expected[kind].columns]

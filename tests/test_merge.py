@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import geopandas as gpd
 import numpy as np
@@ -12,12 +13,17 @@ import shapely
 import zarr
 
 from cerberus_batch.slides import Transform
-from cerberus_batch.tasks.merge import border_nuclei, border_shares, chunk_instances, merge_slide, slide_instances
-from cerberus_batch.tasks.postprocess import cerberus_kinds
+from cerberus_batch.tasks.border import border_nuclei, border_shares
+from cerberus_batch.tasks.chunk import chunk_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds
+from cerberus_batch.tasks.merge import merge_slide
+from cerberus_batch.tasks.whole import slide_instances
 from cerberus_batch.testing.maps import synthetic_maps
 
 HEIGHT, WIDTH = 1152, 1584  # processing px: 8 × 11 cells
-PLACE = dict(slide_id="slide-1", transform=Transform(2.0, 2.0, 7.0, 3.0), mpp=0.5)
+GEOMETRY = SlideGeometry("slide-1", Transform(2.0, 2.0, 7.0, 3.0), 0.5)
+KINDS = SlideKinds.for_model()
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +33,7 @@ def maps() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def whole(maps):
-    return slide_instances(maps, **PLACE)
+    return slide_instances(maps, GEOMETRY, KINDS)
 
 
 def chunk_boxes(size: int, height: int = HEIGHT, width: int = WIDTH) -> list[tuple[int, int, int, int]]:
@@ -59,19 +65,19 @@ def test_whole_slide_has_realistic_content(whole) -> None:
 
 @pytest.mark.parametrize("size", [432, 1008, max(HEIGHT, WIDTH)])
 def test_chunked_equals_whole_slide(maps, whole, size) -> None:
-    results = [chunk_instances(maps, box, **PLACE) for box in chunk_boxes(size)]
+    results = [chunk_instances(maps, box, GEOMETRY, KINDS) for box in chunk_boxes(size)]
     if size == 432:
         cut = sum(len(r.fragments["nuclei"].first) for r in results)
         assert cut > 100  # many nuclei straddle chunk faces and corners
-    assert_same_tables(whole, merge_slide(maps, results, **PLACE))
+    assert_same_tables(whole, merge_slide(maps, results, GEOMETRY, KINDS))
 
 
 def test_task_order_does_not_matter(maps, whole) -> None:
     boxes = chunk_boxes(432)
     random.Random(3).shuffle(boxes)
-    results = [chunk_instances(maps, box, **PLACE) for box in boxes]
+    results = [chunk_instances(maps, box, GEOMETRY, KINDS) for box in boxes]
     random.Random(4).shuffle(results)
-    assert_same_tables(whole, merge_slide(maps, results, **PLACE))
+    assert_same_tables(whole, merge_slide(maps, results, GEOMETRY, KINDS))
 
 
 def test_zarr_maps_give_the_same_instances(maps, whole) -> None:
@@ -80,20 +86,20 @@ def test_zarr_maps_give_the_same_instances(maps, whole) -> None:
         tile = (1008 // (2 if array.shape[-1] == WIDTH // 2 else 1),) * 2
         group.create_array(name, data=array, chunks=array.shape[:-2] + tile if array.ndim == 3 else tile)
     stored = {name: group[name] for name in maps}
-    results = [chunk_instances(stored, box, **PLACE) for box in chunk_boxes(1008)]
-    assert_same_tables(whole, merge_slide(stored, results, **PLACE))
+    results = [chunk_instances(stored, box, GEOMETRY, KINDS) for box in chunk_boxes(1008)]
+    assert_same_tables(whole, merge_slide(stored, results, GEOMETRY, KINDS))
 
 
 def test_stain_model_maps_without_glands_or_classes() -> None:
     maps = synthetic_maps(432, 576, seed=2)
     stain = {"nuclei_prob": maps["nuclei_prob"], "tissue_class": (maps["tissue_class"] > 0).astype(np.uint8)}
     nuclei, glands, lumens = cerberus_kinds()
-    kinds = (nuclei.__class__(**{**nuclei.__dict__, "class_map": None, "class_names": ("background", "nucleus")}),
-             glands, lumens)
-    place = dict(PLACE, slide_id="stain", tissue_classes=("background", "tissue"))
-    whole = slide_instances(stain, kinds=kinds, **place)
-    results = [chunk_instances(stain, box, kinds=kinds, **place) for box in chunk_boxes(432, 432, 576)]
-    merged = merge_slide(stain, results, kinds=kinds, **place)
+    unclassed = replace(nuclei, kind=replace(nuclei.kind, class_head=None), class_names=("background", "nucleus"))
+    kinds = SlideKinds((unclassed, glands, lumens), ("background", "tissue"))
+    geometry = replace(GEOMETRY, slide_id="stain")
+    whole = slide_instances(stain, geometry, kinds)
+    results = [chunk_instances(stain, box, geometry, kinds) for box in chunk_boxes(432, 432, 576)]
+    merged = merge_slide(stain, results, geometry, kinds)
     assert_same_tables(whole, merged)
     assert len(merged["glands"]) == 0 and len(merged["lumens"]) == 0 and "lumen_count" in merged["glands"]
     assert set(merged["nuclei"]["class_name"]) == {"nucleus"} and (merged["nuclei"]["class_prob"] == 1).all()
@@ -102,7 +108,7 @@ def test_stain_model_maps_without_glands_or_classes() -> None:
 
 
 def test_objects_know_the_tissue_cell_holding_their_centroid(maps, whole) -> None:
-    transform = PLACE["transform"]
+    transform = GEOMETRY.transform
     for kind in ("nuclei", "glands", "lumens"):
         table = whole[kind]
         x, y = transform.from_level0(table["centroid_x"].to_numpy(), table["centroid_y"].to_numpy())
@@ -116,7 +122,7 @@ def test_objects_know_the_tissue_cell_holding_their_centroid(maps, whole) -> Non
 
 
 def test_without_a_tissue_map_the_tissue_columns_are_null(maps) -> None:
-    found = slide_instances({k: v for k, v in maps.items() if k != "tissue_class"}, **PLACE)
+    found = slide_instances({k: v for k, v in maps.items() if k != "tissue_class"}, GEOMETRY, KINDS)
     for kind in ("nuclei", "glands", "lumens"):
         assert len(found[kind]) and found[kind]["tissue_class"].isna().all() and found[kind]["tissue_name"].isna().all()
         assert str(found[kind]["tissue_class"].dtype) == "Int32"
@@ -137,18 +143,18 @@ def test_nucleus_inside_a_marker_ring_on_a_chunk_corner() -> None:
     radius = np.hypot(yy - 432, xx - 432)
     inner = np.where((radius < 3.5) | ((radius >= 8) & (radius < 14)), 0.9, 0.0)  # island inside a ring
     stored = {"nuclei_prob": np.stack([inner, np.zeros_like(inner)]).astype(np.float32)}
-    kinds = cerberus_kinds()[:1]
-    whole = slide_instances(stored, kinds=kinds, **PLACE)
+    kinds = SlideKinds(cerberus_kinds()[:1])
+    whole = slide_instances(stored, GEOMETRY, kinds)
     # documented deviation: the island keeps its own instance (the reference would give it the ring's label)
     assert len(whole["nuclei"]) == 2
-    results = [chunk_instances(stored, box, kinds=kinds, **PLACE) for box in chunk_boxes(432, 864, 864)]
-    assert_same_tables(whole, merge_slide(stored, results, kinds=kinds, **PLACE))
+    results = [chunk_instances(stored, box, GEOMETRY, kinds) for box in chunk_boxes(432, 864, 864)]
+    assert_same_tables(whole, merge_slide(stored, results, GEOMETRY, kinds))
 
 
 def test_outlines_are_cut_to_a_slide_ending_inside_a_cell_and_a_pixel(maps) -> None:
     """A slide of 1500 x 1100 processing px whose level-0 edge (x = 3006, y = 2202) halves its last pixels."""
     h, w = 1100, 1500
-    bounds = (PLACE["transform"].offset_x + 2 * w - 1, PLACE["transform"].offset_y + 2 * h - 1)
+    bounds = (GEOMETRY.transform.offset_x + 2 * w - 1, GEOMETRY.transform.offset_y + 2 * h - 1)
     stored = {}
     for name, array in maps.items():  # background past the slide, as the inference tasks store it
         down = HEIGHT // array.shape[-2]
@@ -156,10 +162,10 @@ def test_outlines_are_cut_to_a_slide_ending_inside_a_cell_and_a_pixel(maps) -> N
         if down < 144:
             stored[name][..., h // down :, :] = 0
             stored[name][..., :, w // down :] = 0
-    place = dict(PLACE, bounds=bounds)
-    whole = slide_instances(stored, **place)
-    results = [chunk_instances(stored, box, **place) for box in chunk_boxes(432)]
-    assert_same_tables(whole, merge_slide(stored, results, **place))
+    geometry = replace(GEOMETRY, bounds=bounds)
+    whole = slide_instances(stored, geometry, KINDS)
+    results = [chunk_instances(stored, box, geometry, KINDS) for box in chunk_boxes(432)]
+    assert_same_tables(whole, merge_slide(stored, results, geometry, KINDS))
     slide = shapely.box(0, 0, *bounds)
     for kind, table in whole.items():
         assert len(table) and table.geometry.within(slide).all() and table.geometry.is_valid.all(), kind
@@ -171,7 +177,7 @@ def test_outlines_are_cut_to_a_slide_ending_inside_a_cell_and_a_pixel(maps) -> N
     assert np.allclose(tissue["area_um2"], tissue.geometry.area / 4 * 0.5**2)
     assert np.allclose(tissue["centroid_x"], tissue.geometry.centroid.x)
     # Inside the slide nothing changes: nuclei (eroded against the background past it) are never cut.
-    uncut = slide_instances(stored, **PLACE)
+    uncut = slide_instances(stored, GEOMETRY, KINDS)
     assert_same_tables({"nuclei": uncut["nuclei"]}, {"nuclei": whole["nuclei"]})
 
 
@@ -180,11 +186,11 @@ def border_pipeline(maps, size: int, count: int):
     a merge finishing the rest; the nuclei of the staged parts together. Also the shares, and the
     nuclei the merge finished itself."""
     boxes = chunk_boxes(size)
-    results = [chunk_instances(maps, box, **PLACE) for box in boxes]
+    results = [chunk_instances(maps, box, GEOMETRY, KINDS) for box in boxes]
     shares = border_shares(boxes, count)
-    borders = [border_nuclei(maps, [results[i] for i in share.chunks], share, **PLACE) for share in shares]
+    borders = [border_nuclei(maps, [results[i] for i in share.chunks], GEOMETRY, KINDS, share) for share in shares]
     finished = {"nuclei": np.concatenate([b.finished["nuclei"] for b in borders])}
-    merged = merge_slide(maps, results, finished=finished, **PLACE)
+    merged = merge_slide(maps, results, GEOMETRY, KINDS, finished)
     staged = [merged["nuclei"], *(b.tables["nuclei"] for b in borders)]
     nuclei = pd.concat(staged, ignore_index=True).sort_values("instance_id", ignore_index=True)
     return {**merged, "nuclei": gpd.GeoDataFrame(nuclei, geometry="geometry")}, shares, borders, merged["nuclei"]
@@ -208,7 +214,7 @@ def test_a_nucleus_longer_than_a_band_is_finished_by_the_merge(maps) -> None:
     tall = {name: array.copy() for name, array in maps.items()}
     tall["nuclei_prob"][0, 100:620, 700:712] = 255  # inner: a 520-px bar across rows of 144 px
     tall["nuclei_prob"][1, 100:620, 700:712] = 0
-    whole_tall = slide_instances(tall, **PLACE)
+    whole_tall = slide_instances(tall, GEOMETRY, KINDS)
     tables, _, _, by_merge = border_pipeline(tall, 144, 8)
     assert len(by_merge) >= 1 and (by_merge.geometry.bounds["maxy"] - by_merge.geometry.bounds["miny"]).max() > 2 * 2 * 144
     assert_same_tables(whole_tall, tables)

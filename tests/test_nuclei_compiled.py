@@ -3,6 +3,7 @@ whole-window numpy / scipy / skimage passes), table for table, on real H&E maps 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,16 +23,20 @@ from cerberus_batch.slides import Transform, open_slide
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
+from cerberus_batch.tasks.chunk import chunk_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.instances import instance_table
-from cerberus_batch.tasks.merge import chunk_instances, merge_slide, slide_instances, tissue_cells
+from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds
+from cerberus_batch.tasks.merge import merge_slide
 from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei, segment_nuclei
-from cerberus_batch.tasks.postprocess import cerberus_kinds
+from cerberus_batch.tasks.whole import slide_instances
+from cerberus_batch.tasks.windows import tissue_cells
 from cerberus_batch.vocabulary import TISSUE
 from nuclei_reference import segment_nuclei as reference_segment_nuclei
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = Path(__file__).parents[1] / "configs"
-PLACE = dict(slide_id="cmu", transform=Transform(2.0, 2.0, 5.0, 3.0), mpp=0.5)
+GEOMETRY = SlideGeometry("cmu", Transform(2.0, 2.0, 5.0, 3.0), 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +51,16 @@ def cmu_maps(cmu_slide) -> dict[str, np.ndarray]:
 
 def stain_kinds(maps):
     nuclei, glands, lumens = cerberus_kinds()
-    return (nuclei.__class__(**{**nuclei.__dict__, "class_map": None, "class_names": ("background", "nucleus")}),
-            glands, lumens)
+    unclassed = replace(nuclei, kind=replace(nuclei.kind, class_head=None), class_names=("background", "nucleus"))
+    return unclassed, glands, lumens
 
 
-def reference_nuclei_table(maps, kind, place):
+def reference_nuclei_table(maps, kind, geometry):
     inner, contour = dequantise(np.asarray(maps[kind.prob_map]))
     labels, _ = reference_segment_nuclei(inner, contour, kind)
     # Each nucleus's tissue is looked up as the pipeline does: the segmentation is what is compared here.
     return instance_table(labels, None, np.unique(labels[labels > 0]), kind=kind, origin=(0, 0),
-                          map_width=labels.shape[1], tissue=tissue_cells(maps, TISSUE.classes), **place)
+                          map_width=labels.shape[1], tissue=tissue_cells(maps, TISSUE.classes), geometry=geometry)
 
 
 def assert_same_rows(expected: gpd.GeoDataFrame, actual: gpd.GeoDataFrame) -> None:
@@ -71,16 +76,16 @@ def assert_same_rows(expected: gpd.GeoDataFrame, actual: gpd.GeoDataFrame) -> No
 @pytest.mark.parametrize("chunk", [432, 1008, None])
 def test_compiled_nuclei_equal_the_reference_on_real_maps(cmu_maps, chunk) -> None:
     kinds = stain_kinds(cmu_maps)
-    expected = reference_nuclei_table(cmu_maps, kinds[0], PLACE)
+    expected = reference_nuclei_table(cmu_maps, kinds[0], GEOMETRY)
     assert len(expected) >= 2000
     if chunk is None:
-        actual = slide_instances(cmu_maps, kinds=kinds[:1], **PLACE)["nuclei"]
+        actual = slide_instances(cmu_maps, GEOMETRY, SlideKinds(kinds[:1]))["nuclei"]
     else:
         height, width = cmu_maps["nuclei_prob"].shape[1:]
         boxes = [(x, y, min(chunk, width - x), min(chunk, height - y))
                  for y in range(0, height, chunk) for x in range(0, width, chunk)]
-        results = [chunk_instances(cmu_maps, box, kinds=kinds[:1], **PLACE) for box in boxes]
-        actual = merge_slide(cmu_maps, results, kinds=kinds[:1], **PLACE)["nuclei"]
+        results = [chunk_instances(cmu_maps, box, GEOMETRY, SlideKinds(kinds[:1])) for box in boxes]
+        actual = merge_slide(cmu_maps, results, GEOMETRY, SlideKinds(kinds[:1]))["nuclei"]
     assert_same_rows(expected, actual)
 
 

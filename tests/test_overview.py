@@ -28,7 +28,7 @@ from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.overview import PREVIEW_WIDTH
 from cerberus_batch.storage.tables import read_table, write_slide_tables
 from cerberus_batch.storage.zarr_maps import map_arrays
-from cerberus_batch.tasks.merge import border_shares
+from cerberus_batch.tasks.border import border_shares
 
 CMU_SIZE = (2220, 2967)  # level-0 w, h: a portrait slide
 THUMB_W = math.ceil(CMU_SIZE[0] * SIZE / CMU_SIZE[1])

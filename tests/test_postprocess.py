@@ -11,19 +11,19 @@ from skimage.segmentation import watershed
 
 from cerberus_batch.quantisation import dequantise
 from cerberus_batch.slides import Transform
+from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.instances import Measured, instance_table, measure, measured_table, vote
-from cerberus_batch.tasks.merge import slide_instances
+from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds
 from cerberus_batch.tasks.nuclei import segment_nuclei
 from cerberus_batch.tasks.outline import first_part, outer_ring
-from cerberus_batch.tasks.postprocess import (
-    cerberus_kinds, crop_box, dilate, ellipse_kernel, foreground, remove_small, segment_regions,
-)
+from cerberus_batch.tasks.postprocess import crop_box, dilate, ellipse_kernel, foreground, remove_small, segment_regions
+from cerberus_batch.tasks.whole import slide_instances
 from cerberus_batch.testing.maps import synthetic_maps
 from nuclei_reference import erode_cross, fill_own_holes
 
 NUCLEI, GLANDS, LUMENS = cerberus_kinds("wsi")
 TILE_NUCLEI, TILE_GLANDS, TILE_LUMENS = cerberus_kinds("tile")
-PLACE = dict(slide_id="s", transform=Transform(1.0, 1.0), mpp=0.5)
+GEOMETRY = SlideGeometry("s", Transform(1.0, 1.0), 0.5)
 
 
 def probs(shape: tuple[int, int], *blocks: tuple[slice, slice, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +209,7 @@ def test_lumen_outside_every_gland_is_dropped() -> None:
     gland = probs((80, 120), (slice(10, 50), slice(10, 50), 0.9))
     lumen = probs((80, 120), (slice(20, 30), slice(20, 30), 0.9), (slice(60, 70), slice(80, 90), 0.9))
     maps = {"gland_prob": np.stack(gland), "lumen_prob": np.stack(lumen)}
-    tables = slide_instances(maps, kinds=(GLANDS, LUMENS), **PLACE)
+    tables = slide_instances(maps, GEOMETRY, SlideKinds((GLANDS, LUMENS)))
     assert len(tables["glands"]) == 1 and len(tables["lumens"]) == 1
     assert tables["lumens"]["centroid_y"].iloc[0] < 2 * 50  # the one inside the gland (level-0 = 2 × map)
     assert tables["glands"]["lumen_count"].tolist() == [1]
@@ -224,7 +224,7 @@ def test_class_vote_prefers_the_runner_up_over_background() -> None:
     classes = np.zeros((6, 6), np.int64)
     classes[1:3, 1:5] = 3  # 8 of 16 px are lymphocyte, 8 background
     classes[1, 1] = 0
-    table = instance_table(labels, classes, np.array([7]), kind=NUCLEI, origin=(0, 0), map_width=6, **PLACE)
+    table = instance_table(labels, classes, np.array([7]), kind=NUCLEI, origin=(0, 0), map_width=6, geometry=GEOMETRY)
     assert table["class_name"].tolist() == ["lymphocyte"] and table["class_prob"].tolist() == [7 / 16]
 
 
@@ -237,15 +237,15 @@ def test_windows_measured_together_keep_their_classes_when_one_finds_nothing() -
     painted_over = measure(np.zeros((6, 6), np.int32), classes, np.array([1]), len(NUCLEI.class_names))
     found = measure(labels, classes, np.array([1]), len(NUCLEI.class_names))
     joined = Measured.joined([(painted_over, (0, 0)), (found, (10, 10))])
-    table = measured_table(joined, kind=NUCLEI, origin=(0, 0), map_width=20, **PLACE)
+    table = measured_table(joined, kind=NUCLEI, origin=(0, 0), map_width=20, geometry=GEOMETRY)
     assert table["class_id"].tolist() == [2] and table["class_prob"].tolist() == [1.0]
 
 
 def test_instance_geometry_in_level0_pixels() -> None:
     inner, contour = probs((30, 40), (slice(10, 16), slice(20, 26), 0.9))  # erodes to rows 11-14, cols 21-24
     labels, _ = segment_nuclei(inner, contour, NUCLEI)
-    table = instance_table(labels, None, np.array([1]), kind=NUCLEI, origin=(0, 0), map_width=40, slide_id="s",
-                           transform=Transform(2.0, 2.0, 100.0, 50.0), mpp=0.5)
+    table = instance_table(labels, None, np.array([1]), kind=NUCLEI, origin=(0, 0), map_width=40,
+                           geometry=SlideGeometry("s", Transform(2.0, 2.0, 100.0, 50.0), 0.5))
     row = table.iloc[0]
     assert row["geometry"].bounds == (21 * 2 + 100, 11 * 2 + 50, 25 * 2 + 100, 15 * 2 + 50)
     assert row["geometry"].area == 16 * 4
@@ -269,5 +269,5 @@ def test_single_row_instances_are_dropped() -> None:
     labels = np.zeros((5, 8), np.int32)
     labels[1, 1:6] = 1  # a line: the reference contour has 2 points
     labels[3:5, 1:3] = 2
-    table = instance_table(labels, None, np.array([1, 2]), kind=NUCLEI, origin=(0, 0), map_width=8, **PLACE)
+    table = instance_table(labels, None, np.array([1, 2]), kind=NUCLEI, origin=(0, 0), map_width=8, geometry=GEOMETRY)
     assert table["instance_id"].tolist() == [3 * 8 + 1]

@@ -13,7 +13,9 @@ from cerberus_batch.slides import Transform
 from cerberus_batch.storage.atomic import MARKER
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import read_table, write_slide_tables
-from cerberus_batch.tasks.merge import slide_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds
+from cerberus_batch.tasks.whole import slide_instances
 from cerberus_batch.testing.maps import synthetic_maps
 
 SLIDES = ("slide-a", "slide-b")
@@ -24,8 +26,8 @@ KINDS = ("nuclei", "glands", "lumens", "tissue")
 def output(tmp_path_factory):
     out = tmp_path_factory.mktemp("cohort")
     for seed, slide_id in enumerate(SLIDES):
-        tables = slide_instances(synthetic_maps(576, 720, seed=seed), slide_id=slide_id,
-                                 transform=Transform(2.0, 2.0), mpp=0.5)
+        geometry = SlideGeometry(slide_id, Transform(2.0, 2.0), 0.5)
+        tables = slide_instances(synthetic_maps(576, 720, seed=seed), geometry, SlideKinds.for_model())
         write_slide_tables(out, slide_id, tables)
     return out
 
@@ -93,7 +95,8 @@ def test_bad_slide_id_is_refused(tmp_path) -> None:
 
 
 def test_numeric_looking_slide_ids_stay_text(tmp_path) -> None:
-    tables = slide_instances(synthetic_maps(576, 720, seed=0), slide_id="001", transform=Transform(2.0, 2.0), mpp=0.5)
+    geometry = SlideGeometry("001", Transform(2.0, 2.0), 0.5)
+    tables = slide_instances(synthetic_maps(576, 720, seed=0), geometry, SlideKinds.for_model())
     for slide_id in ("001", "002"):
         write_slide_tables(tmp_path, slide_id, tables)
     nuclei = read_table(tmp_path, "nuclei", slide_ids=["001"])

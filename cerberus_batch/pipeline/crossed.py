@@ -4,27 +4,28 @@ type, the composition rows and the named readouts (`tasks.composition`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from cerberus_batch.storage.composition import class_centroids, crossed_counts
 from cerberus_batch.tasks.composition import cell_mm2, composition_rows, front_cells, readouts, tissue_areas
+from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.instances import TissueCells
 from cerberus_batch.vocabulary import LYMPHOCYTE, NUCLEI, STROMA, TISSUE
 
 
 def slide_crossed(
-    output: Path, slide_id: str, maps: Mapping[str, Any], place: Mapping[str, Any], tissue_px: np.ndarray,
+    output: Path, maps: Mapping[str, Any], geometry: SlideGeometry, names: Sequence[str], tissue_px: np.ndarray,
 ) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
-    """(mm² per tissue type, readouts, composition rows) of a slide whose tables are committed;
-    `place` as `work._slide_maps` gives it, `tissue_px` the mask's tissue per cell (`ChunkPlan.tissue_cells`)."""
+    """(mm² per tissue type, readouts, composition rows) of a slide whose tables are committed; `names`
+    its tissue types, `tissue_px` the mask's tissue per cell (`ChunkPlan.tissue_cells`)."""
+    slide_id, transform = geometry.slide_id, geometry.transform
     crossed = crossed_counts(output, slide_id)
     if TISSUE.class_map.name not in maps:
         return {}, readouts(crossed, {}, None, 0), composition_rows(slide_id, crossed, {})
-    names, transform = place["tissue_classes"], place["transform"]
     cells = np.asarray(maps[TISSUE.class_map.name][:])
-    area = cell_mm2(cells.shape, transform.from_level0(*place["bounds"]), place["mpp"])
+    area = cell_mm2(cells.shape, transform.from_level0(*geometry.bounds), geometry.mpp)
     areas = tissue_areas(cells, tissue_px, area, names)
     front = front_cells(cells, names)
     x, y = transform.from_level0(*class_centroids(output, NUCLEI.name, slide_id, LYMPHOCYTE, STROMA))

@@ -15,7 +15,7 @@ from typing import Any
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, SlideRecord
-from cerberus_batch.tasks.merge import border_shares
+from cerberus_batch.tasks.border import border_shares
 
 # The tasks (`pipeline.run.TASKS` names their functions), each key "<task>-<slide>[-<index>]".
 INFER, INSTANCES, BORDER, MERGE, OVERVIEW, PYRAMID = "infer", "instances", "border", "merge", "overview", "pyramid"

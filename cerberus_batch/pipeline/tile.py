@@ -34,9 +34,10 @@ from cerberus_batch.storage.pyramid import build_pyramid
 from cerberus_batch.storage.tables import write_geoparquet
 from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
 from cerberus_batch.tasks.infer import stored_maps
-from cerberus_batch.tasks.merge import slide_instances
-from cerberus_batch.tasks.postprocess import cerberus_kinds
-from cerberus_batch.vocabulary import DRAWING_ORDER, TISSUE, StoredMap, class_names
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds
+from cerberus_batch.tasks.whole import slide_instances
+from cerberus_batch.vocabulary import DRAWING_ORDER, StoredMap
 
 log = logging.getLogger("cerberus_batch")
 
@@ -105,11 +106,8 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
     h, w = image.shape[:2]
     # Post-processing sees the image only, as the reference crops before it (spec §7.3).
     inside = {s.name: stored[s.name][..., :h, :w] if s.downsample == 1 else stored[s.name] for s in specs}
-    tables = slide_instances(
-        inside, slide_id=folder.name, transform=transform, mpp=image_mpp, bounds=(original.shape[1], original.shape[0]),
-        kinds=cerberus_kinds("tile", predictor.class_names),
-        tissue_classes=class_names(TISSUE, predictor.class_names),
-    )
+    geometry = SlideGeometry(folder.name, transform, image_mpp, (original.shape[1], original.shape[0]))
+    tables = slide_instances(inside, geometry, SlideKinds.for_model("tile", predictor.class_names))
     with atomic_path(folder) as partial:
         partial.mkdir()
         written = ImageLayout(partial)

@@ -41,9 +41,11 @@ from cerberus_batch.storage.zarr_maps import (
     ChunkCache, create_slide_maps, map_arrays, maps_match, open_slide_maps, write_chunk,
 )
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
-from cerberus_batch.tasks.merge import BorderShare, ChunkResult, border_nuclei, chunk_instances, merge_slide
-from cerberus_batch.tasks.postprocess import cerberus_kinds
-from cerberus_batch.vocabulary import TISSUE, class_names
+from cerberus_batch.tasks.border import BorderShare, border_nuclei
+from cerberus_batch.tasks.chunk import ChunkResult, chunk_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.kinds import SlideKinds
+from cerberus_batch.tasks.merge import merge_slide
 
 
 def cohort_predictor(
@@ -167,21 +169,19 @@ def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predict
 
 def _slide_maps(
     output: Path, slide_id: str, windows: bool = False,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The slide's Zarr arrays (read lazily, window by window), its attributes, and where
-    its objects lie (slide id, level-0 transform, mpp, level-0 bounds, object kinds and tissue types named for its model).
+) -> tuple[dict[str, Any], dict[str, Any], SlideGeometry, SlideKinds]:
+    """The slide's Zarr arrays (read lazily, window by window), its attributes, where its objects lie,
+    and its object kinds and tissue types as its model names them.
 
     `windows`: the task reads many small windows across chunk borders, so each array keeps its
     last decoded chunks (`ChunkCache`)."""
     group = open_slide_maps(OutputLayout(output).maps(slide_id))
     attrs = dict(group.attrs)
-    place = {
-        "slide_id": slide_id, "transform": Transform.from_dict(attrs["transform"]), "mpp": attrs["mpp"],
-        "bounds": tuple(attrs["slide_dimensions"]), "kinds": cerberus_kinds("wsi", attrs["class_names"]),
-        "tissue_classes": class_names(TISSUE, attrs["class_names"]),
-    }
+    transform = Transform.from_dict(attrs["transform"])
+    geometry = SlideGeometry(slide_id, transform, attrs["mpp"], tuple(attrs["slide_dimensions"]))
     arrays = map_arrays(group)
-    return ({name: ChunkCache(array) for name, array in arrays.items()} if windows else arrays), attrs, place
+    maps = {name: ChunkCache(array) for name, array in arrays.items()} if windows else arrays
+    return maps, attrs, geometry, SlideKinds.for_model("wsi", attrs["class_names"])
 
 
 def chunk_instances_task(
@@ -193,8 +193,8 @@ def chunk_instances_task(
     It reads only the chunk's own maps. `inferred` is the chunk's inference task when this run
     computes it: Dask starts this task as soon as that one is done, while other chunks still infer.
     """
-    maps, _, place = _slide_maps(output, slide_id)
-    result = chunk_instances(maps, box, **place)
+    maps, _, geometry, kinds = _slide_maps(output, slide_id)
+    result = chunk_instances(maps, box, geometry, kinds)
     for kind, table in result.tables.items():
         if len(table):
             stage_table_part(output, slide_id, token, kind, chunk_index, table)
@@ -207,8 +207,8 @@ def border_task(
     """Finish one share of the nuclei cut by chunk borders (see `border_nuclei`; `parts` are the
     results of the share's chunks), stage them as the slide's table part `index` (run `token`), and
     return which nuclei it finished."""
-    maps, _, place = _slide_maps(output, slide_id, windows=True)
-    done = border_nuclei(maps, parts, share, **place)
+    maps, _, geometry, kinds = _slide_maps(output, slide_id, windows=True)
+    done = border_nuclei(maps, parts, geometry, kinds, share)
     for kind, table in done.tables.items():
         if len(table):
             stage_table_part(output, slide_id, token, kind, f"{BORDER_PART}{index}", table)
@@ -228,11 +228,11 @@ def merge_slide_task(
     crossed with the tissue types and the named readouts (`crossed.slide_crossed`).
     """
     started = time.perf_counter()
-    maps, attrs, place = _slide_maps(output, slide_id, windows=True)
+    maps, attrs, geometry, kinds = _slide_maps(output, slide_id, windows=True)
     finished = {kind: np.concatenate([done[kind] for done in borders]) for kind in set().union(*borders)}
-    write_slide_tables(output, slide_id, merge_slide(maps, parts, finished=finished, **place), token)
+    write_slide_tables(output, slide_id, merge_slide(maps, parts, geometry, kinds, finished), token)
     tissue_px = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text()).tissue_cells()
-    types, readouts, composition = slide_crossed(output, slide_id, maps, place, tissue_px)
+    types, readouts, composition = slide_crossed(output, maps, geometry, kinds.tissue_classes, tissue_px)
     return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started, readouts, composition,
                          attrs["heads"])
 

@@ -20,6 +20,7 @@ import shapely
 from scipy import ndimage
 
 from cerberus_batch.grid import CELL
+from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.outline import hole_rings, instance_ring, outer_ring
 from cerberus_batch.tasks.postprocess import ObjectKind
 from cerberus_batch.vocabulary import TISSUE
@@ -131,23 +132,22 @@ def measure(labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, cla
 
 def instance_table(
     labels: np.ndarray, classes: np.ndarray | None, ids: np.ndarray, *, kind: ObjectKind, origin: tuple[int, int],
-    map_width: int, slide_id: str, transform: Transform, mpp: float, bounds: tuple[float, float] | None = None,
-    tissue: TissueCells | None = None,
+    map_width: int, geometry: SlideGeometry, tissue: TissueCells | None = None,
 ) -> gpd.GeoDataFrame:
     """One row per label in `ids` of the window `labels`, whose top-left map px is `origin` (y, x)."""
     return measured_table(measure(labels, classes, ids, len(kind.class_names)), kind=kind, origin=origin, map_width=map_width,
-                          slide_id=slide_id, transform=transform, mpp=mpp, bounds=bounds, tissue=tissue)
+                          geometry=geometry, tissue=tissue)
 
 
 def measured_table(
-    measured: Measured, *, kind: ObjectKind, origin: tuple[int, int], map_width: int, slide_id: str,
-    transform: Transform, mpp: float, bounds: tuple[float, float] | None = None, tissue: TissueCells | None = None,
+    measured: Measured, *, kind: ObjectKind, origin: tuple[int, int], map_width: int, geometry: SlideGeometry,
+    tissue: TissueCells | None = None,
 ) -> gpd.GeoDataFrame:
     """Table rows of measured instances, sorted by `instance_id`: the map-px raster position
     (y * map_width + x) of the instance's first pixel. Areas and centroids count the instance's
     pixels, a pixel the slide's edge cuts as a whole one; instances one pixel thin are dropped.
     Each row's tissue is that of the `tissue` cell holding its centroid (null without a tissue map)."""
-    m = measured
+    m, transform = measured, geometry.transform
     keep = np.flatnonzero(m.kept)
     if keep.size == 0:
         return empty_table()
@@ -166,13 +166,13 @@ def measured_table(
     cx, cy = transform.to_level0(centre_x, centre_y)
     tissue_class = tissue.at(centre_x, centre_y) if tissue is not None else None
     columns = {
-        "slide_id": slide_id,
+        "slide_id": geometry.slide_id,
         "instance_id": np.sort(instance_id),
         "class_id": class_id,
         "class_name": class_names(kind.class_names, class_id),
         "class_prob": class_count / area,
         "area_px": area * down * down,
-        "area_um2": area * (down * mpp) ** 2,
+        "area_um2": area * (down * geometry.mpp) ** 2,
         "centroid_x": cx,
         "centroid_y": cy,
         "tissue_class": tissue_class,
@@ -180,18 +180,18 @@ def measured_table(
     }
     starts, lengths = m.ring_starts[keep], m.ring_starts[keep + 1] - m.ring_starts[keep]
     corners = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())  # kept rings' rows
-    outlines, _ = cut_to_slide(polygons(m.corners[corners] + (x0, y0), lengths, down, transform), bounds)
+    outlines, _ = cut_to_slide(polygons(m.corners[corners] + (x0, y0), lengths, down, transform), geometry.bounds)
     return frame(columns, outlines)
 
 
 def tissue_table(
-    tissue_class: np.ndarray, *, slide_id: str, transform: Transform, mpp: float, names: Sequence[str] = TISSUE.classes,
-    bounds: tuple[float, float] | None = None,
+    tissue_class: np.ndarray, *, geometry: SlideGeometry, names: Sequence[str] = TISSUE.classes,
 ) -> gpd.GeoDataFrame:
     """One polygon (with holes) per 4-connected region of each tissue class; background 0 excluded.
 
     A region the slide's edge cuts has the area and centroid of its part on the slide.
     """
+    transform, mpp = geometry.transform, geometry.mpp
     rows, shapes = [], []
     width = tissue_class.shape[1]
     for value in np.unique(tissue_class[tissue_class > 0]):
@@ -208,7 +208,8 @@ def tissue_table(
     rings = [ring for shape in shapes for ring in shape]
     corners = np.concatenate(rings) if rings else np.zeros((0, 2))
     lengths = np.array([len(ring) for ring in rings], np.int64)
-    outlines, cut = cut_to_slide(polygons(corners, lengths, CELL, transform, np.array([len(shape) for shape in shapes])), bounds)
+    rings_per_shape = np.array([len(shape) for shape in shapes])
+    outlines, cut = cut_to_slide(polygons(corners, lengths, CELL, transform, rings_per_shape), geometry.bounds)
     cx, cy = transform.to_level0(table[:, 3] * CELL, table[:, 4] * CELL)
     area_px = table[:, 2] * CELL * CELL
     area_um2 = table[:, 2] * (CELL * mpp) ** 2
@@ -219,7 +220,7 @@ def tissue_table(
         area_um2[cut] = area_px[cut] * mpp**2
     class_id = table[:, 0].astype(np.int32)
     columns = {
-        "slide_id": slide_id,
+        "slide_id": geometry.slide_id,
         "instance_id": table[:, 1].astype(np.int64),
         "class_id": class_id,
         "class_name": class_names(names, class_id),

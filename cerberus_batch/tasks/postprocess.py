@@ -1,4 +1,4 @@
-"""Cerberus instance post-processing (spec §6): the kinds, their parameters, glands and lumens.
+"""Cerberus instance post-processing (spec §6): a kind's parameters and method, glands and lumens.
 
 Nuclei are segmented by `nuclei`, under these rules.
 
@@ -17,71 +17,72 @@ its own 8-connected foreground component, so chunked and whole-slide runs agree:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import numpy as np
 from scipy import ndimage
 
-from cerberus_batch import vocabulary
 from cerberus_batch.grid import Window
-from cerberus_batch.vocabulary import GLANDS, LUMENS, NUCLEI, Kind
+from cerberus_batch.vocabulary import Kind
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+    from cerberus_batch.tasks.fragments import Fragments
+    from cerberus_batch.tasks.geometry import SlideGeometry
+    from cerberus_batch.tasks.instances import TissueCells
+    from cerberus_batch.tasks.merge import Reduction
+    from cerberus_batch.tasks.whole import WholeSlide
+
+
+class Method(Protocol):
+    """How a kind is segmented, stage by stage (`tasks.kinds.Watershed`, `tasks.kinds.Regions`)."""
+
+    finished_in_chunks: bool  # whether a chunk finishes the objects inside its core
+
+    def foreground(self, inner: np.ndarray, contour: np.ndarray, threshold: float) -> np.ndarray: ...
+
+    def chunk(
+        self, maps: Mapping[str, Any], kind: ObjectKind, core: Window, geometry: SlideGeometry, tissue: TissueCells | None,
+    ) -> tuple[gpd.GeoDataFrame | None, Fragments]: ...
+
+    def reduce(self, reduction: Reduction, kind: ObjectKind) -> None: ...
+
+    def whole(self, whole: WholeSlide, kind: ObjectKind) -> None: ...
 
 
 @dataclass(frozen=True)
 class ObjectKind:
-    """What to segment and how: the reference parameters of one instance type."""
+    """A kind of the vocabulary as post-processing finds it, for one model at one resolution: its method
+    and the reference's parameters."""
 
-    name: str  # table name: nuclei, glands, lumens
-    method: Literal["watershed", "regions"]
-    prob_map: str  # (inner, contour) probabilities
-    class_map: str | None  # per-pixel class index, None when the model has no TYPE head
+    kind: Kind  # what it is: table name, maps
+    method: Method
     downsample: int  # processing px per map px
     threshold: float  # foreground: inner+contour (nuclei) or inner-(contour>0.5) (regions)
     min_area: int  # objects with fewer map px are removed
     kernel: int = 3  # erosion (nuclei) or dilation (regions) ellipse size
     marker_min_area: int = 4  # nuclei markers with fewer px are removed
     inside: str | None = None  # lumens: kept only inside this kind's objects
-    class_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()  # as the model that made the maps names them
+
+    @property
+    def name(self) -> str:
+        return self.kind.name
+
+    @property
+    def prob_map(self) -> str:
+        """The name of its (inner, contour) probability map."""
+        return self.kind.prob_map.name
+
+    @property
+    def class_map(self) -> str | None:
+        """The name of its per-pixel class map; None when the model has no TYPE head for it."""
+        return self.kind.class_map.name if self.kind.class_map else None
 
     @property
     def pad(self) -> int:
         return 2 * self.kernel
-
-
-def cerberus_kinds(
-    mode: Literal["wsi", "tile"] = "wsi", class_names: Mapping[str, Sequence[str]] | None = None,
-) -> tuple[ObjectKind, ObjectKind, ObjectKind]:
-    """Nuclei, glands, lumens. WSI mode post-processes glands and lumens on their half-resolution maps
-    (ds 0.5), tile mode at full resolution.
-
-    `class_names` (per model head) renames the classes for the model that made the maps.
-    """
-    nuclei, glands, lumens = (_maps_of(kind, mode, class_names or {}) for kind in (NUCLEI, GLANDS, LUMENS))
-    return (
-        ObjectKind(method="watershed", threshold=0.5, min_area=8, **nuclei),
-        region_kind(glands, base_kernel=11, base_area=1000, threshold=0.55),
-        region_kind(lumens, base_kernel=3, base_area=150, threshold=0.5, inside=GLANDS.name),
-    )
-
-
-def _maps_of(kind: Kind, mode: str, class_names: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """The ObjectKind fields the vocabulary gives: its maps, their resolution in `mode`, its classes."""
-    class_map = kind.class_map
-    return dict(
-        name=kind.name, prob_map=kind.prob_map.name, class_map=class_map.name if class_map else None,
-        downsample=kind.prob_map.downsample if mode == "wsi" else 1, class_names=vocabulary.class_names(kind, class_names),
-    )
-
-
-def region_kind(
-    maps: dict[str, Any], *, base_kernel: int, base_area: int, threshold: float, inside: str | None = None,
-) -> ObjectKind:
-    """A gland-like kind, the reference's parameters scaled to the resolution of its maps (ds = 1 / downsample)."""
-    ds = 1 / maps["downsample"]
-    return ObjectKind(
-        method="regions", threshold=threshold, min_area=int(base_area * ds * ds), kernel=int((base_kernel - 1) * ds),
-        inside=inside, **maps,
-    )
 
 
 def ellipse_kernel(k: int) -> np.ndarray:
@@ -121,9 +122,7 @@ def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
 
 def foreground(inner: np.ndarray, contour: np.ndarray, kind: ObjectKind) -> np.ndarray:
     """Strict thresholds, as the reference: exactly the threshold is background."""
-    if kind.method == "watershed":
-        return (inner + contour) > kind.threshold
-    return (inner - (contour > 0.5).astype(inner.dtype)) > kind.threshold
+    return kind.method.foreground(inner, contour, kind.threshold)
 
 
 def crop_box(box: Window, pad: int, shape: tuple[int, int]) -> Window:
