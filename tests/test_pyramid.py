@@ -225,3 +225,13 @@ def test_levels_made_chunk_by_chunk_equal_the_map_halved_whole(wide):
         levels = level_shapes(group["0"].shape)
         for k in range(1, len(levels)):
             np.testing.assert_array_equal(group[str(k)][:], halve(group[str(k - 1)][:], method), err_msg=f"{name} level {k}")
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9), (5, 6), (1, 1), (3, 1, 4), (2, 2016, 2016)])
+def test_the_compiled_uint8_halving_agrees_with_numpy_on_wider_integers(shape):
+    """uint8 maps halve in one compiled pass; the same values as uint16 take the numpy path."""
+    rng = np.random.default_rng(sum(shape))
+    for high in (256, 3):  # probabilities; few classes, so modes have ties
+        block = rng.integers(0, high, shape).astype(np.uint8)
+        for method in (MEAN, MODE):
+            np.testing.assert_array_equal(halve(block, method), halve(block.astype(np.uint16), method).astype(np.uint8))
