@@ -7,6 +7,9 @@ import numba
 import numpy as np
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+# For a phase called from one place: inlined into its caller before typing, so a chain of phases is
+# typed and optimised once (a call compiles the callee again into every caller's module).
+phase = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 NY = np.array([-1, 0, 0, 1])  # skimage's 4-neighbour order: up, left, right, down
 NX = np.array([0, -1, 1, 0])
 

@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from cerberus_batch.tasks.compiled import jit
+from cerberus_batch.tasks.compiled import phase
 
 # The window, as `nuclei.measure_nuclei` passes it: support labels and the supports' boxes and pixels
 # (see `nuclei.Supports`), the inner map's codes and their table, the class map (or (1, 1): none),
@@ -31,18 +31,19 @@ Scratch = namedtuple("Scratch", [
 Records = namedtuple("Records", "first area sum_x sum_y counts kept exposed corners ring_starts")
 
 
-@jit
+@phase
 def grid(flat, box):
     """A box-sized buffer as the support's (hh, ww) buffer."""
     return flat[: box.hh * box.ww].reshape((box.hh, box.ww))
 
 
-@jit
+@phase
 def new_scratch(win, chosen):
     most_px, most_box, most_sides = 1, 1, 1
+    boxes, starts = win.boxes, win.starts
     for s in chosen:
-        hh, ww = win.boxes[s, 2] - win.boxes[s, 0] + 2, win.boxes[s, 3] - win.boxes[s, 1] + 2
-        most_px = max(most_px, win.starts[s + 1] - win.starts[s] + 1)
+        hh, ww = boxes[s, 2] - boxes[s, 0] + 2, boxes[s, 3] - boxes[s, 1] + 2
+        most_px = max(most_px, starts[s + 1] - starts[s] + 1)
         most_box, most_sides = max(most_box, hh * ww + 1), max(most_sides, 2 * (hh + ww))
     if most_box >= 2**31:
         raise ValueError("nuclei: a support's box holds 2**31 px or more")
@@ -59,7 +60,7 @@ def new_scratch(win, chosen):
     )
 
 
-@jit
+@phase
 def new_records(total, marker_min_area, n_classes):
     """Room for the nuclei of `total` support px: each holds a marker of at least marker_min_area px."""
     cap = total // marker_min_area + 1
@@ -71,13 +72,13 @@ def new_records(total, marker_min_area, n_classes):
     )
 
 
-@jit
+@phase
 def support_box(win, scratch, s):
     """Support s in its buffer; its pixels are written to scratch.ly / lx."""
     oy, ox = win.boxes[s, 0] - 1, win.boxes[s, 1] - 1
     hh, ww = win.boxes[s, 2] - win.boxes[s, 0] + 2, win.boxes[s, 3] - win.boxes[s, 1] + 2
     start, count = win.starts[s], win.starts[s + 1] - win.starts[s]
-    ly, lx = scratch.ly[:count], scratch.lx[:count]
+    ly, lx, rows, cols = scratch.ly[:count], scratch.lx[:count], win.rows, win.cols
     for i in range(count):
-        ly[i], lx[i] = win.rows[start + i] - oy, win.cols[start + i] - ox
+        ly[i], lx[i] = rows[start + i] - oy, cols[start + i] - ox
     return Box(s + 1, oy, ox, hh, ww, ly, lx)

@@ -5,36 +5,38 @@ from __future__ import annotations
 
 import numpy as np
 
-from cerberus_batch.tasks.compiled import code, jit, read, spread
+from cerberus_batch.tasks.compiled import code, jit, phase, read, spread
 from cerberus_batch.tasks.nuclei_buffers import grid
 
 TIE_STEP = 2.0**-40  # far below the 1/255 (or float16) spacing of stored probabilities
 
 
-@jit
+@phase
 def flood(win, scratch, box):
     """scratch.flooded: each body pixel's marker (0: none reached it). False when no marker is on the body."""
-    markers, body = grid(scratch.markers, box), grid(scratch.body, box)
+    markers, body, flooded, queue = scratch.markers, scratch.body, scratch.flooded, scratch.queue
+    ly, lx, ww = box.ly, box.lx, box.ww
     marked, several, only = 0, False, 0
-    for i in range(box.ly.size):
-        m = markers[box.ly[i], box.lx[i]]
-        if m and body[box.ly[i], box.lx[i]]:
+    for i in range(ly.size):
+        p = ly[i] * ww + lx[i]
+        m = markers[p]
+        if m and body[p]:
             marked += 1
             several = several or (only != 0 and m != only)
             only = m
     if marked == 0:
         return False
-    grid(scratch.flooded, box)[:] = 0
+    grid(flooded, box)[:] = 0
     if not several:
         # One marker: it takes every body pixel it reaches, whatever the order.
         tail = 0
-        for i in range(box.ly.size):
-            p = box.ly[i] * box.ww + box.lx[i]
-            if scratch.markers[p] and scratch.body[p]:
-                scratch.flooded[p] = only
-                scratch.queue[tail] = p
+        for i in range(ly.size):
+            p = ly[i] * ww + lx[i]
+            if markers[p] and body[p]:
+                flooded[p] = only
+                queue[tail] = p
                 tail += 1
-        spread(scratch.body, scratch.flooded, box.ww, scratch.queue, tail, only)
+        spread(body, flooded, ww, queue, tail, only)
     elif win.table.size == 256:
         _flood_by_level(win, scratch, box, marked)
     else:
@@ -42,24 +44,24 @@ def flood(win, scratch, box):
     return True
 
 
-@jit
+@phase
 def _flood_by_heap(win, scratch, box, marked):
     """Marker pixels pushed in raster order, each lowered by TIE_STEP per later one, at -inner."""
-    ww = box.ww
+    ly, lx, ww, inner, table = box.ly, box.lx, box.ww, win.inner, win.table
     height = scratch.heights  # -inner, the flood's height, at the support's pixels
     values, ages, items = scratch.values, scratch.ages, scratch.items
-    for i in range(box.ly.size):
-        height[box.ly[i] * ww + box.lx[i]] = -read(win.inner, win.table, box.ly[i] + box.oy, box.lx[i] + box.ox)
+    markers, body, flooded = scratch.markers, scratch.body, scratch.flooded
+    for i in range(ly.size):
+        height[ly[i] * ww + lx[i]] = -read(inner, table, ly[i] + box.oy, lx[i] + box.ox)
     size = 0
     rank = 0
-    for i in range(box.ly.size):
-        p = box.ly[i] * ww + box.lx[i]
-        if scratch.markers[p] and scratch.body[p]:
-            scratch.flooded[p] = scratch.markers[p]
+    for i in range(ly.size):
+        p = ly[i] * ww + lx[i]
+        if markers[p] and body[p]:
+            flooded[p] = markers[p]
             size = _heap_push(values, ages, items, size, height[p] - np.float64(marked - 1 - rank) * TIE_STEP, 0, p)
             rank += 1
     age = 1
-    body, flooded = scratch.body, scratch.flooded
     while size > 0:
         level, p, size = _heap_pop(values, ages, items, size)
         for q in (p - ww, p - 1, p + 1, p + ww):
@@ -104,17 +106,19 @@ def _heap_pop(values, ages, items, size):
     return top_value, top, size
 
 
-@jit
+@phase
 def _flood_by_level(win, scratch, box, marked):
     """scratch.levels (255 - code, 0 = highest probability) at the support's pixels, scratch.order the
     marker pixels on the body in raster order (labelled in flooded), then the level flood."""
+    ly, lx, ww, inner = box.ly, box.lx, box.ww, win.inner
+    levels, order, markers, body, flooded = scratch.levels, scratch.order, scratch.markers, scratch.body, scratch.flooded
     j = 0
-    for i in range(box.ly.size):
-        p = box.ly[i] * box.ww + box.lx[i]
-        scratch.levels[p] = 255 - code(win.inner, box.ly[i] + box.oy, box.lx[i] + box.ox)
-        if scratch.markers[p] and scratch.body[p]:
-            scratch.flooded[p] = scratch.markers[p]
-            scratch.order[j] = p
+    for i in range(ly.size):
+        p = ly[i] * ww + lx[i]
+        levels[p] = 255 - code(inner, ly[i] + box.oy, lx[i] + box.ox)
+        if markers[p] and body[p]:
+            flooded[p] = markers[p]
+            order[j] = p
             j += 1
     _flood_levels(scratch, box.ww, marked)
 
@@ -130,7 +134,7 @@ def _append(links, heads, tails, level, q):
     tails[level] = q
 
 
-@jit
+@phase
 def _by_level(level, order, marked):
     """The marker pixels but the last, by level, each level's in raster order, and where each level starts."""
     start = np.zeros(257, np.int64)
@@ -147,7 +151,7 @@ def _by_level(level, order, marked):
     return by_level, start
 
 
-@jit
+@phase
 def _flood_levels(scratch, ww, marked):
     """The heap's flood (same pops, same labels) for maps of 256 levels, in linear time.
 

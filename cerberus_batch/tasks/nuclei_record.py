@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cerberus_batch.tasks.compiled import NX, NY, jit
+from cerberus_batch.tasks.compiled import NX, NY, jit, phase
 from cerberus_batch.tasks.nuclei_buffers import grid, new_records, new_scratch, support_box
 from cerberus_batch.tasks.nuclei_flood import flood
 from cerberus_batch.tasks.nuclei_phases import erode, fill_holes, find_markers, keep_body
@@ -16,8 +16,9 @@ from cerberus_batch.tasks.outline import exposed_edges, fill_first_part, trace
 def measure(win, chosen, n_classes, min_area, marker_min_area):
     """The nuclei of the `chosen` supports, in the order of their first pixels, as trimmed Records."""
     total = 0
+    starts = win.starts
     for s in chosen:
-        total += win.starts[s + 1] - win.starts[s]
+        total += starts[s + 1] - starts[s]
     records = new_records(total, marker_min_area, n_classes)
     scratch = new_scratch(win, chosen)
     n, end = 0, 0
@@ -37,46 +38,49 @@ def measure(win, chosen, n_classes, min_area, marker_min_area):
             records.ring_starts[: n + 1].copy(), records.kept[:n].copy())
 
 
-@jit
+@phase
 def _tally(win, scratch, box, records, n):
     """First pixel, area, coordinate sums, class counts and exposed edges of the support's nuclei (rows
     n on), each one's box in scratch.nucleus_boxes, labels written if asked; returns the new row count."""
     h, w = win.support.shape
     use_classes = win.classes.shape[0] == h and win.classes.shape[1] == w
     write_labels = win.labels.shape[0] == h and win.labels.shape[1] == w
+    first, area, sum_x, sum_y, counts, exposed = (records.first, records.area, records.sum_x, records.sum_y,
+                                                  records.counts, records.exposed)
+    classes, labels, ly, lx, oy, ox = win.classes, win.labels, box.ly, box.lx, box.oy, box.ox
     flooded = grid(scratch.flooded, box)
-    row_of = scratch.row_of[: box.ly.size + 1]  # per marker
+    row_of = scratch.row_of[: ly.size + 1]  # per marker
     row_of[:] = -1
     base = n
     nbox = scratch.nucleus_boxes  # per nucleus of this support: y0, x0, y1, x1 in the buffer
-    for i in range(box.ly.size):
-        y, x = box.ly[i], box.lx[i]
+    for i in range(ly.size):
+        y, x = ly[i], lx[i]
         m = flooded[y, x]
         if m == 0:
             continue
-        gy, gx = y + box.oy, x + box.ox
+        gy, gx = y + oy, x + ox
         if row_of[m] < 0:
             row_of[m] = n
-            records.first[n] = gy * w + gx
+            first[n] = gy * w + gx
             nbox[n - base] = (y, x, y + 1, x + 1)
             n += 1
         r = row_of[m]
         j = r - base
         nbox[j, 1], nbox[j, 2], nbox[j, 3] = min(nbox[j, 1], x), y + 1, max(nbox[j, 3], x + 1)
-        records.area[r] += 1
-        records.sum_x[r] += gx
-        records.sum_y[r] += gy
+        area[r] += 1
+        sum_x[r] += gx
+        sum_y[r] += gy
         if use_classes:
-            records.counts[r, win.classes[gy, gx]] += 1
+            counts[r, classes[gy, gx]] += 1
         for k in range(4):
             if flooded[y + NY[k], x + NX[k]] != m:
-                records.exposed[r] += 1
+                exposed[r] += 1
         if write_labels:
-            win.labels[gy, gx] = r + 1
+            labels[gy, gx] = r + 1
     return n
 
 
-@jit
+@phase
 def _outline(win, scratch, box, records, base, n, end):
     """Outlines of nuclei base..n-1 into records.corners from `end` on, as `outline.instance_ring` traces
     them, and whether each is kept (wider and taller than 1 px); returns the new end."""
