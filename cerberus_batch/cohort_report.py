@@ -25,6 +25,7 @@ from bokeh.plotting import figure
 from bokeh.resources import Resources
 
 from cerberus_batch.errors import OutputError
+from cerberus_batch.pipeline.stages import STAGES
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.colours import tissue_colours
 from cerberus_batch.storage.layout import OutputLayout
@@ -211,6 +212,26 @@ def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{float(value):,.1f} s"
 
 
+def _time_spent(slides: list[dict[str, Any]]) -> str:
+    """Where the cohort's computing time went: each stage's core-seconds, share, and core-seconds per tissue
+    megapixel (tissue mm² at the slide's processing µm/px), over the slides that recorded their stages;
+    then the CPU side (every stage but the model's forward pass), what a GPU node's cores must keep up with."""
+    timed = [s for s in slides if s["outcome"].get("seconds_by_stage") and s["attrs"].get("mpp")]
+    if not timed:
+        return ""
+    stages = {stage: sum(s["outcome"]["seconds_by_stage"].get(stage, 0.0) for s in timed) for stage in STAGES}
+    total = sum(stages.values()) or 1.0
+    tissue_mpx = sum(float(s["outcome"].get("tissue_mm2", 0.0)) / float(s["attrs"]["mpp"]) ** 2 for s in timed)
+    per = (lambda seconds: f"{seconds / tissue_mpx:,.3f}") if tissue_mpx else (lambda seconds: "–")
+    rows = "".join(f"<tr><th>{stage}</th><td>{seconds:,.1f}</td><td>{seconds / total:.1%}</td><td>{per(seconds)}</td></tr>"
+                   for stage, seconds in stages.items())
+    cpu = total - stages["model"]
+    return (f"<h2>Where the time went</h2><table class='stages'><tr><th>stage</th><th>core-s</th><th>share</th>"
+            f"<th>core-s per tissue Mpx</th></tr>{rows}<tr><th>CPU side (all but model)</th><td>{cpu:,.1f}</td>"
+            f"<td>{cpu / total:.1%}</td><td>{per(cpu)}</td></tr></table>"
+            f"<p class='muted'>{len(timed)} slides, {tissue_mpx:,.1f} tissue Mpx.</p>")
+
+
 def _hex(colour: tuple[int, int, int]) -> str:
     return "#%02x%02x%02x" % colour
 
@@ -270,6 +291,7 @@ def _page(run: dict[str, Any], slides: list[dict[str, Any]], layout: OutputLayou
 <h1>{title}</h1>
 <p>Run {html.escape(run['status'])}: {len(slides)} slides ({said}). Output: <code>{html.escape(run['output'])}</code>.</p>
 <div class="plots">{divs['density']}{divs['composition']}{divs['readouts']}</div>
+{_time_spent(slides)}
 <h2>Slides</h2>
 <p class="muted">Tissue composition: {legend}</p>
 <table><thead><tr><th>slide</th><th>status</th><th>reason</th><th>time</th><th>tissue mm²</th>
@@ -313,5 +335,6 @@ th { border-bottom: 2px solid #888; } tr.picture td { border-bottom: 1px solid #
 img.qc { max-width: 100%; width: 960px; height: auto; border: 1px solid #ccc; }
 .crossed { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .no-readouts { width: 640px; padding: 8px 12px; } .no-readouts p { color: #555; }
+table.stages td { text-align: right; }
 table.heatmap td { text-align: right; font-size: 13px; } table.heatmap caption { text-align: left; color: #555; }
 """

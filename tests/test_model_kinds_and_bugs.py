@@ -89,7 +89,7 @@ def test_a_bad_slide_stays_one_line_not_a_bug(tmp_path: Path) -> None:
 def test_a_bug_in_a_command_says_so_and_shows_its_traceback(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(MODEL_KINDS, "stain", ModelKind(lambda weights, **options: [][0], MODEL_KINDS["stain"].describe))
     (tmp_path / "tiles").mkdir()
-    make_synthetic_slide(tmp_path / "tiles" / "t.tif", size=(400, 300), seed=1)
+    make_synthetic_slide(tmp_path / "tiles" / "t.tif", size=(800, 640), seed=1)
     result = CliRunner().invoke(main, ["tile", "--model-kind", "stain", "--input-dir", str(tmp_path / "tiles"),
                                        "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 1

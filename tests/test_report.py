@@ -19,6 +19,7 @@ from cerberus_batch.cli import main
 from cerberus_batch.cohort_report import COMPOSITION_TITLE, DENSITY_TITLE, NO_READOUTS, READOUTS_TITLE
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
+from cerberus_batch.pipeline.stages import STAGES
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.tasks.composition import STROMAL_LYMPHOCYTES, TUMOUR_STROMA_RATIO
 from cerberus_batch.testing.slides import make_synthetic_slide
@@ -145,6 +146,7 @@ def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp
         heatmaps="() => [...document.querySelectorAll('table.heatmap')].map(t => [...t.rows].map(r => [...r.cells].map(c => c.innerText.trim())))",
         readouts="() => [...document.querySelectorAll('p.readouts')].map(p => p.innerText)",
         points=READOUT_POINTS, no_points=NO_READOUTS_SHOWN,
+        stages="() => [...document.querySelectorAll('table.stages tr')].map(r => [...r.cells].map(c => c.innerText.trim()))",
     )
     titles, rows, pictures, canvases = found["titles"], found["rows"], found["pictures"], found["canvases"]
     heatmaps, readouts = found["heatmaps"], found["readouts"]
@@ -181,6 +183,25 @@ def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp
             assert line[1 + table[0][1:].index(row["tissue_name"])] == f"{row['per_mm2']:,.1f}"
     assert readouts == ["tumour–stroma ratio – · stromal lymphocytes – · intra-epithelial lymphocytes – · "
                         "invasive-front lymphocytes –"] * len(GOOD)
+    # Where the time went: each stage's core-seconds over the timed slides, as run_report.json has them.
+    slides = json.loads(OutputLayout(run_output).run_report.read_text())["slides"]
+    header, *body, cpu_side = found["stages"]
+    assert header == ["stage", "core-s", "share", "core-s per tissue Mpx"]
+    assert [row[0] for row in body] == list(STAGES) and cpu_side[0] == "CPU side (all but model)"
+    for stage, row in zip(STAGES, body):
+        assert row[1] == f"{sum(slides[s]['seconds_by_stage'][stage] for s in GOOD):,.1f}", stage
+
+
+def test_each_slide_records_its_seconds_by_stage(run_output):
+    """Every task times its stages and the run adds them up per slide: each stage a done slide went through
+    took time, and together they fit in the run's wall time on its one worker thread."""
+    run = json.loads(OutputLayout(run_output).run_report.read_text())
+    for slide_id in GOOD:
+        stages = run["slides"][slide_id]["seconds_by_stage"]
+        assert list(stages) == list(STAGES)
+        assert all(stages[stage] > 0 for stage in ("plan", "read", "model", "store", "postprocess", "overview", "write")), stages
+    total = sum(sum(run["slides"][s]["seconds_by_stage"].values()) for s in GOOD)
+    assert 0 < total <= run["finished"] - run["started"]
 
 
 def test_composition_adds_up_to_the_summary_and_is_ours(run_output):

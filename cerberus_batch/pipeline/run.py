@@ -33,6 +33,7 @@ from cerberus_batch.pipeline.plan import NO_TISSUE
 from cerberus_batch.pipeline.progress import RunProgress
 from cerberus_batch.pipeline.records import RunRecords, RunReport, SlideOutcome, resumed
 from cerberus_batch.pipeline.run_log import libraries_logged_to
+from cerberus_batch.pipeline.stages import STAGES, TOPIC, StageTotals
 from cerberus_batch.pipeline.work import (
     border_task, checked_predictor, chunk_instances_task, fingerprint, infer_chunk_task, merge_slide_task,
     overview_task, plan_slide_task, pyramid_task,
@@ -110,6 +111,8 @@ class CohortRun:
         self.worked: set[str] = set()  # slides this run computed something of (chunks, tables or levels)
         self.futures = as_completed()
         self.token = uuid.uuid4().hex[:8]
+        self.stages = StageTotals()
+        client.subscribe_topic(TOPIC, self.stages.add)  # each task's seconds by stage
         for slide in cohort.slides:
             report.slides[slide.id] = SlideOutcome()
         self.records = RunRecords(cohort, report, self.ledger, progress.note)
@@ -183,13 +186,18 @@ class CohortRun:
         self.admit()
 
     def timed(self, slide_id: str, seconds: float) -> None:
-        """A slide's time: what earlier runs recorded plus this run's where this run computed any of it; a
-        rerun with nothing left to do keeps the time of the runs that did the work."""
-        earlier = (self.ledger.slide_stage(slide_id, TIMED) or {}).get("seconds")
-        total = (earlier or 0.0) + seconds if slide_id in self.worked or earlier is None else earlier
+        """A slide's time, in all and by stage: what earlier runs recorded plus this run's where this run
+        computed any of it; a rerun with nothing left to do keeps the time of the runs that did the work."""
+        recorded = self.ledger.slide_stage(slide_id, TIMED)
+        ran = self.stages.take(slide_id)
+        if slide_id in self.worked or recorded is None:
+            before = recorded or {}
+            recorded = {"seconds": before.get("seconds", 0.0) + seconds,
+                        "stages": {stage: round(before.get("stages", {}).get(stage, 0.0) + ran[stage], 3) for stage in STAGES}}
         if slide_id in self.worked:
-            self.ledger.mark_slide(slide_id, TIMED, {"seconds": total})
-        self.report.slides[slide_id].seconds = total
+            self.ledger.mark_slide(slide_id, TIMED, recorded)
+        outcome = self.report.slides[slide_id]
+        outcome.seconds, outcome.seconds_by_stage = recorded["seconds"], recorded.get("stages", {})
 
     def on_plan(self, slide: SlideEntry, future: Future) -> None:
         plan, fetches = future.result()

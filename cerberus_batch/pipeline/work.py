@@ -11,22 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from distributed import get_worker
 
 from cerberus_batch.grid import ChunkBox, whole_cells
-from cerberus_batch.model.factory import build_predictor
-from cerberus_batch.model.predictor import Predictor, numerics
+from cerberus_batch.model.factory import build_predictor, describe_model
+from cerberus_batch.model.predictor import ModelDescription, Predictor, numerics
 from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.attributes import map_attributes
 from cerberus_batch.pipeline.config import Cohort, ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.crossed import slide_crossed
 from cerberus_batch.pipeline.plan import plan_slide
+from cerberus_batch.pipeline.stages import TOPIC, StageClock, TimedReads
 from cerberus_batch.slides import ChunkPlan, Transform
 from cerberus_batch.slides.location import Fetched, Location, fetched
 from cerberus_batch.slides.sources import source_identity
@@ -79,6 +81,29 @@ def _thread_memory() -> float | None:
     return limit / max(1, worker.state.nthreads) if limit else None
 
 
+@contextmanager
+def task_clock(slide_id: str, rest: str) -> Iterator[StageClock]:
+    """A clock for one task of a slide (`stages`); when the task ends, done or failed, its seconds by stage
+    go to the run as a Dask event."""
+    clock = StageClock(rest)
+    try:
+        yield clock
+    finally:
+        try:
+            worker = get_worker()
+        except ValueError:  # not on a Dask worker (tests, benchmarks): nobody to tell
+            pass
+        else:
+            worker.log_event(TOPIC, {"slide": slide_id, "seconds": clock.seconds()})
+
+
+@lru_cache(maxsize=4)
+def _described(model_json: str) -> ModelDescription:
+    """What this worker process's plan tasks need of the cohort's model, read without building it."""
+    model = ModelSpec.model_validate_json(model_json)
+    return describe_model(model.kind, model.weights, model.heads)
+
+
 @lru_cache(maxsize=2)
 def _cached_predictor(model_json: str, processing_json: str, memory: float | None) -> Predictor:
     return cohort_predictor(
@@ -105,20 +130,28 @@ def _identity_key(identity: dict[str, Any]) -> str:
 def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingSpec, output: Path) -> tuple[ChunkPlan, Fetched]:
     """Open a slide, find its tissue, cut it into chunks and create its (empty) map group; returns the
     plan and what reading a remote slide fetched."""
-    with fetched(slide.path) as fetches:
-        identity = source_identity(slide.path, slide.reader or "auto")
-        view = _cached_view(slide, processing.mpp, _identity_key(identity))
-        mask, plan = plan_slide(view, slide, processing)
+    with task_clock(slide.id, "plan") as clock:
+        with fetched(slide.path) as fetches:
+            identity = source_identity(slide.path, slide.reader or "auto")
+            view = _cached_view(slide, processing.mpp, _identity_key(identity))
+            mask, plan = plan_slide(view, slide, processing)
+        with clock("write"):
+            _create_slide_outputs(slide, view, mask, plan, identity, _described(model.model_dump_json()), processing, output)
+    return plan, fetches
+
+
+def _create_slide_outputs(slide: SlideEntry, view, mask, plan: ChunkPlan, identity: dict[str, Any],
+                          described: ModelDescription, processing: ProcessingSpec, output: Path) -> None:
+    """Write the slide's mask and plan, and create its map group unless one made for this very plan is there."""
     layout = OutputLayout(output)
     with atomic_path(layout.mask(slide.id)) as partial:
         mask.save_png(partial)
     with atomic_path(layout.plan(slide.id)) as partial:
         partial.write_text(plan.to_json())
-    predictor = _predictor(model, processing)
     # The slide's level-0 (w, h): maps are background past it and outlines are cut to it. Groups
     # made before it was recorded held model output there, so they never match and are remade.
     attrs = map_attributes(
-        slide.id, slide.path, plan.mpp, plan.transform, predictor,
+        slide.id, slide.path, plan.mpp, plan.transform, described,
         plan=hashlib.sha256(plan.to_json().encode()).hexdigest(), processing=map_settings(processing),
         slide_dimensions=list(view.slide.info.dimensions),
         reader=view.slide.info.reader,  # who decoded the pixels: another reader's maps are remade, never mixed
@@ -131,9 +164,8 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
         # so no chunk recorded against the old plan is ever taken for one of the new. Its
         # tables stay readable until the new ones replace them, each kind whole.
         Ledger(output).forget(slide.id)
-        specs = map_specs(predictor.heads, predictor.class_names)
+        specs = map_specs(described.heads, described.class_names)
         create_slide_maps(path, shape=whole_cells(view.shape), chunk=processing.chunk, specs=specs, dtype=processing.dtype, attrs=attrs)
-    return plan, fetches
 
 
 def infer_chunk_task(
@@ -141,17 +173,21 @@ def infer_chunk_task(
     model: ModelSpec, processing: ProcessingSpec, output: Path,
 ) -> Fetched:
     """Infer one chunk, write its maps, then record it in the ledger; returns what reading a remote slide fetched."""
-    group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
-    with fetched(slide.path) as fetches:
-        # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
-        view = _cached_view(slide, processing.mpp, _identity_key(group.attrs["source"]))
-        predictor = _predictor(model, processing)
-        outputs = predict_chunk(view.read, predictor, box, empty_cells)
-    specs = map_specs(predictor.heads, predictor.class_names)
-    x, y, w, h = box
-    inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
-    write_chunk(group, x, y, stored_maps(outputs, specs, empty_cells, inside, processing.dtype), specs)
-    Ledger(output).mark_done(slide.id, chunk_index)
+    with task_clock(slide.id, "store") as clock:
+        group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
+        with fetched(slide.path) as fetches:
+            # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
+            view = _cached_view(slide, processing.mpp, _identity_key(group.attrs["source"]))
+            predictor = _predictor(model, processing)
+            with clock("model"):  # the forward pass; the slide reads inside it are the read stage's
+                outputs = predict_chunk(clock.timed("read", view.read), predictor, box, empty_cells)
+        specs = map_specs(predictor.heads, predictor.class_names)
+        x, y, w, h = box
+        inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
+        stored = stored_maps(outputs, specs, empty_cells, inside, processing.dtype)
+        with clock("write"):  # the maps and the first viewer levels made of them
+            write_chunk(group, x, y, stored, specs)
+            Ledger(output).mark_done(slide.id, chunk_index)
     return fetches
 
 
@@ -168,10 +204,10 @@ def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predict
 
 
 def _slide_maps(
-    output: Path, slide_id: str, windows: bool = False,
+    output: Path, slide_id: str, clock: StageClock, windows: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any], SlideGeometry, SlideKinds]:
-    """The slide's Zarr arrays (read lazily, window by window), its attributes, where its objects lie,
-    and its object kinds and tissue types as its model names them.
+    """The slide's Zarr arrays (read lazily, window by window, each read timed by `clock`), its attributes,
+    where its objects lie, and its object kinds and tissue types as its model names them.
 
     `windows`: the task reads many small windows across chunk borders, so each array keeps its
     last decoded chunks (`ChunkCache`)."""
@@ -180,7 +216,7 @@ def _slide_maps(
     transform = Transform.from_dict(attrs["transform"])
     geometry = SlideGeometry(slide_id, transform, attrs["mpp"], tuple(attrs["slide_dimensions"]))
     arrays = map_arrays(group)
-    maps = {name: ChunkCache(array) for name, array in arrays.items()} if windows else arrays
+    maps = {name: TimedReads(ChunkCache(array) if windows else array, clock) for name, array in arrays.items()}
     return maps, attrs, geometry, SlideKinds.for_model("wsi", attrs["class_names"])
 
 
@@ -193,11 +229,13 @@ def chunk_instances_task(
     It reads only the chunk's own maps. `inferred` is the chunk's inference task when this run
     computes it: Dask starts this task as soon as that one is done, while other chunks still infer.
     """
-    maps, _, geometry, kinds = _slide_maps(output, slide_id)
-    result = chunk_instances(maps, box, geometry, kinds)
-    for kind, table in result.tables.items():
-        if len(table):
-            stage_table_part(output, slide_id, token, kind, chunk_index, table)
+    with task_clock(slide_id, "postprocess") as clock:
+        maps, _, geometry, kinds = _slide_maps(output, slide_id, clock)
+        result = chunk_instances(maps, box, geometry, kinds)
+        with clock("write"):
+            for kind, table in result.tables.items():
+                if len(table):
+                    stage_table_part(output, slide_id, token, kind, chunk_index, table)
     return replace(result, tables={})
 
 
@@ -207,11 +245,13 @@ def border_task(
     """Finish one share of the nuclei cut by chunk borders (see `border_nuclei`; `parts` are the
     results of the share's chunks), stage them as the slide's table part `index` (run `token`), and
     return which nuclei it finished."""
-    maps, _, geometry, kinds = _slide_maps(output, slide_id, windows=True)
-    done = border_nuclei(maps, parts, geometry, kinds, share)
-    for kind, table in done.tables.items():
-        if len(table):
-            stage_table_part(output, slide_id, token, kind, f"{BORDER_PART}{index}", table)
+    with task_clock(slide_id, "postprocess") as clock:
+        maps, _, geometry, kinds = _slide_maps(output, slide_id, clock, windows=True)
+        done = border_nuclei(maps, parts, geometry, kinds, share)
+        with clock("write"):
+            for kind, table in done.tables.items():
+                if len(table):
+                    stage_table_part(output, slide_id, token, kind, f"{BORDER_PART}{index}", table)
     return done.finished
 
 
@@ -228,25 +268,30 @@ def merge_slide_task(
     crossed with the tissue types and the named readouts (`crossed.slide_crossed`).
     """
     started = time.perf_counter()
-    maps, attrs, geometry, kinds = _slide_maps(output, slide_id, windows=True)
-    finished = {kind: np.concatenate([done[kind] for done in borders]) for kind in set().union(*borders)}
-    write_slide_tables(output, slide_id, merge_slide(maps, parts, geometry, kinds, finished), token)
-    tissue_px = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text()).tissue_cells()
-    types, readouts, composition = slide_crossed(output, maps, geometry, kinds.tissue_classes, tissue_px)
-    return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started, readouts, composition,
-                         attrs["heads"])
+    with task_clock(slide_id, "postprocess") as clock:
+        maps, attrs, geometry, kinds = _slide_maps(output, slide_id, clock, windows=True)
+        finished = {kind: np.concatenate([done[kind] for done in borders]) for kind in set().union(*borders)}
+        merged = merge_slide(maps, parts, geometry, kinds, finished)
+        with clock("write"):
+            write_slide_tables(output, slide_id, merged, token)
+        tissue_px = ChunkPlan.from_json(OutputLayout(output).plan(slide_id).read_text()).tissue_cells()
+        types, readouts, composition = slide_crossed(output, maps, geometry, kinds.tissue_classes, tissue_px)
+        return slide_summary(output, slide_id, tissue_mm2, types, time.perf_counter() - started, readouts, composition,
+                             attrs["heads"])
 
 
 def overview_task(slide_id: str, output: Path, summary: dict[str, Any], source: Location | None = None) -> dict[str, Any]:
     """Draw the slide's QC picture from its committed tables; passes the merge's summary row on.
 
     A task of its own: drawing reads every object of the slide, the merge only those on chunk borders."""
-    write_overview(output, slide_id, summary, source=source)
+    with task_clock(slide_id, "overview"):
+        write_overview(output, slide_id, summary, source=source)
     return summary
 
 
 def pyramid_task(slide_id: str, output: Path, inferred: list[Fetched]) -> dict[str, int]:
-    """Build the viewer levels of the slide's maps; returns how many levels each map has.
+    """Build the viewer levels of the slide's maps the chunk tasks did not; returns how many levels each map has.
 
     `inferred` are the slide's inference tasks this run computes: Dask starts this one once all are done."""
-    return build_pyramid(OutputLayout(output).maps(slide_id))
+    with task_clock(slide_id, "levels"):
+        return build_pyramid(OutputLayout(output).maps(slide_id))
