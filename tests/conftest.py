@@ -1,4 +1,5 @@
-"""Shared test fixtures (the real CMU-1-Small-Region slide, the parity model directory) and the CI rule.
+"""Shared test fixtures (the real CMU-1-Small-Region slide, the parity model directory, a local Dask cluster)
+and the CI rule. Helpers the modules import (cohort writer, run, output comparison) are in helpers.py.
 
 Under CI (`CI` set to anything but "", "0", "false" or "no") every skip is reported as a failure,
 with its reason: CI installs every resource the tests need, so a skip there means one is missing.
@@ -60,6 +61,16 @@ def parity_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from parity_model import make_parity_model_dir
 
     return make_parity_model_dir(tmp_path_factory.mktemp("parity_model"))
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Two single-threaded worker processes for the tests that run a cohort in this process: one for the
+    whole session, since each start costs seconds. A module whose tests need another shape defines its own."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local:
+        yield local
 
 
 def mask_file(folder: Path, name: str = "mask.png") -> Path:

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+import pytest
 from PIL import Image
 
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.testing.slides import make_synthetic_slide
 from conftest import mask_file
+from helpers import write_cohort
+
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
 
 
 def run(cohort: Path) -> subprocess.CompletedProcess:
@@ -23,11 +26,7 @@ def run(cohort: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def write_cohort(folder: Path, slides: list[dict]) -> Path:
-    body = {"name": "blank", "output": "out", "slides": slides, "model": {"kind": "stain"},
-            "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    return folder / "cohort.yaml"
+SETTINGS = {"processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
 
 
 def assert_blank_slide_done_beside_a_good_one(cohort: Path, blank: str) -> None:
@@ -55,12 +54,12 @@ def assert_blank_slide_done_beside_a_good_one(cohort: Path, blank: str) -> None:
 def test_a_slide_with_an_all_black_mask_finishes_with_a_note_and_the_other_slide_its_tables(tmp_path, cmu_slide):
     make_synthetic_slide(tmp_path / "slides" / "good.svs", size=(800, 640), seed=2)
     Image.fromarray(np.zeros((297, 222), np.uint8)).save(mask_file(tmp_path, "blank.png"))  # CMU-1-Small-Region is 2220 x 2967 px
-    cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "blank", "mask": "masks/blank.png"}, {"path": "slides/good.svs"}])
+    cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "blank", "mask": "masks/blank.png"}, {"path": "slides/good.svs"}], **SETTINGS)
     assert_blank_slide_done_beside_a_good_one(cohort, "blank")
 
 
 def test_a_white_slide_with_the_automatic_mask_finishes_with_a_note(tmp_path):
     make_synthetic_slide(tmp_path / "slides" / "good.svs", size=(800, 640), seed=2)
     Image.fromarray(np.full((640, 800, 3), 255, np.uint8)).save(tmp_path / "slides" / "white.png")
-    cohort = write_cohort(tmp_path, [{"path": "slides/white.png", "mpp": 0.5}, {"path": "slides/good.svs"}])
+    cohort = write_cohort(tmp_path, [{"path": "slides/white.png", "mpp": 0.5}, {"path": "slides/good.svs"}], **SETTINGS)
     assert_blank_slide_done_beside_a_good_one(cohort, "white")

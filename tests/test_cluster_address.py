@@ -14,7 +14,7 @@ from distributed import Client
 from distributed.security import Security
 
 from cerberus_batch.cli import main
-from test_cluster_cohorts import small_cohort
+from helpers import small_cohort
 
 
 def self_signed(folder: Path) -> dict[str, str]:

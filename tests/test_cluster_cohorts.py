@@ -1,44 +1,12 @@
-"""The example cluster cohort files, and the small cohort the cluster tests run.
-
-`small_cohort` and `output_files` are shared by the other test_cluster*/test_dashboard files.
-"""
+"""The example cluster cohort files are valid and use their kind."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import yaml
 
 from cerberus_batch.pipeline.config import CohortFile
-from cerberus_batch.testing.slides import make_synthetic_slide
-
-CONFIGS = Path(__file__).parent.parent / "configs"
-
-
-def small_cohort(folder: Path, cluster: dict, output: str = "out") -> Path:
-    """A one-slide stain-model cohort: a 2000×1600 synthetic slide (`folder/slides/synthetic.svs`, unless
-    one is there already) cut into six 432 px chunks."""
-    slide = folder / "slides" / "synthetic.svs"
-    if not slide.exists():
-        slide.parent.mkdir(exist_ok=True)
-        make_synthetic_slide(slide, size=(2000, 1600), seed=1)
-    body = {
-        "name": f"cluster-{cluster.get('kind', 'local')}",
-        "output": output,
-        "slides": [{"path": f"slides/{slide.name}", "id": "synthetic"}],
-        "model": {"kind": "stain"},
-        "processing": {"chunk": 432},
-        "cluster": cluster,
-    }
-    path = folder / f"{output}.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
-
-
-def output_files(output: Path, folders: tuple[str, ...] = ("maps", "tables", "plans", "masks")) -> dict[str, bytes]:
-    """Every result file of a run, by relative path (not timings): two runs must match byte for byte."""
-    return {str(p.relative_to(output)): p.read_bytes() for f in folders for p in sorted((output / f).rglob("*")) if p.is_file()}
+from helpers import CONFIGS
 
 
 @pytest.mark.parametrize("kind", ["local", "slurm", "kubernetes", "address"])

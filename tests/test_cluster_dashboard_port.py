@@ -11,7 +11,7 @@ import pytest
 
 from cerberus_batch.cluster import start_cluster
 from cerberus_batch.pipeline.config import load_cohort
-from test_cluster_cohorts import small_cohort
+from helpers import small_cohort
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import yaml
 from cerberus_batch.cluster.kubernetes import API_VERSION, cluster_manifest, manifests
 from cerberus_batch.cluster.spec import ClusterSpec
 from cerberus_batch.pipeline.config import load_cohort
-from test_cluster_cohorts import CONFIGS
+from helpers import CONFIGS
 from test_cluster_spec import GPU_KUBERNETES
 
 KUBERNETES = "1.31"  # older than current releases, so the manifests also suit clusters not yet upgraded

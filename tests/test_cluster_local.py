@@ -17,7 +17,9 @@ from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.progress import RunProgress
 from cerberus_batch.pipeline.records import RunReport
 from cerberus_batch.pipeline.run import CohortRun, run_cohort
-from test_cluster_cohorts import output_files, small_cohort
+from helpers import output_files, small_cohort
+
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
 
 
 def executed_keys(dask_worker) -> list[str]:

@@ -19,7 +19,9 @@ from distributed import Client, get_task_stream
 from cerberus_batch.cluster import start_cluster
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
-from test_cluster_cohorts import output_files, small_cohort
+from helpers import output_files, small_cohort
+
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
 
 
 def slurm_running() -> bool:

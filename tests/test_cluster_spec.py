@@ -16,7 +16,7 @@ from cerberus_batch.cluster.gpu_pin import pinned_devices
 from cerberus_batch.cluster.spec import ClusterSpec
 from cerberus_batch.errors import ClusterError, CohortError
 from cerberus_batch.pipeline.config import load_cohort
-from test_cluster_cohorts import small_cohort
+from helpers import small_cohort
 
 GPU_KUBERNETES = {
     "kind": "kubernetes",

@@ -19,7 +19,7 @@ from distributed.comm import get_tcp_server_addresses
 from cerberus_batch.cli import main
 from cerberus_batch.cluster.slurm import new_slurm_cluster, run_security
 from cerberus_batch.pipeline.config import load_cohort
-from test_cluster_cohorts import small_cohort
+from helpers import small_cohort
 
 
 def slurm_cohort(folder, **slurm):

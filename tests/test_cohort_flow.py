@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
+import pytest
 from distributed import LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -22,6 +22,9 @@ from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import TABLES_COMMITTED, Ledger
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.testing.slides import make_synthetic_slide
+from helpers import write_cohort
+
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
 
 UNFINISHED = {"waiting", "queued", "no-worker", "processing"}
 
@@ -32,10 +35,7 @@ def cohort_of(folder: Path, count: int) -> Path:
     make_synthetic_slide(slide, size=(800, 640), seed=2)
     for index in range(1, count):
         shutil.copyfile(slide, slide.with_name(f"s{index:02d}.svs"))
-    body = {"name": "flow", "output": "out", "slides": {"glob": "slides/s*.svs"}, "model": {"kind": "stain"},
-            "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    return folder / "cohort.yaml"
+    return write_cohort(folder, {"glob": "slides/s*.svs"}, processing={"chunk": 432}, cluster={"workers": 1, "dashboard_address": ":0"})
 
 
 class SlidesWithWork(SchedulerPlugin):
@@ -61,6 +61,7 @@ class SlidesWithWork(SchedulerPlugin):
 
 def test_a_cohort_larger_than_the_bound_enters_the_graph_slide_by_slide(tmp_path):
     cohort = load_cohort(cohort_of(tmp_path, 6))
+    # Its own cluster: the bound on slides in the graph is counted for one worker thread.
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
         seen = SlidesWithWork(cluster.scheduler)
         cluster.scheduler.add_plugin(seen)

@@ -9,7 +9,9 @@ import pytest
 from cerberus_batch.cluster import start_cluster
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
-from test_cluster_cohorts import small_cohort
+from helpers import small_cohort
+
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

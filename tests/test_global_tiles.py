@@ -9,17 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 from click.testing import CliRunner
-from distributed import LocalCluster
 from PIL import Image
 
 from cerberus_batch.cli import main
 from cerberus_batch.grid import CELL, CONTEXT, Tile, tissue_tiles
 from cerberus_batch.model import CerberusPredictor
-from cerberus_batch.pipeline.config import load_cohort
-from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import TissueMask, open_slide, plan_chunks, tissue_mask
 from cerberus_batch.slides.plan import cell_tissue
 from cerberus_batch.storage.maps import map_specs
@@ -27,6 +23,7 @@ from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.vocabulary import DRAWING_ORDER
+from helpers import run_ok, write_cohort
 
 TILE = 1008
 CHUNKS = (1008, 2016, 3024)
@@ -116,20 +113,14 @@ def test_maps_are_bit_identical_for_every_chunk_multiple_of_the_tile(parity_mode
             np.testing.assert_array_equal(maps[name], array, err_msg=name)
 
 
-def write_cohort(folder: Path, slide: Path, mask: Path | None, model: dict, **processing) -> Path:
-    body = {
-        "name": "global-tiles", "output": "out", "model": model,
-        "slides": [{"path": str(slide), "id": "cmu", **({"mask": str(mask)} if mask else {})}],
-        "processing": processing,
-    }
-    path = folder / "cohort.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
+def one_slide_cohort(folder: Path, slide: Path, mask: Path | None, model: dict, **processing) -> Path:
+    slides = [{"path": str(slide), "id": "cmu", **({"mask": str(mask)} if mask else {})}]
+    return write_cohort(folder, slides, model=model, processing=processing)
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_a_chunk_that_is_not_a_multiple_of_the_tile_is_refused(tmp_path, cmu_slide, parity_model_dir, command):
-    cohort = write_cohort(tmp_path, cmu_slide, None, {"kind": "cerberus", "weights": str(parity_model_dir)}, chunk=1440)
+    cohort = one_slide_cohort(tmp_path, cmu_slide, None, {"kind": "cerberus", "weights": str(parity_model_dir)}, chunk=1440)
     result = CliRunner().invoke(main, [command, str(cohort)])
     assert result.exit_code == 1
     line = cohort.read_text().splitlines().index("  chunk: 1440") + 1
@@ -138,7 +129,7 @@ def test_a_chunk_that_is_not_a_multiple_of_the_tile_is_refused(tmp_path, cmu_sli
 
 
 def test_validate_prints_input_px_per_tissue_px(tmp_path, cmu_slide, parity_model_dir):
-    cohort = write_cohort(tmp_path, cmu_slide, None, {"kind": "cerberus", "weights": str(parity_model_dir)})
+    cohort = one_slide_cohort(tmp_path, cmu_slide, None, {"kind": "cerberus", "weights": str(parity_model_dir)})
     result = CliRunner().invoke(main, ["validate", str(cohort)], env={"COLUMNS": "200"})  # no wrapping in the table
     assert result.exit_code == 0, result.output
     assert "input px / tissue px" in result.output
@@ -160,17 +151,11 @@ def test_validate_prints_input_px_per_tissue_px(tmp_path, cmu_slide, parity_mode
 
 
 @pytest.mark.slow
-def test_run_maps_and_tables_are_bit_identical_across_chunk_sizes(tmp_path, cmu_slide, parity_model_dir, window_mask):
+@pytest.mark.e2e
+def test_run_maps_and_tables_are_bit_identical_across_chunk_sizes(tmp_path, cmu_slide, parity_model_dir, window_mask, cluster):
     model = {"kind": "cerberus", "weights": str(parity_model_dir)}
-    outputs = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        for chunk in CHUNKS:
-            folder = tmp_path / str(chunk)
-            folder.mkdir()
-            cohort = load_cohort(write_cohort(folder, cmu_slide, window_mask[0], model, chunk=chunk, tissue_mask="given"))
-            report = run_cohort(cohort, show_progress=False, cluster=cluster)
-            assert report.status == "ok", report.slides
-            outputs.append(cohort.output)
+    outputs = [run_ok(one_slide_cohort(tmp_path / str(chunk), cmu_slide, window_mask[0], model, chunk=chunk, tissue_mask="given"), cluster)
+               for chunk in CHUNKS]
     groups = [map_arrays(zarr.open_group(out / "maps" / "cmu", mode="r")) for out in outputs]
     names = sorted(groups[0])
     assert "nuclei_prob" in names and "gland_class" in names

@@ -14,9 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from click.testing import CliRunner
-from distributed import LocalCluster
 
 from cerberus_batch.cli import main
 from cerberus_batch.errors import CohortError, RunMismatch
@@ -24,20 +22,12 @@ from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.testing.slides import make_synthetic_slide
+from helpers import write_cohort
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local:
-        yield local
-
-
-def write_cohort(folder: Path, slide: Path, model: dict | None = None, **sections) -> Path:
-    body = {"name": "honest", "output": "out", "slides": [{"path": str(slide), "id": "cmu"}],
-            "model": model or {"kind": "stain"}, "processing": {"chunk": 1008}, **sections}
-    path = folder / "cohort.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
+def one_slide_cohort(folder: Path, slide: Path, **sections) -> Path:
+    """The slide as `cmu`, in 1008 px chunks unless `processing` says otherwise."""
+    return write_cohort(folder, [{"path": str(slide), "id": "cmu"}], **{"processing": {"chunk": 1008}, **sections})
 
 
 def closed_port() -> int:
@@ -55,7 +45,7 @@ def stain_run(tmp_path_factory, cluster, cmu_slide):
     slides.mkdir()
     slide = slides / "cmu.svs"
     slide.write_bytes(cmu_slide.read_bytes()[:4096])  # a truncated copy: the first run fails this slide
-    cohort = load_cohort(write_cohort(folder, slide))
+    cohort = load_cohort(one_slide_cohort(folder, slide))
     failed = run_cohort(cohort, show_progress=False, cluster=cluster)
     log_after_failure = (cohort.output / "logs" / "cmu.log").is_file()
     shutil.copyfile(cmu_slide, slide)
@@ -66,6 +56,7 @@ def stain_run(tmp_path_factory, cluster, cmu_slide):
             "first": first, "summary_first": summary_first, "rerun": rerun}
 
 
+@pytest.mark.e2e
 def test_kinds_the_stain_model_does_not_compute_are_null_in_summary_status_and_report(stain_run):
     out = stain_run["cohort"].output
     assert stain_run["first"].status == "ok"
@@ -89,6 +80,7 @@ def test_kinds_the_stain_model_does_not_compute_are_null_in_summary_status_and_r
     assert "not computed" in glands and "not computed" in lumens and f"{nuclei_rows:,}" in cells[5]
 
 
+@pytest.mark.e2e
 def test_a_rerun_with_nothing_left_keeps_the_slides_computing_time(stain_run):
     out = stain_run["cohort"].output
     first, rerun = stain_run["first"].slides["cmu"], stain_run["rerun"].slides["cmu"]
@@ -104,19 +96,21 @@ def test_a_rerun_with_nothing_left_keeps_the_slides_computing_time(stain_run):
     assert f"{first.seconds:,.1f} s" in (out / "report.html").read_text()
 
 
+@pytest.mark.e2e
 def test_a_slides_old_log_goes_when_it_succeeds(stain_run):
     assert stain_run["failed"].slides["cmu"].status == "failed" and stain_run["log_after_failure"]
     assert stain_run["first"].slides["cmu"].status == "done"
     assert not (stain_run["cohort"].output / "logs" / "cmu.log").exists()
 
 
+@pytest.mark.e2e
 def test_a_rerun_with_other_settings_names_each_and_is_refused_before_any_cluster(stain_run, cmu_slide):
     folder = stain_run["folder"]
     unreachable = {"kind": "address", "address": {"scheduler": f"tcp://127.0.0.1:{closed_port()}"}}
     other = folder / "other"
     other.mkdir()
-    path = write_cohort(other, folder / "slides" / "cmu.svs", cluster=unreachable,
-                        processing={"chunk": 2016, "dtype": "float16"}, output=str(stain_run["cohort"].output))
+    path = one_slide_cohort(other, folder / "slides" / "cmu.svs", cluster=unreachable,
+                            processing={"chunk": 2016, "dtype": "float16"}, output=str(stain_run["cohort"].output))
     cohort = load_cohort(path)
     began = time.monotonic()
     with pytest.raises(RunMismatch) as refused:
@@ -138,7 +132,7 @@ def test_a_rerun_with_other_settings_names_each_and_is_refused_before_any_cluste
     (["nuclei", "gland", "lumen", "tissue"], "gland, lumen"), (["nuclei"], "a subset"), (["tissue", "nuclei"], None),
 ])
 def test_the_stain_model_refuses_heads_it_does_not_have(tmp_path, cmu_slide, heads, refused):
-    path = write_cohort(tmp_path, cmu_slide, model={"kind": "stain", "heads": heads})
+    path = one_slide_cohort(tmp_path, cmu_slide, model={"kind": "stain", "heads": heads})
     if refused is None:
         assert load_cohort(path).model.heads == heads
         return
@@ -149,12 +143,13 @@ def test_the_stain_model_refuses_heads_it_does_not_have(tmp_path, cmu_slide, hea
     assert said.endswith(f"for {refused}")
 
 
+@pytest.mark.e2e
 def test_a_heads_change_on_an_existing_output_is_refused(tmp_path, cluster, parity_model_dir):
     slide = make_synthetic_slide(tmp_path / "slides" / "small.svs", size=(1000, 800)).path
     model = {"kind": "cerberus", "weights": str(parity_model_dir), "heads": ["tissue"], "device": "cpu"}
-    first = load_cohort(write_cohort(tmp_path, slide, model=model))
+    first = load_cohort(one_slide_cohort(tmp_path, slide, model=model))
     assert run_cohort(first, show_progress=False, cluster=cluster).status == "ok"
-    changed = load_cohort(write_cohort(tmp_path, slide, model={**model, "heads": ["nuclei", "tissue"]}))
+    changed = load_cohort(one_slide_cohort(tmp_path, slide, model={**model, "heads": ["nuclei", "tissue"]}))
     with pytest.raises(RunMismatch) as refused:
         run_cohort(changed, show_progress=False, cluster=cluster)
     said = str(refused.value)

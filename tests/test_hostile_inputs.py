@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from cerberus_batch.slides import mask as mask_module
 from cerberus_batch.slides import SlideError, open_slide, tissue_mask
+from helpers import write_cohort
 
 GB = 1 << 30
 PEAK_RSS_BOUND = 1 * GB  # generous: validate alone peaks near 500 MB, decoding the bomb in bands adds ~100 MB
@@ -134,12 +134,9 @@ def slides_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def write_cohort(folder: Path, slide: Path, mask: Path | None = None, mpp: float = 0.5) -> Path:
+def one_slide_cohort(folder: Path, slide: Path, mask: Path | None = None, mpp: float = 0.5) -> Path:
     entry = {"path": str(slide), "mpp": mpp} | ({"mask": str(mask)} if mask else {})
-    body = {"name": "hostile", "output": "out", "slides": [entry], "model": {"kind": "stain"}, "processing": {"chunk": 1008}}
-    path = folder / "cohort.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
+    return write_cohort(folder, [entry], processing={"chunk": 1008})
 
 
 def assert_refused_in_one_line(result: Measured, *names: Path) -> str:
@@ -167,7 +164,7 @@ def bomb(tmp_path_factory) -> Path:
 def test_mask_bomb_finer_than_the_slide_is_refused(tmp_path, bomb):
     slide = slides_folder(tmp_path) / "small.tif"
     write_tiled_tiff(slide, SMALL_SLIDE, shared=False)
-    result = run_cli("validate", str(write_cohort(tmp_path, slide, bomb)), cwd=tmp_path)
+    result = run_cli("validate", str(one_slide_cohort(tmp_path, slide, bomb)), cwd=tmp_path)
     line = assert_refused_in_one_line(result, bomb)
     assert "44400x59340" in line
     assert_cheap(result)
@@ -176,7 +173,7 @@ def test_mask_bomb_finer_than_the_slide_is_refused(tmp_path, bomb):
 def test_level0_sized_mask_bomb_is_decoded_reduced(tmp_path, bomb):
     slide = slides_folder(tmp_path) / "big.tif"  # a mostly blank slide really 44400 × 59340 px: a legitimate level-0 mask
     write_tiled_tiff(slide, BOMB, shared=False)
-    result = run_cli("validate", str(write_cohort(tmp_path, slide, bomb)), cwd=tmp_path)
+    result = run_cli("validate", str(one_slide_cohort(tmp_path, slide, bomb)), cwd=tmp_path)
     assert result.code == 0, result.output
     assert "44400×59340" in result.output
     assert_cheap(result)
@@ -194,7 +191,7 @@ def claimed_huge(tmp_path_factory) -> Path:
 
 
 def test_tiff_claiming_200000_px_square_is_refused_by_validate(tmp_path, claimed_huge):
-    result = run_cli("validate", str(write_cohort(tmp_path, claimed_huge, mpp=HUGE_MPP)), cwd=tmp_path)
+    result = run_cli("validate", str(one_slide_cohort(tmp_path, claimed_huge, mpp=HUGE_MPP)), cwd=tmp_path)
     assert "file size" in assert_refused_in_one_line(result, claimed_huge)
     assert_cheap(result)
 

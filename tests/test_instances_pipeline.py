@@ -7,14 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
-import yaml
 import zarr
 from distributed import LocalCluster
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 
-from cerberus_batch.pipeline.config import load_cohort
-from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import Transform
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays
@@ -25,6 +22,9 @@ from cerberus_batch.tasks.merge import merge_slide
 from cerberus_batch.tasks.whole import slide_instances
 from cerberus_batch.testing.slides import make_synthetic_slide
 from conftest import mask_file
+from helpers import run_ok, write_cohort
+
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
 
 KINDS = ("nuclei", "glands", "lumens", "tissue")
 
@@ -35,13 +35,7 @@ def synthetic(tmp_path_factory):
 
 
 def run(folder: Path, slides, cluster, **sections) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {"name": "instances", "output": "out", "slides": slides, "model": {"kind": "stain"}, **sections}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    cohort = load_cohort(folder / "cohort.yaml")
-    report = run_cohort(cohort, show_progress=False, cluster=cluster)
-    assert report.status == "ok", report.slides
-    return cohort.output
+    return run_ok(write_cohort(folder, slides, **sections), cluster)
 
 
 def tables(output: Path) -> dict:
@@ -73,12 +67,6 @@ def in_memory_reference(output: Path, slide_id: str) -> dict:
     found = slide_instances(maps, geometry_of(slide_id, attrs), kinds_of(attrs))
     return {kind: table.assign(slide_id=table["slide_id"].astype(str)).sort_values("instance_id").reset_index(drop=True)[
         ["slide_id"] + [c for c in table.columns if c != "slide_id"]] for kind, table in found.items()}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as local:
-        yield local
 
 
 @pytest.fixture(scope="module")

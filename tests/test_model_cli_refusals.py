@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from click.testing import CliRunner
+from helpers import write_cohort
 from model_variants import copy_model_dir, flip_tensor_bytes, model_dir_with_heads
 from PIL import Image
 
@@ -30,13 +30,8 @@ def refused_models(tmp_path_factory: pytest.TempPathFactory, parity_model_dir: P
 
 
 def _cohort_file(folder: Path, model_dir: Path) -> Path:
-    body = {
-        "name": "refused", "output": str(folder / "out"), "slides": [{"path": str(DEMO_SLIDE), "id": "a"}],
-        "model": {"kind": "cerberus", "weights": str(model_dir)},
-    }
-    path = folder / "cohort.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
+    return write_cohort(folder, [{"path": str(DEMO_SLIDE), "id": "a"}], output=str(folder / "out"),
+                        model={"kind": "cerberus", "weights": str(model_dir)})
 
 
 def _one_line(output: str) -> str:

@@ -9,13 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from cerberus_batch.cli import main
 from cerberus_batch.pipeline.config import load_cohort
 from cerberus_batch.slides import open_slide
+from helpers import write_cohort
 
 CMU_MPP = 0.499  # CMU-1-Small-Region.svs's own metadata (Aperio MPP)
 
@@ -31,12 +31,6 @@ def slides(tmp_path, cmu_slide) -> Path:
     return folder
 
 
-def cohort(folder: Path, slides) -> Path:
-    path = folder / "cohort.yaml"
-    path.write_text(yaml.safe_dump({"name": "mpp", "output": "out", "slides": slides, "model": {"kind": "stain"}}))
-    return path
-
-
 def level0_mpp(path: Path) -> dict[str, tuple[float, str]]:
     found = {}
     for slide in load_cohort(path).slides:
@@ -50,7 +44,7 @@ def validate(path: Path):
 
 
 def test_a_glob_mpp_is_a_fallback_and_the_metadata_wins(tmp_path, slides):
-    path = cohort(tmp_path, {"glob": "slides/*", "mpp": 0.25})
+    path = write_cohort(tmp_path, {"glob": "slides/*", "mpp": 0.25})
     assert level0_mpp(path) == {"cmu": (CMU_MPP, "metadata"), "crop": (0.25, "fallback")}
     result = validate(path)
     assert result.exit_code == 0, result.output
@@ -59,15 +53,15 @@ def test_a_glob_mpp_is_a_fallback_and_the_metadata_wins(tmp_path, slides):
 
 
 def test_mpp_override_replaces_every_slides_metadata_when_asked(tmp_path, slides):
-    path = cohort(tmp_path, {"glob": "slides/*", "mpp_override": 0.25})
+    path = write_cohort(tmp_path, {"glob": "slides/*", "mpp_override": 0.25})
     assert level0_mpp(path) == {"cmu": (0.25, "override"), "crop": (0.25, "override")}
     assert re.search(r"cmu\s*│\s*0\.2500 \(override\)", validate(path).output)
 
 
 def test_tissue_area_keeps_the_metadatas_mpp_under_a_glob_mpp(tmp_path, slides):
     """The trap: a glob `mpp:` for the slides without one must not shrink the tissue of those with one."""
-    with_fallback = validate(cohort(tmp_path, {"glob": "slides/*.svs", "mpp": 0.25})).output
-    alone = validate(cohort(tmp_path, [{"path": "slides/cmu.svs"}])).output
+    with_fallback = validate(write_cohort(tmp_path, {"glob": "slides/*.svs", "mpp": 0.25})).output
+    alone = validate(write_cohort(tmp_path, [{"path": "slides/cmu.svs"}])).output
     area = re.compile(r"cmu\s*│[^│]*│[^│]*│\s*([\d.]+)")
     assert area.search(with_fallback)[1] == area.search(alone)[1]
     assert float(area.search(alone)[1]) > 0.5
@@ -82,7 +76,7 @@ def test_the_no_mpp_error_names_the_fix_of_the_cohorts_form(tmp_path, slides, fo
     else:
         (tmp_path / "slides.csv").write_text("path\nslides/crop.png\n")
         listed, fix = {"manifest": "slides.csv"}, r"fill its `mpp` column in .*slides\.csv"
-    result = validate(cohort(tmp_path, listed))
+    result = validate(write_cohort(tmp_path, listed))
     assert result.exit_code == 1
     problem = [line for line in result.output.splitlines() if line.startswith("PROBLEM crop:")]
     assert len(problem) == 1 and re.search(rf"has no microns-per-pixel metadata; {fix}$", problem[0]), result.output
@@ -91,4 +85,4 @@ def test_the_no_mpp_error_names_the_fix_of_the_cohorts_form(tmp_path, slides, fo
 
 def test_a_manifest_column_gives_fallback_and_override(tmp_path, slides):
     (tmp_path / "slides.csv").write_text("path,mpp,mpp_override\nslides/cmu.svs,0.25,\nslides/crop.png,,0.3\n")
-    assert level0_mpp(cohort(tmp_path, {"manifest": "slides.csv"})) == {"cmu": (CMU_MPP, "metadata"), "crop": (0.3, "override")}
+    assert level0_mpp(write_cohort(tmp_path, {"manifest": "slides.csv"})) == {"cmu": (CMU_MPP, "metadata"), "crop": (0.3, "override")}

@@ -12,7 +12,7 @@ from cerberus_batch.cli import main
 from cerberus_batch.model.predictor import numerics
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec
 from cerberus_batch.pipeline.work import fingerprint
-from test_cluster_cohorts import small_cohort
+from helpers import small_cohort
 
 
 class Named:

@@ -20,7 +20,7 @@ from cerberus_batch.errors import OutputError
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.output_folder import STALE_AFTER, OutputLock
 from cerberus_batch.testing.slides import make_synthetic_slide
-from test_cluster_cohorts import small_cohort
+from helpers import small_cohort
 
 
 def cli_run(cohort) -> subprocess.Popen:

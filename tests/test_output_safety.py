@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from distributed import LocalCluster
 from PIL import Image
 
 from cerberus_batch.cli import main
@@ -28,6 +27,7 @@ from cerberus_batch.pipeline.tile import run_tile_mode
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.testing.slides import make_synthetic_slide
+from helpers import write_cohort
 
 DEMO_SLIDE = Path(__file__).parent.parent / "configs" / "demo" / "slides" / "demo-a.svs"
 
@@ -163,10 +163,8 @@ def small_cohort(folder: Path, ids: tuple[str, ...] = ("a",), size: tuple[int, i
     (folder / "slides").mkdir(parents=True)
     for seed, slide_id in enumerate(ids, start=1):
         make_synthetic_slide(folder / "slides" / f"{slide_id}.svs", size=size, seed=seed)
-    body = {"name": "safety", "output": "out", "slides": [{"path": f"slides/{i}.svs", "id": i} for i in ids],
-            "model": {"kind": "stain"}, "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    return folder / "cohort.yaml"
+    return write_cohort(folder, [{"path": f"slides/{i}.svs", "id": i} for i in ids],
+                        processing={"chunk": 432}, cluster={"workers": 1, "dashboard_address": ":0"})
 
 
 USER_FILES = {  # a user's file where a run would write, and the path the refusal names
@@ -191,12 +189,6 @@ def test_a_users_file_where_a_run_writes_is_refused_in_one_line_before_any_work(
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert f"{output / USER_FILES[user_file]}: exists and was not written by cerberus-batch" in lines[0]
     assert tree_hashes(output) == before  # no slide planned, nothing written, the user's file as it was
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as local:
-        yield local
 
 
 def test_fresh_removes_only_what_we_wrote(tmp_path, cluster):

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
-from distributed import LocalCluster
 from click.testing import CliRunner
 from PIL import Image
 
@@ -27,22 +25,11 @@ from cerberus_batch.slides import ChunkPlan, open_slide, plan_chunks, tissue_mas
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import pool2, read_chunk
 from conftest import mask_file
+from helpers import write_cohort
+
+pytestmark = pytest.mark.e2e
 
 STEP = 1 / 255 + 1e-6  # one uint8 quantisation step
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local:
-        yield local
-
-
-def write_cohort(folder: Path, slides: list[dict], **sections) -> Path:
-    body = {"name": "pipeline-test", "output": "out", "slides": slides, "model": {"kind": "stain"}}
-    body.update(sections)
-    path = folder / "cohort.yaml"
-    path.write_text(yaml.safe_dump(body))
-    return path
 
 
 def chunk_with_tissue(output: Path, slide_id: str):
@@ -130,8 +117,6 @@ def map_files(output: Path) -> dict[str, bytes]:
 def test_kill_and_resume_computes_only_the_rest_and_gives_identical_maps(tmp_path, cmu_slide):
     slides = [{"path": str(cmu_slide), "id": "cmu"}]
     settings = {"processing": {"chunk": 432}, "cluster": {"workers": 2, "dashboard_address": ":0"}}
-    (tmp_path / "killed").mkdir()
-    (tmp_path / "whole").mkdir()
     killed = write_cohort(tmp_path / "killed", slides, **settings)
     whole = write_cohort(tmp_path / "whole", slides, **settings)
 
@@ -243,12 +228,8 @@ def test_a_changed_mask_recomputes_the_slide_instead_of_mixing_plans(tmp_path, c
         return f"masks/{name}"
 
     def cohort(folder: str, mask: str):
-        (tmp_path / folder).mkdir(exist_ok=True)
-        body = {"name": "masks", "output": str(tmp_path / folder / "out"),
-                "slides": [{"path": str(cmu_slide), "id": "cmu", "mask": str(tmp_path / mask)}],
-                "model": {"kind": "stain"}, "processing": {"chunk": 432, "tissue_mask": "given"}}
-        (tmp_path / folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-        return load_cohort(tmp_path / folder / "cohort.yaml")
+        return load_cohort(write_cohort(tmp_path / folder, [{"path": str(cmu_slide), "id": "cmu", "mask": str(tmp_path / mask)}],
+                                        output=str(tmp_path / folder / "out"), processing={"chunk": 432, "tissue_mask": "given"}))
 
     left, right = column_mask("left.png", slice(20, 110)), column_mask("right.png", slice(110, 200))
     assert run_cohort(cohort("rerun", left), show_progress=False, cluster=cluster).status == "ok"

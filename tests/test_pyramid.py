@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 from distributed import LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -21,6 +20,7 @@ from cerberus_batch.storage.ledger import LEVELS_WRITTEN, Ledger
 from cerberus_batch.storage.levels import MEAN, MODE, halve, level_shapes
 from cerberus_batch.testing.slides import make_synthetic_slide
 from cerberus_batch.vocabulary import HEAD_MAPS
+from helpers import write_cohort
 
 # Level-0 px at 0.25 µm/px: at 0.5 µm/px, 2400 x 600 px on whole 144-px cells, so nuclei maps of
 # 2448 x 720 px, halved twice to reach 1,000 px.
@@ -82,6 +82,7 @@ class PyramidGraph(SchedulerPlugin):
 
 @pytest.fixture(scope="module")
 def cluster():
+    # Its own: the pyramid graph plugin watches this scheduler while the run goes.
     with LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as local:
         yield local
 
@@ -91,10 +92,7 @@ def wide(tmp_path_factory, cluster):
     """A run of the stain model on a slide whose maps are wider than 1,000 px; the pyramid graph seen."""
     folder = tmp_path_factory.mktemp("pyramid")
     make_synthetic_slide(folder / "slides" / "wide.svs", size=SLIDE_SIZE, seed=4)
-    body = {"name": "pyramid", "output": "out", "slides": [{"path": "slides/wide.svs", "id": "wide"}],
-            "model": {"kind": "stain"}, "processing": {"chunk": 432}}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    cohort = load_cohort(folder / "cohort.yaml")
+    cohort = load_cohort(write_cohort(folder, [{"path": "slides/wide.svs", "id": "wide"}], processing={"chunk": 432}))
     seen = run_seen(cohort, cluster)
     return cohort, seen
 

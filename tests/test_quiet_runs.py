@@ -14,9 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cerberus_batch.storage.layout import OutputLayout
+
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
 
 # What the libraries say in their own voices: logging's "name - LEVEL -", warnings, tracebacks, asyncio's.
 LIBRARY_VOICE = re.compile(r"WARNING|Warning|ERROR|Traceback|KeyboardInterrupt|distributed\.|Future exception|Aborted")

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
 import zarr
 from distributed import LocalCluster
 from PIL import Image
@@ -28,6 +27,7 @@ from cerberus_batch.testing.servers import (
 )
 from cerberus_batch.testing.slides import make_synthetic_slide
 from conftest import mask_file
+from helpers import write_cohort
 
 SECRET = "s3cr3t-signature"
 
@@ -52,11 +52,8 @@ def stores(tmp_path_factory, cmu_slide):
 
 
 def run(folder: Path, slides: list[dict], cluster, **processing):
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {"name": "remote", "output": "out", "slides": slides, "model": {"kind": "stain"},
-            "processing": {"chunk": 432, "tissue_mask": "given", **processing}}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    return run_cohort(load_cohort(folder / "cohort.yaml"), show_progress=False, cluster=cluster)
+    cohort = write_cohort(folder, slides, processing={"chunk": 432, "tissue_mask": "given", **processing})
+    return run_cohort(load_cohort(cohort), show_progress=False, cluster=cluster)
 
 
 def small_region_mask(folder: Path) -> str:
@@ -172,17 +169,13 @@ def test_remote_mask_manifest_and_glob_over_a_bucket_prefix(tmp_path, stores, cm
         s3.upload_file(str(mask), "lab", f"cohort-masks/{Path(name).stem}.png")
     s3.put_object(Bucket="lab", Key="cohort/notes.txt", Body=b"not a slide")
     s3.put_object(Bucket="lab", Key="lists/slides.csv", Body=b"path,id,mask\n../cohort/a.svs,first,../cohort-masks/a.png\n")
-    (tmp_path / "glob.yaml").write_text(yaml.safe_dump({
-        "name": "g", "output": "out", "model": {"kind": "stain"},
-        "slides": {"glob": "s3://lab/cohort/*.svs", "masks": "s3://lab/cohort-masks/{stem}.png"}}))
-    globbed = load_cohort(tmp_path / "glob.yaml")
+    globbed = load_cohort(write_cohort(tmp_path, {"glob": "s3://lab/cohort/*.svs", "masks": "s3://lab/cohort-masks/{stem}.png"},
+                                       file="glob.yaml"))
     assert [(s.id, str(s.path), str(s.mask)) for s in globbed.slides] == [
         ("a", "s3://lab/cohort/a.svs", "s3://lab/cohort-masks/a.png"),
         ("b", "s3://lab/cohort/b.svs", "s3://lab/cohort-masks/b.png"),
     ]
-    (tmp_path / "list.yaml").write_text(yaml.safe_dump({
-        "name": "m", "output": "out", "model": {"kind": "stain"}, "slides": {"manifest": "s3://lab/lists/slides.csv"}}))
-    listed = load_cohort(tmp_path / "list.yaml")
+    listed = load_cohort(write_cohort(tmp_path, {"manifest": "s3://lab/lists/slides.csv"}, file="list.yaml"))
     assert [(s.id, str(s.path), str(s.mask)) for s in listed.slides] == [
         ("first", "s3://lab/cohort/a.svs", "s3://lab/cohort-masks/a.png")]
     report = run(tmp_path / "run", [{"path": "s3://lab/cohort/a.svs", "id": "a", "mask": "s3://lab/cohort-masks/a.png"}],
@@ -231,12 +224,9 @@ def test_a_bad_s3_credential_and_an_unsupported_format_over_a_url_are_one_line_e
               {"path": str(cmu_slide), "id": "local", "mask": mask}]
 
     def run_with(secret: str, folder: Path):
-        folder.mkdir()
-        body = {"name": "creds", "output": "out", "slides": slides, "model": {"kind": "stain"},
-                "processing": {"chunk": 432, "tissue_mask": "given"},
-                "storage_options": {"key": key["AccessKeyId"], "secret": secret}}
-        (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-        return run_cohort(load_cohort(folder / "cohort.yaml"), show_progress=False, cluster=stores["cluster"])
+        cohort = write_cohort(folder, slides, processing={"chunk": 432, "tissue_mask": "given"},
+                              storage_options={"key": key["AccessKeyId"], "secret": secret})
+        return run_cohort(load_cohort(cohort), show_progress=False, cluster=stores["cluster"])
 
     with s3_checks_credentials(endpoint):
         good = run_with(key["SecretAccessKey"], tmp_path / "good")  # the store checks keys: the right one reads

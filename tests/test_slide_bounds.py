@@ -14,16 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-import yaml
 import zarr
 from click.testing import CliRunner
-from distributed import LocalCluster
 from PIL import Image
 
 from cerberus_batch.cli import main
 from cerberus_batch.grid import CELL
-from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, load_cohort
-from cerberus_batch.pipeline.run import run_cohort
+from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec
 from cerberus_batch.pipeline.work import cohort_predictor
 from cerberus_batch.quantisation import quantise
 from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask
@@ -31,25 +28,14 @@ from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays
 from cerberus_batch.tasks.infer import predict_chunk
 from conftest import mask_file
+from helpers import run_ok, write_cohort
 
 DEMO_A = Path(__file__).parent.parent / "configs" / "demo" / "slides" / "demo-a.svs"
 OBJECTS = ("nuclei", "glands", "lumens")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as local:
-        yield local
-
-
 def run(folder: Path, slide: dict, cluster, **sections) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {"name": "bounds", "output": "out", "slides": [slide], "model": {"kind": "stain"}, **sections}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    cohort = load_cohort(folder / "cohort.yaml")
-    report = run_cohort(cohort, show_progress=False, cluster=cluster)
-    assert report.status == "ok", report.slides
-    return cohort.output
+    return run_ok(write_cohort(folder, [slide], **sections), cluster)
 
 
 def level0_box(path: Path) -> shapely.Polygon:
@@ -80,6 +66,7 @@ def demo(cluster, tmp_path_factory) -> Path:
                processing={"mpp": 0.5, "chunk": 1008, "tissue_mask": "auto"})
 
 
+@pytest.mark.e2e
 def test_demo_tissue_polygons_and_objects_lie_on_the_slide(demo):
     slide = level0_box(DEMO_A)
     tables = {kind: read_table(demo, kind) for kind in (*OBJECTS, "tissue")}
@@ -92,6 +79,7 @@ def test_demo_tissue_polygons_and_objects_lie_on_the_slide(demo):
     assert (tissue["area_px"] == tissue.geometry.area / 4).all()  # processing px are 2 x 2 level-0 px
 
 
+@pytest.mark.e2e
 def test_demo_tissue_area_is_the_mask_and_each_type_the_area_of_its_polygons(demo):
     mask = np.asarray(Image.open(demo / "masks" / "demo-a.png")) > 0
     assert mask.shape == (100, 125)  # automatic masks: 8 µm px, 16 processing px at 0.5 µm/px
@@ -133,6 +121,7 @@ def test_plan_tissue_area_counts_only_the_slide(cmu_slide):
     np.testing.assert_array_equal(plan.tissue_cells(), per_cell)
 
 
+@pytest.mark.e2e
 def test_cerberus_maps_are_background_past_the_slide(cmu_slide, parity_model_dir, cluster, tmp_path):
     """Deterministic-weights Cerberus on the bottom-right corner of CMU-1-Small-Region, whose last cells overhang it."""
     mask = np.zeros((297, 222), np.uint8)  # the slide at 1/10 scale

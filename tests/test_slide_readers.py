@@ -19,20 +19,17 @@ import numpy as np
 import pydicom
 import pytest
 import tiffslide
-import yaml
 from click.testing import CliRunner
-from distributed import LocalCluster
 from PIL import Image
 
 from cerberus_batch.cli import main
-from cerberus_batch.pipeline.config import load_cohort
-from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.slides import SlideError, open_slide
 from cerberus_batch.slides.location import Location
 from cerberus_batch.slides.sources import source_identity
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps
 from conftest import mask_file
+from helpers import run_ok, write_cohort
 
 ORTHANC = Path("/usr/sbin/Orthanc")  # Debian's orthanc; its DICOMweb plugin comes with orthanc-dicomweb
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -114,12 +111,6 @@ def make_vms(rgb: np.ndarray, folder: Path, mpp: float) -> Path:
     return vms
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as local:
-        yield local
-
-
 def level0(slide) -> np.ndarray:
     w, h = slide.info.dimensions
     return slide.read_level(0, 0, 0, w, h)
@@ -139,13 +130,8 @@ def run_stain(folder: Path, slide: dict, cluster, **processing) -> Path:
     mask = np.zeros((297, 222), np.uint8)  # the slide (2220 x 2967 px) at 1/10 scale
     mask[120:160, 90:130] = 255
     Image.fromarray(mask).save(mask_file(folder))
-    body = {"name": "readers", "output": "out", "model": {"kind": "stain"},
-            "slides": [{"id": "cmu", "mask": "masks/mask.png", **slide}],
-            "processing": {"chunk": 432, "tissue_mask": "given", **processing}}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    report = run_cohort(load_cohort(folder / "cohort.yaml"), show_progress=False, cluster=cluster)
-    assert report.status == "ok", report.slides
-    return folder / "out"
+    slides = [{"id": "cmu", "mask": "masks/mask.png", **slide}]
+    return run_ok(write_cohort(folder, slides, processing={"chunk": 432, "tissue_mask": "given", **processing}), cluster)
 
 
 def outputs(output: Path) -> tuple[dict[str, np.ndarray], dict[str, list]]:
@@ -158,6 +144,7 @@ def outputs(output: Path) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     return maps, tables
 
 
+@pytest.mark.e2e
 def test_every_reader_gives_the_tiffslide_maps_and_tables(tmp_path, cluster, cmu_slide, dicom_folder, dicomweb_series):
     runs = {
         "tiffslide": ({"path": str(cmu_slide)}, {}),
@@ -196,13 +183,11 @@ def test_a_vms_slide_runs_through_validate_run_and_inspect(tmp_path, cmu_slide):
     mask = np.zeros((296, 222), np.uint8)
     mask[120:150, 90:120] = 255
     Image.fromarray(mask).save(mask_file(tmp_path))
-    body = {"name": "vms", "output": "out", "model": {"kind": "stain"},
-            "slides": [{"path": str(vms), "mask": "masks/mask.png"}], "processing": {"chunk": 432, "tissue_mask": "given"}}
-    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(body))
-    validated = runner.invoke(main, ["validate", str(tmp_path / "cohort.yaml")], terminal_width=200)
+    cohort = write_cohort(tmp_path, [{"path": str(vms), "mask": "masks/mask.png"}], processing={"chunk": 432, "tissue_mask": "given"})
+    validated = runner.invoke(main, ["validate", str(cohort)], terminal_width=200)
     assert validated.exit_code == 0, validated.output
     assert "slide" in validated.output
-    run = runner.invoke(main, ["run", str(tmp_path / "cohort.yaml"), "--no-progress"], terminal_width=200)
+    run = runner.invoke(main, ["run", str(cohort), "--no-progress"], terminal_width=200)
     assert run.exit_code == 0, run.output
     attrs = open_slide_maps(tmp_path / "out" / "maps" / "slide").attrs
     assert attrs["reader"] == "openslide" and attrs["mpp"] == 0.499  # level 0 read natively at its own mpp
@@ -221,10 +206,9 @@ def test_an_unsupported_format_and_a_two_slide_dicom_folder_are_one_line_each(tm
             open_slide(address)
         message = str(refused.value)
         assert message.startswith(f"{address}: {reason}") and "\n" not in message, message
-    body = {"name": "bad", "output": "out", "model": {"kind": "stain"}, "processing": {"chunk": 1008},
-            "slides": [{"path": str(notes)}, {"path": str(two)}, {"path": str(dicom_folder), "id": "good"}]}
-    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(body))
-    validated = CliRunner().invoke(main, ["validate", str(tmp_path / "cohort.yaml")], terminal_width=300)
+    slides = [{"path": str(notes)}, {"path": str(two)}, {"path": str(dicom_folder), "id": "good"}]
+    cohort = write_cohort(tmp_path, slides, processing={"chunk": 1008})
+    validated = CliRunner().invoke(main, ["validate", str(cohort)], terminal_width=300)
     assert validated.exit_code == 1, validated.output
     for address, reason in ((notes, "unsupported format"), (two, "DICOM folder holds 2 slides")):
         lines = [line for line in validated.output.splitlines() if f"{address}:" in line]

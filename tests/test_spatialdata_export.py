@@ -29,6 +29,8 @@ from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.tables import read_table
 from cerberus_batch.storage.zarr_maps import open_slide_maps
 
+pytestmark = pytest.mark.e2e  # every test here runs a cohort
+
 SPATIALDATA = "spatialdata==0.7.3"
 READBACK = Path(__file__).with_name("spatialdata_readback.py")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -21,18 +21,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-import yaml
-from distributed import LocalCluster
 from PIL import Image
 
-from cerberus_batch.pipeline.config import load_cohort
-from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.storage.layout import MERGE_PART, OutputLayout
 from cerberus_batch.storage.ledger import TABLES_COMMITTED, Ledger
 from cerberus_batch.storage.tables import (
     class_counts, read_table, recover_slide_tables, stage_table_part, table_batches, write_geoparquet, write_slide_tables,
 )
 from cerberus_batch.testing.slides import make_synthetic_slide
+from helpers import run_ok, write_cohort
 
 KINDS = ("nuclei", "glands", "lumens", "tissue")
 
@@ -133,16 +130,9 @@ def cli_run(cohort: Path) -> subprocess.Popen:
     )
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as local:
-        yield local
-
-
 def finish(cohort: Path, cluster) -> None:
     """A whole run, in this process on the shared cluster (only the run that is killed needs its own process)."""
-    report = run_cohort(load_cohort(cohort), show_progress=False, cluster=cluster)
-    assert report.status == "ok", report.slides
+    run_ok(cohort, cluster)
 
 
 def all_tables(output: Path) -> dict[str, pd.DataFrame]:
@@ -163,11 +153,8 @@ def assert_same(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
 
 
 def cohort_with_mask(folder: Path, slide: Path, mask: Path) -> Path:
-    folder.mkdir(exist_ok=True)
-    body = {"name": "commit", "output": "out", "slides": [{"path": str(slide), "id": "synthetic", "mask": str(mask)}],
-            "model": {"kind": "stain"}, "processing": {"chunk": 432}, "cluster": {"workers": 1, "dashboard_address": ":0"}}
-    (folder / "cohort.yaml").write_text(yaml.safe_dump(body))
-    return folder / "cohort.yaml"
+    return write_cohort(folder, [{"path": str(slide), "id": "synthetic", "mask": str(mask)}],
+                        processing={"chunk": 432}, cluster={"workers": 1, "dashboard_address": ":0"})
 
 
 class Reader(threading.Thread):
@@ -185,6 +172,7 @@ class Reader(threading.Thread):
             time.sleep(0.01)  # leave the run the CPU it needs
 
 
+@pytest.mark.e2e
 def test_sigkill_during_a_merge_leaves_whole_tables_and_the_rerun_gives_the_uninterrupted_ones(tmp_path, cluster):
     slide = tmp_path / "inputs" / "synthetic.svs"  # apart from the outputs
     make_synthetic_slide(slide, size=(1600, 1280), seed=1)  # 2 x 2 chunks of 432 px at 0.5 µm/px
