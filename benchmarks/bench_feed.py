@@ -8,7 +8,7 @@ Two runs, each `run_cohort` on a fresh LocalCluster of `--workers` single-thread
   4x4 holds about 26 mm² of tissue), automatic tissue mask, default processing;
 - Cerberus with the parity weights (tests/parity_model.py) on CMU-1-Small-Region with a given
   0.53 mm² tissue mask (2 chunks at the defaults; the model's forward pass on the CPU takes most of it).
-Prints per run, measured in this run: tissue Mpx (the plan's tissue cells, processing px), the core-s per
+Prints per run, measured in this run: tissue Mpx (processing px of the plan's cells holding tissue), the core-s per
 tissue Mpx of every stage (`seconds_by_stage` of run_report.json, summed over the cohort's slides), the
 CPU side (every stage but `model`), and the cores one GPU would need to be fed at 12 and at 100 tissue Mpx/s
 (CPU side × rate); the task stream's compute seconds per tissue Mpx by task (`distributed.get_task_stream`);
@@ -83,7 +83,7 @@ def measure(label: str, cohort_path: Path, workers: int) -> float:
     layout = OutputLayout(cohort.output)
     slides = json.loads(layout.run_report.read_text())["slides"]
     stages = {stage: sum(s["seconds_by_stage"][stage] for s in slides.values()) for stage in STAGES}
-    tissue_mpx = sum(ChunkPlan.from_json(layout.plan(slide.id).read_text()).tissue_cells().sum() for slide in cohort.slides) / 1e6
+    tissue_mpx = sum(ChunkPlan.from_json(layout.plan(slide.id).read_text()).tissue_mpx for slide in cohort.slides)
     cpu_side = sum(seconds for stage, seconds in stages.items() if stage != "model") / tissue_mpx
     print(f"\n{label}: {tissue_mpx:.1f} tissue Mpx, {workers} workers")
     for stage, seconds in stages.items():

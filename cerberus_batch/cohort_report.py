@@ -214,14 +214,14 @@ def _seconds(value: float | None) -> str:
 
 def _time_spent(slides: list[dict[str, Any]]) -> str:
     """Where the cohort's computing time went: each stage's core-seconds, share, and core-seconds per tissue
-    megapixel (tissue mm² at the slide's processing µm/px), over the slides that recorded their stages;
+    megapixel (processing px of the cells holding tissue), over the slides that recorded their stages;
     then the CPU side (every stage but the model's forward pass), what a GPU node's cores must keep up with."""
-    timed = [s for s in slides if s["outcome"].get("seconds_by_stage") and s["attrs"].get("mpp")]
+    timed = [s for s in slides if s["outcome"].get("seconds_by_stage")]
     if not timed:
         return ""
     stages = {stage: sum(s["outcome"]["seconds_by_stage"].get(stage, 0.0) for s in timed) for stage in STAGES}
     total = sum(stages.values()) or 1.0
-    tissue_mpx = sum(float(s["outcome"].get("tissue_mm2", 0.0)) / float(s["attrs"]["mpp"]) ** 2 for s in timed)
+    tissue_mpx = sum(float(s["outcome"].get("tissue_mpx", 0.0)) for s in timed)
     per = (lambda seconds: f"{seconds / tissue_mpx:,.3f}") if tissue_mpx else (lambda seconds: "–")
     rows = "".join(f"<tr><th>{stage}</th><td>{seconds:,.1f}</td><td>{seconds / total:.1%}</td><td>{per(seconds)}</td></tr>"
                    for stage, seconds in stages.items())

@@ -190,8 +190,12 @@ def test_report_renders_every_slide_and_plot_offline_in_chromium(run_output, tmp
     header, *body, cpu_side = found["stages"]
     assert header == ["stage", "core-s", "share", "core-s per tissue Mpx"]
     assert [row[0] for row in body] == list(STAGES) and cpu_side[0] == "CPU side (all but model)"
+    timed = [s for s, outcome in slides.items() if outcome["seconds_by_stage"]]
     for stage, row in zip(STAGES, body):
-        assert row[1] == f"{sum(slides[s]['seconds_by_stage'][stage] for s in GOOD):,.1f}", stage
+        assert row[1] == f"{sum(slides[s]['seconds_by_stage'][stage] for s in timed):,.1f}", stage
+    cpu = sum(seconds for s in timed for stage, seconds in slides[s]["seconds_by_stage"].items() if stage != "model")
+    assert all(slides[s]["tissue_mpx"] > 0 for s in GOOD)
+    assert cpu_side[3] == f"{cpu / sum(slides[s]['tissue_mpx'] for s in timed):,.3f}"
 
 
 def test_each_slide_records_its_seconds_by_stage(run_output):

@@ -29,6 +29,7 @@ class SlideOutcome:
     chunks_skipped: int = 0  # done by an earlier run
     tables_skipped: bool = False  # written by an earlier run
     tissue_mm2: float = 0.0
+    tissue_mpx: float = 0.0  # processing Mpx of its tissue cells (`ChunkPlan.tissue_mpx`)
     seconds: float | None = None  # computing time, summed over the runs that worked on it; None: not yet timed
     seconds_by_stage: dict[str, float] = field(default_factory=dict)  # its tasks' seconds by stage (`stages`), summed so too
     fetched_bytes: int = 0  # read from a remote slide by this run (0 for local files)

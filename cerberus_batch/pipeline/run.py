@@ -207,7 +207,7 @@ class CohortRun:
         c = self.cohort
         graph = slide_tasks(slide, plan, self.ledger.record(slide.id),
                             model=c.model, processing=c.processing, output=c.output, token=self.token)
-        outcome.chunks, outcome.tissue_mm2 = len(plan.chunks), plan.tissue_mm2
+        outcome.chunks, outcome.tissue_mm2, outcome.tissue_mpx = len(plan.chunks), plan.tissue_mm2, plan.tissue_mpx
         if not plan.chunks:
             outcome.note = NO_TISSUE
         outcome.chunks_skipped, outcome.tables_skipped = graph.chunks_skipped, graph.tables_skipped

@@ -83,6 +83,11 @@ class ChunkPlan:
             }
         )
 
+    @property
+    def tissue_mpx(self) -> float:
+        """Processing megapixels of the cells holding tissue: what the model infers, the unit of a run's costs."""
+        return self.cells * self.cell**2 / 1e6
+
     def tissue_cells(self) -> np.ndarray:
         """Float (rows, cols): processing px² of tissue in each cell of the slide's grid."""
         h, w = self.shape
