@@ -242,3 +242,26 @@ def test_thumbnail_is_the_same_in_strips(synthetic, monkeypatch):
     assert whole.shape == (834, 1000, 3)  # 6 level-0 px per thumbnail px
     assert np.abs(whole.astype(int) - strips).max() <= 1
     assert psnr(whole[:833], box_mean(synthetic.image, 6)) >= 28
+
+
+def tiffslide_region(path, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    with tiffslide.TiffSlide(path) as reference:
+        return np.asarray(reference.zarr_group[str(level)][y0:y1, x0:x1])
+
+
+@pytest.mark.parametrize("layout", ["tiled rgb", "tiled grey", "strips"])
+def test_tile_by_tile_reads_match_tiffslide(tmp_path, base_image, cmu_slide, layout):
+    """Levels read tile by tile (`slides.tiles`) give tiffslide's pixels: regions across tile seams and
+    the level's ragged last tiles, JPEG (CMU) and deflate tiles, grey; strips take tiffslide's own path."""
+    path = tmp_path / "slide.tif"
+    image = base_image[..., 0] if layout == "tiled grey" else base_image
+    tile = None if layout == "strips" else (128, 128)
+    tifffile.imwrite(path, image, tile=tile, compression="zlib", resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
+    regions = [(0, 0, 800, 600), (100, 120, 300, 140), (127, 127, 129, 129), (700, 500, 800, 600)]
+    for slide_path in [path] + ([cmu_slide] if layout == "tiled rgb" else []):
+        with open_slide(slide_path) as slide:
+            assert (slide._source._grids[0] is None) == (layout == "strips")
+            for x0, y0, x1, y1 in regions:
+                expected = tiffslide_region(slide_path, 0, x0, y0, x1, y1)
+                expected = np.repeat(expected[..., None], 3, axis=2) if expected.ndim == 2 else expected
+                np.testing.assert_array_equal(slide.read_level(0, x0, y0, x1 - x0, y1 - y0), expected)

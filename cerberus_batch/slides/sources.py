@@ -21,6 +21,7 @@ from PIL import Image
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location, remote_cause
+from cerberus_batch.slides.tiles import TileGrid
 from cerberus_batch.slides.truncation import tiff_truncation
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -172,8 +173,10 @@ class TiffSource:
             raise SlideError(path, f"pixel layout {self._axes} is not supported; expected interleaved RGB or grey")
         if level0.dtype != np.uint8:
             raise SlideError(path, f"{level0.dtype} pixels are not supported; convert the slide to 8-bit RGB")
-        self._check_complete(int(properties.get("tiffslide.series-index") or 0))
+        series = int(properties.get("tiffslide.series-index") or 0)
+        self._check_complete(series)
         level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
+        self._grids = [TileGrid.of(self._slide.ts_tifffile.series[series], level) for level in range(len(level_dimensions))]
         check_plausible(path, level_dimensions, self._size)
         tiff = self._slide.ts_tifffile
         vendor = properties.get("tiffslide.vendor") or ("ome" if tiff.is_ome else "generic-tiff")
@@ -206,8 +209,9 @@ class TiffSource:
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         try:
+            grid = self._grids[level]
             # tiffslide keeps one zarr group per thread; looking it up per read keeps threaded workers safe.
-            pixels = np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
+            pixels = grid.read(x0, y0, x1, y1) if grid else np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
         except Exception as err:  # a damaged tile surfaces as a codec error
             cause = remote_cause(err) if self.path.remote else None
             if cause:
