@@ -21,10 +21,10 @@ Window = namedtuple("Window", "support boxes rows cols starts inner table classe
 # plus a 1-px frame), and its pixels in buffer coordinates, raster order.
 Box = namedtuple("Box", "label oy ox hh ww ly lx")
 Scratch = namedtuple("Scratch", [
-    "eroded", "seeds", "body", "enclosable", "open_to_border",  # bool, box-sized (open_to_border per hole)
+    "eroded", "seeds", "body", "enclosable", "open_to_border", "clean",  # bool, box-sized (the last two per hole)
     "body_parts", "holes", "markers", "flooded", "levels", "links", "queue", "heights",  # box-sized
-    "ly", "lx", "part_sizes", "ages", "order", "items", "row_of", "values", "nucleus_boxes",  # per px
-    "spans", "heads", "tails",  # per box side, per uint8 level
+    "ly", "lx", "part_sizes", "ages", "order", "by_level", "items", "row_of", "values", "nucleus_boxes",  # per px
+    "spans", "heads", "tails", "level_starts", "level_fill",  # per box side, per uint8 level (starts: 257)
 ])
 # The nuclei found so far, one row each (corners: their outlines' turns, rows split by ring_starts);
 # `exposed` is each nucleus's count of boundary edges.
@@ -49,14 +49,15 @@ def new_scratch(win, chosen):
         raise ValueError("nuclei: a support's box holds 2**31 px or more")
     return Scratch(
         np.empty(most_box, np.bool_), np.empty(most_box, np.bool_), np.empty(most_box, np.bool_),
-        np.empty(most_box, np.bool_), np.empty(most_box, np.bool_),
+        np.empty(most_box, np.bool_), np.empty(most_box, np.bool_), np.empty(most_box, np.bool_),
         np.empty(most_box, np.int32), np.empty(most_box, np.int32), np.empty(most_box, np.int32),
         np.empty(most_box, np.int32), np.empty(most_box, np.int32), np.empty(most_box, np.int32),
         np.empty(most_box, np.int32), np.empty(most_box, np.float32),
         np.empty(most_px, np.int64), np.empty(most_px, np.int64), np.empty(most_px, np.int64),
         np.empty(most_px, np.int64), np.empty(most_px, np.int64), np.empty(most_px, np.int64),
-        np.empty(most_px, np.int64), np.empty(most_px, np.float64), np.empty((most_px, 4), np.int64),
-        np.empty(most_sides, np.int64), np.empty(256, np.int64), np.empty(256, np.int64),
+        np.empty(most_px, np.int64), np.empty(most_px, np.int64), np.empty(most_px, np.float64),
+        np.empty((most_px, 4), np.int64), np.empty(most_sides, np.int64),
+        np.empty(256, np.int64), np.empty(256, np.int64), np.empty(257, np.int64), np.empty(256, np.int64),
     )
 
 

@@ -113,14 +113,17 @@ def _flood_by_level(win, scratch, box, marked):
     ly, lx, ww, inner = box.ly, box.lx, box.ww, win.inner
     levels, order, markers, body, flooded = scratch.levels, scratch.order, scratch.markers, scratch.body, scratch.flooded
     j = 0
+    lowest, highest = 255, 0  # the flood's levels: a pixel is queued at its own level or its pusher's
     for i in range(ly.size):
         p = ly[i] * ww + lx[i]
-        levels[p] = 255 - code(inner, ly[i] + box.oy, lx[i] + box.ox)
+        v = 255 - code(inner, ly[i] + box.oy, lx[i] + box.ox)
+        levels[p] = v
+        lowest, highest = min(lowest, v), max(highest, v)
         if markers[p] and body[p]:
             flooded[p] = markers[p]
             order[j] = p
             j += 1
-    _flood_levels(scratch, box.ww, marked)
+    _flood_levels(scratch, box.ww, marked, lowest, highest)
 
 
 @jit
@@ -135,24 +138,25 @@ def _append(links, heads, tails, level, q):
 
 
 @phase
-def _by_level(level, order, marked):
-    """The marker pixels but the last, by level, each level's in raster order, and where each level starts."""
-    start = np.zeros(257, np.int64)
+def _by_level(scratch, marked, lowest, highest):
+    """scratch.by_level: the marker pixels but the last, by level, each level's in raster order;
+    scratch.level_starts: where each level from lowest to highest starts there."""
+    level, order, by_level = scratch.levels, scratch.order, scratch.by_level
+    start, fill = scratch.level_starts, scratch.level_fill
+    start[lowest : highest + 2] = 0
     for j in range(marked - 1):
         start[level[order[j]] + 1] += 1
-    for v in range(256):
+    for v in range(lowest, highest + 1):
         start[v + 1] += start[v]
-    fill = start[:256].copy()
-    by_level = np.empty(max(marked - 1, 1), np.int64)
+    fill[lowest : highest + 1] = start[lowest : highest + 1]
     for j in range(marked - 1):
         v = level[order[j]]
         by_level[fill[v]] = order[j]
         fill[v] += 1
-    return by_level, start
 
 
 @phase
-def _flood_levels(scratch, ww, marked):
+def _flood_levels(scratch, ww, marked, lowest, highest):
     """The heap's flood (same pops, same labels) for maps of 256 levels, in linear time.
 
     The flood never goes down (a pixel is queued at the higher of its level and its pusher's), so
@@ -162,11 +166,12 @@ def _flood_levels(scratch, ww, marked):
     0, pushed before any other)."""
     level, body, flooded, queue = scratch.levels, scratch.body, scratch.flooded, scratch.queue
     links, heads, tails = scratch.links, scratch.heads, scratch.tails
-    heads[:] = -1
-    tails[:] = -1
-    by_level, start = _by_level(level, scratch.order, marked)
+    heads[lowest : highest + 1] = -1
+    tails[lowest : highest + 1] = -1
+    _by_level(scratch, marked, lowest, highest)
+    by_level, start = scratch.by_level, scratch.level_starts
     _append(links, heads, tails, level[scratch.order[marked - 1]], scratch.order[marked - 1])
-    for v in range(256):
+    for v in range(lowest, highest + 1):  # the levels of the support's pixels: no other can be queued
         for j in range(start[v], start[v + 1]):
             queue[0] = by_level[j]
             head, tail = 0, 1

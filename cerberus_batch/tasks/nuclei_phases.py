@@ -3,8 +3,6 @@ markers, and the markers' holes filled."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from cerberus_batch.tasks.compiled import NX, NY, label_parts, phase, read, spread
 from cerberus_batch.tasks.nuclei_buffers import grid
 
@@ -126,10 +124,11 @@ def _label_holes(scratch, box, left, right, top, bottom):
 
 @phase
 def _clean_holes(win, scratch, box, n, left, right):
-    """Per hole 1..n: whether neither it nor its 4-neighbours touch another support."""
+    """scratch.clean, per hole 1..n: whether neither it nor its 4-neighbours touch another support."""
     h, w = win.support.shape
     holes, open_to_border, support, label = grid(scratch.holes, box), scratch.open_to_border, win.support, box.label
-    clean = np.ones(n + 1, np.bool_)
+    clean = scratch.clean
+    clean[: n + 1] = True
     for y in range(box.hh):
         for x in range(left[y] + 1, right[y]):
             c = holes[y, x]
@@ -145,7 +144,6 @@ def _clean_holes(win, scratch, box, n, left, right):
                     other = support[qy, qx]
                     if other != 0 and other != label:
                         clean[c] = False
-    return clean
 
 
 @phase
@@ -153,8 +151,9 @@ def fill_holes(win, scratch, box):
     """The markers' holes filled (in scratch.seeds and scratch.markers) unless they touch another support."""
     left, right, top, bottom = _spans(scratch, box)
     n = _label_holes(scratch, box, left, right, top, bottom)
-    clean = _clean_holes(win, scratch, box, n, left, right)
-    holes, seeds, open_to_border = grid(scratch.holes, box), grid(scratch.seeds, box), scratch.open_to_border
+    _clean_holes(win, scratch, box, n, left, right)
+    holes, seeds = grid(scratch.holes, box), grid(scratch.seeds, box)
+    open_to_border, clean = scratch.open_to_border, scratch.clean
     filled = False
     for y in range(box.hh):
         for x in range(left[y] + 1, right[y]):
