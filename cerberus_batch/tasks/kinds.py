@@ -6,7 +6,7 @@ stages (`chunk`, `merge`, `whole`) never ask which method a kind has."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import geopandas as gpd
 import numpy as np
@@ -136,6 +136,18 @@ class SlideKinds:
     def for_model(mode: Literal["wsi", "tile"] = "wsi", class_names: Mapping[str, Sequence[str]] | None = None) -> SlideKinds:
         """The kinds of a Cerberus model whose heads name their classes `class_names` (default: the reference's)."""
         return SlideKinds(cerberus_kinds(mode, class_names), vocabulary.class_names(TISSUE, class_names or {}))
+
+    def fill_tables(
+        self, maps: Mapping[str, Any], tables: dict[str, gpd.GeoDataFrame], step: Callable[[ObjectKind], None],
+    ) -> dict[str, gpd.GeoDataFrame]:
+        """`tables` with each object kind's, in order: `step` (a stage of its method) fills a kind the maps
+        have; a kind without its probability map gets an empty table."""
+        for kind in self.objects:
+            if kind.prob_map not in maps:
+                tables[kind.name] = empty_table()
+            else:
+                step(kind)
+        return tables
 
 
 def cerberus_kinds(

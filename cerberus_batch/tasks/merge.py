@@ -23,7 +23,7 @@ import numpy as np
 
 from cerberus_batch.tasks.chunk import ChunkResult
 from cerberus_batch.tasks.geometry import SlideGeometry
-from cerberus_batch.tasks.instances import TissueCells, empty_table
+from cerberus_batch.tasks.instances import TissueCells
 from cerberus_batch.tasks.regions import PaintedRegions, region_tables, with_counts
 from cerberus_batch.tasks.windows import tissue_cells, tissue_regions
 
@@ -56,12 +56,7 @@ def merge_slide(
     """
     tissue = tissue_cells(maps, kinds.tissue_classes)
     reduction = Reduction(maps, chunk_results, geometry, tissue, finished or {})
-    for kind in kinds.objects:
-        if kind.prob_map not in maps:
-            reduction.tables[kind.name] = empty_table()
-        else:
-            kind.method.reduce(reduction, kind)
-    tables = reduction.tables
+    tables = kinds.fill_tables(maps, reduction.tables, lambda kind: kind.method.reduce(reduction, kind))
     found, contained = region_tables(maps, kinds.objects, reduction.regions, geometry, tissue)
     tables.update(found)
     tables.update(with_counts(tables, kinds.objects, contained))

@@ -10,7 +10,7 @@ import geopandas as gpd
 import numpy as np
 
 from cerberus_batch.tasks.geometry import SlideGeometry
-from cerberus_batch.tasks.instances import TissueCells, empty_table
+from cerberus_batch.tasks.instances import TissueCells
 from cerberus_batch.tasks.regions import with_counts
 from cerberus_batch.tasks.windows import tissue_cells, tissue_regions
 
@@ -33,12 +33,7 @@ class WholeSlide:
 def slide_instances(maps: Mapping[str, Any], geometry: SlideGeometry, kinds: SlideKinds) -> dict[str, gpd.GeoDataFrame]:
     """All instance tables of a slide, plus tissue regions, from its full maps."""
     whole = WholeSlide(maps, geometry, tissue_cells(maps, kinds.tissue_classes))
-    for kind in kinds.objects:
-        if kind.prob_map not in maps:
-            whole.tables[kind.name] = empty_table()
-        else:
-            kind.method.whole(whole, kind)
-    tables = whole.tables
+    tables = kinds.fill_tables(maps, whole.tables, lambda kind: kind.method.whole(whole, kind))
     tables.update(with_counts(tables, kinds.objects, whole.contained))
     tables["tissue"] = tissue_regions(maps, kinds.tissue_classes, geometry)
     return tables
