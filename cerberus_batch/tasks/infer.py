@@ -8,7 +8,8 @@ import numpy as np
 
 from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, chunk_tissue
 from cerberus_batch.model.predictor import Predictor
-from cerberus_batch.quantisation import CLASS_DTYPE, quantise
+from cerberus_batch.quantisation import CLASS_DTYPE, quantise, quantised
+from cerberus_batch.tasks.compiled import jit, phase
 from cerberus_batch.vocabulary import HEAD_MAPS, StoredMap
 
 
@@ -52,14 +53,62 @@ def stored_maps(
             prob = outputs[head]
             if spec.downsample < CELL:  # per-cell maps (tissue type) keep the cells the slide only partly covers
                 prob = _background_past(prob, inside)
-            if spec.downsample == 2:
-                prob = pool2(prob)
-            stored[spec.name] = quantise(prob, dtype) if spec.probability else np.argmax(prob, axis=0).astype(CLASS_DTYPE)
+            stored[spec.name] = _stored(prob, spec, dtype)
     for row, col in empty_cells:
         for spec in specs:
             side = CELL // spec.downsample
             stored[spec.name][..., row * side : (row + 1) * side, col * side : (col + 1) * side] = 0
     return stored
+
+
+def _stored(prob: np.ndarray, spec: StoredMap, dtype: str) -> np.ndarray:
+    """One map's stored form, pooled first when it is kept at half resolution; compiled single passes
+    where it is uint8 (class maps always), equal to numpy's pool2, quantise and argmax."""
+    step = 2 if spec.downsample == 2 else 1
+    if spec.probability and (dtype != "uint8" or step == 1):
+        return quantise(pool2(prob) if step == 2 else prob, dtype)
+    if step == 2:
+        prob = prob.astype(np.float32, copy=False)  # pool2 sums in float32 whatever it is given
+    if spec.probability:
+        return _quantise_pooled(prob)
+    return _classes(prob, step, np.empty((prob.shape[1] // step, prob.shape[2] // step), CLASS_DTYPE))
+
+
+@phase
+def _at(prob, c, y, x, step):
+    """Channel c at map px (y, x): a px of `prob` (step 1), or pool2's mean of its 2 x 2 block, summed in
+    numpy's order (step 2) so the float32 mean is bit for bit pool2's."""
+    if step == 1:
+        return prob[c, y, x]
+    y, x = 2 * y, 2 * x
+    return ((prob[c, y, x] + prob[c, y, x + 1]) + (prob[c, y + 1, x] + prob[c, y + 1, x + 1])) / np.float32(4)
+
+
+@jit
+def _quantise_pooled(prob: np.ndarray) -> np.ndarray:
+    """quantise(pool2(prob)) without pool2's float32 temporary."""
+    channels, h, w = prob.shape
+    out = np.empty((channels, h // 2, w // 2), np.uint8)
+    for c in range(channels):
+        for y in range(h // 2):
+            for x in range(w // 2):
+                out[c, y, x] = quantised(_at(prob, c, y, x, 2))
+    return out
+
+
+@jit
+def _classes(prob: np.ndarray, step: int, out: np.ndarray) -> np.ndarray:
+    """argmax over channels into `out` (the first of equal maxima; a NaN wins, as numpy's), pooled first
+    at step 2, without numpy's transposed copy and int64 indices."""
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
+            best, index = _at(prob, 0, y, x, step), 0
+            for c in range(1, prob.shape[0]):
+                value = _at(prob, c, y, x, step)
+                if value > best or (np.isnan(value) and not np.isnan(best)):
+                    best, index = value, c
+            out[y, x] = index
+    return out
 
 
 def _background_past(prob: np.ndarray, inside: tuple[int, int]) -> np.ndarray:
