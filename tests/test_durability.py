@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from cerberus_batch.storage.atomic import make_dirs
+from cerberus_batch.storage.atomic import fsync_all, make_dirs
 from cerberus_batch.storage.ledger import TABLES_COMMITTED, Ledger
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import OutputLayout
@@ -126,3 +126,15 @@ def test_workers_making_the_same_new_folders_at_once_all_succeed(tmp_path):
         make_dirs(tmp_path / "a-file" / "out")
     with pytest.raises(NotADirectoryError, match="a-file"):
         make_dirs(tmp_path / "a-file")
+
+
+def test_concurrent_flushes_flush_each_path_and_fail_as_one(tmp_path, monkeypatch):
+    """fsync_all flushes every path it is given, and a flush that fails fails the call (no ledger marker follows)."""
+    recorder = Recorder(monkeypatch)
+    files = [tmp_path / f"f{i}" for i in range(40)]
+    for file in files:
+        file.write_bytes(b"x")
+    fsync_all([*files, tmp_path, files[0]])
+    assert sorted(p for kind, p, _ in recorder.events if kind == "fsync") == sorted([*files, tmp_path])
+    with pytest.raises(FileNotFoundError):
+        fsync_all([*files, tmp_path / "gone"])

@@ -19,9 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from cerberus_batch.quantisation import CLASS_DTYPE
-from cerberus_batch.storage.atomic import atomic_path, fsync_tree
+from cerberus_batch.storage.atomic import atomic_path, fsync_all, tree_paths
 from cerberus_batch.storage.levels import MEAN, MODE, chunk_levels, halve, level_shapes
 from cerberus_batch.vocabulary import StoredMap
 
@@ -30,6 +31,9 @@ LEVEL0 = "0"  # a map's full-resolution array, inside the map's group
 # another layout (2: levels made after the slide; none: each map an array of the slide group) never
 # match, so their slides are computed again in this layout.
 LAYOUT = {"maps_layout": 3}
+# zstd level 1, not Zarr's default (3): on real maps it encodes in 0.6x the time for 0.2% more bytes, and
+# decodes the same; a reader needs no level, so groups written at either read alike.
+COMPRESSOR = ZstdCodec(level=1)
 
 
 def maps_match(path: Path, attrs: Mapping[str, Any]) -> bool:
@@ -72,6 +76,7 @@ def create_slide_maps(
                     chunks=lead + (side >> k,) * 2,
                     dtype=dtype if spec.probability else CLASS_DTYPE,
                     fill_value=0,
+                    compressors=COMPRESSOR,
                     dimension_names=(("c",) if lead else ()) + ("y", "x"),
                 )
         group.attrs.update({**_plain(attrs), **LAYOUT})
@@ -86,6 +91,7 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
     fsyncs either; the resume ledger may only record a chunk whose bytes and folder entries
     would survive a power cut or a lost node.
     """
+    flushed: list[Path] = []
     for spec in specs:
         values = stored[spec.name]
         image = group[spec.name]
@@ -94,11 +100,12 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
         for k in range(1 + chunk_levels(level0.chunks[-1], len(level_shapes(level0.shape)))):
             if k:
                 values = halve(values, MEAN if spec.probability else MODE)
-            _write_durably(image[str(k)], ys >> k, xs >> k, values)
+            flushed += _write(image[str(k)], ys >> k, xs >> k, values)
+    fsync_all(flushed)  # all at once: concurrent fsyncs share the journal's commits
 
 
-def _write_durably(array: zarr.Array, ys: int, xs: int, values: np.ndarray) -> None:
-    """Write `values` at map px (ys, xs), one chunk of `array`, and flush its file and folder."""
+def _write(array: zarr.Array, ys: int, xs: int, values: np.ndarray) -> list[Path]:
+    """Write `values` at map px (ys, xs), one chunk of `array`; returns the file and folders to fsync."""
     window = (slice(ys, ys + values.shape[-2]), slice(xs, xs + values.shape[-1]))
     array[(slice(None),) * (array.ndim - 2) + window] = values
     side = array.chunks[-1]
@@ -107,8 +114,7 @@ def _write_durably(array: zarr.Array, ys: int, xs: int, values: np.ndarray) -> N
     chunk_file = folder / "c" / "/".join(map(str, key))
     # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
     written = chunk_file if chunk_file.is_file() else chunk_file.parent
-    if written.exists():
-        fsync_tree(folder, written)
+    return tree_paths(folder, written) if written.exists() else []
 
 
 def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:
