@@ -36,7 +36,7 @@ from conftest import fetch_cmu_small_region  # noqa: E402
 from parity_model import DATA, make_parity_model_dir  # noqa: E402
 
 from cerberus_batch.grid import CELL, CONTEXT  # noqa: E402
-from cerberus_batch.model import CerberusPredictor  # noqa: E402
+from cerberus_batch.model import CerberusPredictor, InferenceOptions  # noqa: E402
 from cerberus_batch.model.activation import probabilities  # noqa: E402
 from cerberus_batch.model.naming import PATCH_CLASS  # noqa: E402
 
@@ -119,7 +119,8 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     """One path in this process."""
     image = np.load(args.image)
     mode = "patch" if args.path == "patch" else "tile"
-    predictor = CerberusPredictor(args.model_dir, mode=mode, tile=args.tile, device="cpu", amp="bf16" if args.path == "bf16" else None)
+    options = InferenceOptions(mode=mode, tile=args.tile, device="cpu", amp="bf16" if args.path == "bf16" else None)
+    predictor = CerberusPredictor(args.model_dir, options=options)
     if mode == "patch":  # a strip of cells stands for the tile: patch mode costs the same per cell anywhere
         image = image[: CELL + 2 * CONTEXT, : PATCH_CELLS * CELL + 2 * CONTEXT]
     logits, predict = predictor.logits, predictor.predict

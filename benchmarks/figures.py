@@ -38,7 +38,7 @@ from conftest import fetch_cmu_small_region  # noqa: E402
 from parity_model import make_parity_model_dir  # noqa: E402
 
 from cerberus_batch.grid import CELL, CONTEXT  # noqa: E402
-from cerberus_batch.model import CerberusPredictor, load_model  # noqa: E402
+from cerberus_batch.model import CerberusPredictor, InferenceOptions, load_model  # noqa: E402
 from cerberus_batch.model.fusion import fuse_batchnorms  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
@@ -81,7 +81,7 @@ def parity(model_dir: Path) -> None:
     for key, value in folded.items():
         print(_row("folded BatchNorms vs raw network", key, float(np.abs(value - raw[key]).max())))
 
-    predictor = CerberusPredictor(model_dir, device="cpu")  # as served: BatchNorms folded, channels-last
+    predictor = CerberusPredictor(model_dir, options=InferenceOptions(device="cpu"))  # as served: BatchNorms folded, channels-last
     served = _logits(predictor.model, images, predictor.memory_format, per_cell=True)
     _compare("served model vs reference", served, reference)
     for key, value in served.items():
@@ -112,11 +112,11 @@ def tile_vs_patch(model_dir: Path, cells: int, tiles: list[int]) -> None:
     print(f"(b) tile vs patch mode on {slide.name}, level-0 origin {ORIGIN}, output {cells}x{cells} cells "
           f"({cells * CELL}x{cells * CELL} px), parity weights, CPU")
     started = time.perf_counter()
-    patch = CerberusPredictor(model_dir, mode="patch", device="cpu").predict(region)
+    patch = CerberusPredictor(model_dir, options=InferenceOptions(mode="patch", device="cpu")).predict(region)
     print(f"  patch mode: {time.perf_counter() - started:.0f} s")
     for tile in tiles:
         started = time.perf_counter()
-        result = CerberusPredictor(model_dir, mode="tile", tile=tile, device="cpu").predict(region)
+        result = CerberusPredictor(model_dir, options=InferenceOptions(tile=tile, device="cpu")).predict(region)
         print(f"  tile {tile}: {time.perf_counter() - started:.0f} s")
         worst = 0.0
         for key, expected in patch.items():

@@ -37,7 +37,7 @@ from parity_model import make_parity_model_dir  # noqa: E402
 
 from cerberus_batch.defaults import CHUNK  # noqa: E402
 from cerberus_batch.grid import CELL, CONTEXT  # noqa: E402
-from cerberus_batch.model import CerberusPredictor  # noqa: E402
+from cerberus_batch.model import CerberusPredictor, InferenceOptions  # noqa: E402
 from cerberus_batch.slides import open_slide, plan_chunks, tissue_mask  # noqa: E402
 
 NUMERICS = {"cuda": ("fp32", "tf32", "bf16", "fp16"), "cpu": ("fp32", "bf16")}
@@ -45,7 +45,8 @@ NUMERICS = {"cuda": ("fp32", "tf32", "bf16", "fp16"), "cpu": ("fp32", "bf16")}
 
 def predictor(model_dir: Path, device: str, numerics: str, tile: int, batch_size: int = 1) -> CerberusPredictor:
     amp = numerics if numerics in ("bf16", "fp16") else None
-    return CerberusPredictor(model_dir, tile=tile, batch_size=batch_size, device=device, amp=amp, tf32=numerics == "tf32")
+    options = InferenceOptions(tile=tile, batch_size=batch_size, device=device, amp=amp)
+    return CerberusPredictor(model_dir, options=options, tf32=numerics == "tf32")
 
 
 def parity(model_dir: Path, device: str) -> bool:

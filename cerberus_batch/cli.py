@@ -14,6 +14,7 @@ from cerberus_batch.defaults import BATCH_SIZE, CHUNK, PROCESSING_MPP
 from cerberus_batch.errors import (
     CerberusBatchError, CheckpointError, ClusterError, OutputError, RunMismatch, SlideError, failure_line, first_line,
 )
+from cerberus_batch.model import InferenceOptions, factory
 from cerberus_batch.slides.sources import Reader
 
 
@@ -341,7 +342,7 @@ def export(output: str, export_format: str, slide_id: str | None, every_slide: b
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False), help="One folder per image is written here.")
 @click.option("--mpp", type=float, help=f"The images' own µm/px; they are resampled to {PROCESSING_MPP}. Default: already at {PROCESSING_MPP}.")
 @click.option("--mode", type=click.Choice(["tile", "patch"]), default="tile", show_default=True, help="Large tiles or the reference's 448-px patches.")
-@click.option("--model-kind", type=click.Choice(["cerberus", "stain"]), default="cerberus", show_default=True)
+@click.option("--model-kind", default="cerberus", show_default=True, help=f"A registered model kind: {', '.join(factory.MODEL_KINDS)}.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=BATCH_SIZE, show_default=True)
 def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | None, mode: str, model_kind: str, batch_size: int) -> None:
     """Run the model on every image of a folder: maps, nuclei/gland/lumen tables and an overlay per image."""
@@ -349,6 +350,7 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
 
     if mpp is not None and not mpp > 0:
         raise click.ClickException(f"--mpp {mpp}: must be positive")
+    factory.model_kind(model_kind)  # an unknown kind refused before the images are searched
     if not find_images(Path(input_dir)):
         raise click.ClickException(f"{input_dir}: no PNG, JPEG or TIFF images found")
     if model_kind == "cerberus" and model_dir is None:
@@ -357,16 +359,15 @@ def tile(model_dir: str | None, input_dir: str, output_dir: str, mpp: float | No
         raise click.ClickException(
             f"--model is required for --model-kind cerberus: give {WHERE_TO_GET}; or use --model-kind stain (no weights)"
         )
-    from cerberus_batch.model.factory import build_predictor
-
-    predictor = build_predictor(model_kind, model_dir, mode=mode, batch_size=batch_size)
+    predictor = factory.build_predictor(model_kind, model_dir, options=InferenceOptions(mode=mode, batch_size=batch_size))
 
     def report(outcome) -> None:
         if outcome.error is None:
             counts = ", ".join(f"{n} {kind}" for kind, n in outcome.counts.items())
             click.echo(f"{outcome.folder}: {counts}")
         else:
-            click.echo(f"FAILED {outcome.error}", err=True)
+            click.echo(f"FAILED {outcome.error}" + ("; its traceback:" if outcome.traceback else ""), err=True)
+            click.echo(outcome.traceback or "", err=True, nl=False)
 
     outcomes = run_tile_mode(Path(input_dir), Path(output_dir), predictor, mpp, on_image=report, model_dir=model_dir)
     failed = sum(outcome.error is not None for outcome in outcomes)

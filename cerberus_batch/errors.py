@@ -57,9 +57,10 @@ def is_bug(err: BaseException) -> bool:
     return not isinstance(err, (CerberusBatchError, OSError))
 
 
-def failure_line(err: BaseException) -> str:
-    """One line for a failure: its type and message, and for a bug that it is one (the caller says where its traceback went)."""
-    line = first_line(err, typed=True)
+def failure_line(err: BaseException, path: str | Path | None = None) -> str:
+    """One line for a failure: its type and message (`path` as `first_line` names it), and for a bug that it
+    is one (the caller says where its traceback went)."""
+    line = first_line(err, typed=True, path=path)
     return f"{line} ({BUG})" if is_bug(err) else line
 
 

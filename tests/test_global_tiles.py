@@ -15,7 +15,7 @@ from PIL import Image
 
 from cerberus_batch.cli import main
 from cerberus_batch.grid import CELL, CONTEXT, Tile, tissue_tiles
-from cerberus_batch.model import CerberusPredictor
+from cerberus_batch.model import CerberusPredictor, InferenceOptions
 from cerberus_batch.slides import TissueMask, open_slide, plan_chunks, tissue_mask
 from cerberus_batch.slides.plan import cell_tissue
 from cerberus_batch.storage.maps import map_specs
@@ -52,7 +52,7 @@ def test_shrunk_tile_is_the_model_on_its_bounding_box(parity_model_dir, cmu_slid
     image = view.read(x - CONTEXT, y - CONTEXT, 3 * CELL + 2 * CONTEXT, 3 * CELL + 2 * CONTEXT)
     tissue = np.zeros((3, 3), bool)
     tissue[0, 1] = tissue[1, 2] = True  # bounding box: row 0..1, col 1..2
-    predictor = CerberusPredictor(parity_model_dir, tile=3 * CELL, device="cpu")
+    predictor = CerberusPredictor(parity_model_dir, options=InferenceOptions(tile=3 * CELL, device="cpu"))
     got = predictor.predict(image, tissue)
     box = image[: 2 * CELL + 2 * CONTEXT, CELL : 3 * CELL + 2 * CONTEXT]
     expected = predictor.predict(box)
@@ -104,7 +104,7 @@ def slide_maps(view, mask, predictor, chunk: int) -> dict[str, np.ndarray]:
 
 def test_maps_are_bit_identical_for_every_chunk_multiple_of_the_tile(parity_model_dir, cmu_slide, window_mask):
     view = open_slide(cmu_slide).at_mpp(0.5)
-    predictor = CerberusPredictor(parity_model_dir, tile=TILE, device="cpu")
+    predictor = CerberusPredictor(parity_model_dir, options=InferenceOptions(tile=TILE, device="cpu"))
     first, *others = (slide_maps(view, window_mask[1], predictor, chunk) for chunk in CHUNKS)
     assert first["nuclei_prob"].any()
     for maps in others:

@@ -15,7 +15,7 @@ from distributed import LocalCluster
 
 from cerberus_batch.cli import main
 from cerberus_batch.errors import BUG, SettingError
-from cerberus_batch.model import MODEL_KINDS, ModelKind, build_predictor, describe_model
+from cerberus_batch.model import MODEL_KINDS, InferenceOptions, ModelKind, build_predictor, describe_model
 from cerberus_batch.model.encoder import ResNet34Encoder
 from cerberus_batch.model.stain import StainPredictor
 from cerberus_batch.pipeline.config import load_cohort
@@ -32,7 +32,7 @@ def test_unknown_kind_is_refused_in_one_line() -> None:
 
 @pytest.mark.parametrize("heads", [None, ["nuclei", "tissue"], ["gland"]])
 def test_describe_agrees_with_the_built_cerberus_predictor(parity_model_dir: Path, heads) -> None:
-    built = build_predictor("cerberus", parity_model_dir, heads=heads, device="cpu")
+    built = build_predictor("cerberus", parity_model_dir, heads, InferenceOptions(device="cpu"))
     described = describe_model("cerberus", parity_model_dir, heads)
     assert (described.kind, described.heads, dict(described.class_names), described.identity) == (
         built.kind, built.heads, dict(built.class_names), built.identity)
@@ -60,11 +60,11 @@ class BrokenPredictor(StainPredictor):
 
 
 def test_a_bug_in_inference_is_reported_as_a_bug_with_its_traceback(tmp_path: Path, monkeypatch) -> None:
-    # The cohort schema takes the registered names: the test replaces what "stain" builds, in this process
+    # The cohort schema takes the registered names: the test registers its own kind, in this process
     # (a threads-only cluster, so the workers see the registry the test changed).
-    monkeypatch.setitem(MODEL_KINDS, "stain", ModelKind(lambda weights, **options: BrokenPredictor(), MODEL_KINDS["stain"].describe))
+    monkeypatch.setitem(MODEL_KINDS, "broken", ModelKind(lambda weights, heads, options: BrokenPredictor(), MODEL_KINDS["stain"].describe))
     make_synthetic_slide(tmp_path / "slides" / "s.svs", size=(800, 640), seed=2)
-    body = {"name": "bug", "output": "out", "slides": [{"path": "slides/s.svs", "id": "s"}], "model": {"kind": "stain"},
+    body = {"name": "bug", "output": "out", "slides": [{"path": "slides/s.svs", "id": "s"}], "model": {"kind": "broken"},
             "processing": {"chunk": 432}, "cluster": {"workers": 1}}
     (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(body))
     cohort = load_cohort(tmp_path / "cohort.yaml")
@@ -87,11 +87,24 @@ def test_a_bad_slide_stays_one_line_not_a_bug(tmp_path: Path) -> None:
 
 
 def test_a_bug_in_a_command_says_so_and_shows_its_traceback(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(MODEL_KINDS, "stain", ModelKind(lambda weights, **options: [][0], MODEL_KINDS["stain"].describe))
+    monkeypatch.setitem(MODEL_KINDS, "broken", ModelKind(lambda weights, heads, options: [][0], MODEL_KINDS["stain"].describe))
     (tmp_path / "tiles").mkdir()
     make_synthetic_slide(tmp_path / "tiles" / "t.tif", size=(800, 640), seed=1)
-    result = CliRunner().invoke(main, ["tile", "--model-kind", "stain", "--input-dir", str(tmp_path / "tiles"),
+    result = CliRunner().invoke(main, ["tile", "--model-kind", "broken", "--input-dir", str(tmp_path / "tiles"),
                                        "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert f"Error: IndexError: list index out of range ({BUG}); its traceback is above" in result.output
     assert "Traceback (most recent call last)" in result.output and "[][0]" in result.output
+
+
+def test_a_bug_on_one_tile_image_says_so_with_its_traceback(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(MODEL_KINDS, "broken", ModelKind(lambda weights, heads, options: BrokenPredictor(), MODEL_KINDS["stain"].describe))
+    (tmp_path / "tiles").mkdir()
+    make_synthetic_slide(tmp_path / "tiles" / "t.tif", size=(800, 640), seed=1)
+    result = CliRunner().invoke(main, ["tile", "--model-kind", "broken", "--input-dir", str(tmp_path / "tiles"),
+                                       "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "0/1 images done" in result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAILED {tmp_path / 'tiles' / 't.tif'}: TypeError: ")
+    assert failed[0].endswith(f"({BUG}); its traceback:")
+    assert "Traceback (most recent call last)" in result.output and 'axis="rows"' in result.output

@@ -9,8 +9,10 @@ import pytest
 import tiffslide
 
 from cerberus_batch.grid import CELL, CONTEXT
-from cerberus_batch.model import CerberusPredictor
+from cerberus_batch.model import CerberusPredictor, InferenceOptions
 from cerberus_batch.model.predictor import Predictor
+
+CPU = InferenceOptions(device="cpu")
 
 DATA = Path(__file__).parent / "data"
 CELLS = 3  # output cells per side: patch mode costs ~4 s per cell on 2 CPU cores
@@ -33,7 +35,7 @@ def test_probabilities_match_reference_logits(parity_model_dir: Path) -> None:
     """The served model (BatchNorms folded, channels-last) against the reference network's logits."""
     with np.load(DATA / "forward_reference.npz") as npz:
         reference = dict(npz)
-    predictor = CerberusPredictor(parity_model_dir, device="cpu")
+    predictor = CerberusPredictor(parity_model_dir, options=CPU)
     for index, image in enumerate(reference["images"]):
         result = predictor.predict(image)
         for key, got in result.items():
@@ -49,7 +51,7 @@ def test_probabilities_match_reference_logits(parity_model_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def patch_result(parity_model_dir: Path, region: np.ndarray) -> dict[str, np.ndarray]:
-    return CerberusPredictor(parity_model_dir, mode="patch", device="cpu").predict(region)
+    return CerberusPredictor(parity_model_dir, options=InferenceOptions(mode="patch", device="cpu")).predict(region)
 
 
 def _assert_same_as_patch(result: dict[str, np.ndarray], patch: dict[str, np.ndarray]) -> None:
@@ -68,7 +70,7 @@ def _assert_same_as_patch(result: dict[str, np.ndarray], patch: dict[str, np.nda
 def test_tile_mode_matches_patch_mode(
     parity_model_dir: Path, region: np.ndarray, patch_result: dict[str, np.ndarray], tile: int
 ) -> None:
-    predictor = CerberusPredictor(parity_model_dir, mode="tile", tile=tile, batch_size=2, device="cpu")
+    predictor = CerberusPredictor(parity_model_dir, options=InferenceOptions(tile=tile, batch_size=2, device="cpu"))
     _assert_same_as_patch(predictor.predict(region), patch_result)
 
 
@@ -89,8 +91,8 @@ def test_patch_mode_outputs_are_probabilities(patch_result: dict[str, np.ndarray
 
 
 def test_protocol_and_heads(parity_model_dir: Path, region: np.ndarray) -> None:
-    nuclei: Predictor = CerberusPredictor(parity_model_dir, heads=["nuclei"], device="cpu")
-    full = CerberusPredictor(parity_model_dir, device="cpu")
+    nuclei: Predictor = CerberusPredictor(parity_model_dir, ["nuclei"], CPU)
+    full = CerberusPredictor(parity_model_dir, options=CPU)
     assert nuclei.kind == "cerberus"
     assert nuclei.heads == ("Nuclei-INST", "Nuclei-TYPE")
     assert dict(nuclei.class_names) == {
@@ -99,7 +101,7 @@ def test_protocol_and_heads(parity_model_dir: Path, region: np.ndarray) -> None:
     assert full.class_names["Gland-TYPE"] == ("nolabel", "gland", "surface-epi")
     assert full.class_names["Patch-Class"][8] == "adipose"
     assert nuclei.identity != full.identity
-    assert CerberusPredictor(parity_model_dir, mode="patch", heads=["Nuclei", "Nuclei#TYPE"]).identity == (
+    assert CerberusPredictor(parity_model_dir, ["Nuclei", "Nuclei#TYPE"], InferenceOptions(mode="patch")).identity == (
         nuclei.identity
     )
     small = region[: CELL + 2 * CONTEXT, : 2 * CELL + 2 * CONTEXT]
@@ -117,7 +119,7 @@ def test_protocol_and_heads(parity_model_dir: Path, region: np.ndarray) -> None:
     ],
 )
 def test_rejects_bad_images(parity_model_dir: Path, shape: tuple, dtype: type, reason: str) -> None:
-    predictor = CerberusPredictor(parity_model_dir, heads=["tissue"], device="cpu")
+    predictor = CerberusPredictor(parity_model_dir, ["tissue"], CPU)
     with pytest.raises(ValueError, match=reason):
         predictor.predict(np.zeros(shape, dtype))
 
@@ -133,11 +135,11 @@ def test_rejects_bad_images(parity_model_dir: Path, shape: tuple, dtype: type, r
 )
 def test_rejects_bad_options(parity_model_dir: Path, options: dict, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        CerberusPredictor(parity_model_dir, device="cpu", **options)
+        CerberusPredictor(parity_model_dir, options=InferenceOptions(device="cpu", **options))
 
 
 def test_bf16_on_cpu_close_to_float32(parity_model_dir: Path, region: np.ndarray) -> None:
-    exact = CerberusPredictor(parity_model_dir, heads=["tissue"], device="cpu").predict(region)
-    bf16 = CerberusPredictor(parity_model_dir, heads=["tissue"], device="cpu", amp="bf16").predict(region)
+    exact = CerberusPredictor(parity_model_dir, ["tissue"], CPU).predict(region)
+    bf16 = CerberusPredictor(parity_model_dir, ["tissue"], InferenceOptions(device="cpu", amp="bf16")).predict(region)
     assert bf16["Patch-Class"].dtype == np.float32
     np.testing.assert_allclose(bf16["Patch-Class"], exact["Patch-Class"], atol=0.05)

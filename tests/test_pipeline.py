@@ -88,11 +88,11 @@ def test_cerberus_parity_weights_on_a_small_region(tmp_path, cluster, cmu_slide,
     maps = map_arrays(zarr.open_group(cohort.output / "maps" / "cmu", mode="r"))
     assert set(maps) >= {"nuclei_prob", "nuclei_class", "gland_prob", "gland_class", "lumen_prob", "tissue_class", "tissue_prob"}
 
-    from cerberus_batch.model import CerberusPredictor
+    from cerberus_batch.model import CerberusPredictor, InferenceOptions
 
     (x, y, w, h), inferred = chunk_with_tissue(cohort.output, "cmu")
     view = open_slide(cmu_slide).at_mpp(0.5)
-    direct = CerberusPredictor(parity_model_dir, tile=432).predict(read_chunk(view.read, x, y, w, h))
+    direct = CerberusPredictor(parity_model_dir, options=InferenceOptions(tile=432)).predict(read_chunk(view.read, x, y, w, h))
     nuclei = dequantise(maps["nuclei_prob"][:, y : y + h, x : x + w])
     gland = dequantise(maps["gland_prob"][:, y // 2 : (y + h) // 2, x // 2 : (x + w) // 2])
     assert inferred.any()

@@ -7,12 +7,11 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from cerberus_batch.defaults import BATCH_SIZE, TILE
 from cerberus_batch.grid import CELL, CONTEXT, Tile, pass_size, tissue_tiles
 from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model, read_model_folder
@@ -21,6 +20,7 @@ from cerberus_batch.model.memory import (
     CPU_BYTES_PER_INPUT_PX, cpu_budget, cuda_budget, cuda_bytes_per_input_px, fitting_tiles,
 )
 from cerberus_batch.model.naming import CLASS_NAMES, PATCH_CLASS
+from cerberus_batch.model.options import InferenceOptions
 from cerberus_batch.model.predictor import ModelDescription, output_size
 
 
@@ -54,17 +54,14 @@ def describe_cerberus(model_dir: str | Path, heads: Iterable[str] | None = None)
 
 
 class CerberusPredictor:
-    """The Predictor protocol for a Cerberus model directory.
+    """The Predictor protocol for a Cerberus model directory, run as `options` say (`model.options`).
 
-    `mode="tile"` predicts output tiles of up to `tile` px (a multiple of 144) in one pass each, with
-    152 px context; `mode="patch"` is the reference's 448-px patches at stride 144, i.e. tile 144.
-    A batch holds at most `batch_size` tiles of one shape, and fewer where the device's memory
-    would not hold them (`model.memory`). `amp` ("bf16"/"fp16") autocasts on CUDA; on CPU only
-    "bf16" is allowed. CUDA convolutions run in plain fp32 unless `tf32` (faster, numbers differ
-    by ~1e-3; cuDNN's switch is process-wide, so it is set here, once). `memory` is the bytes this
-    predictor may use on the CPU (a Dask worker's share of its limit; default: what is free).
-    `channels_last` defaults to on for CPU (oneDNN then skips layout reorders: ~1.5x faster) and
-    off for CUDA.
+    Each pass is an output tile with 152 px context; patch mode's are 144 px. A batch holds at most
+    `options.batch_size` tiles of one shape, and fewer where the device's memory would not hold them
+    (`model.memory`; `options.memory` is a Dask worker's share of its limit). `amp` autocasts on CUDA;
+    on CPU only "bf16" is allowed. CUDA convolutions run in plain fp32 unless `tf32` (faster, numbers
+    differ by ~1e-3; cuDNN's switch is process-wide, so it is set here, once). `channels_last`
+    defaults to on for CPU (oneDNN then skips layout reorders: ~1.5x faster) and off for CUDA.
     """
 
     kind = "cerberus"
@@ -73,35 +70,24 @@ class CerberusPredictor:
         self,
         model_dir: str | Path,
         heads: Iterable[str] | None = None,
-        mode: Literal["tile", "patch"] = "tile",
-        tile: int = TILE,
-        batch_size: int = BATCH_SIZE,
-        device: str | torch.device | None = None,
-        amp: Literal["bf16", "fp16"] | None = None,
+        options: InferenceOptions = InferenceOptions(),
         channels_last: bool | None = None,
         tf32: bool = False,
-        memory: float | None = None,
     ) -> None:
-        if mode not in ("tile", "patch"):
-            raise ValueError(f"mode must be 'tile' or 'patch', got {mode!r}")
-        if tile <= 0 or tile % CELL:
-            raise ValueError(f"tile must be a positive multiple of {CELL}, got {tile}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.device = torch.device(device) if device is not None else default_device()
-        if amp not in (None, "bf16", "fp16") or (amp == "fp16" and self.device.type != "cuda"):
-            raise ValueError(f"amp must be None, 'bf16' or (on CUDA) 'fp16', got {amp!r} on {self.device.type}")
+        self.device = torch.device(options.device) if options.device is not None else default_device()
+        if options.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"amp must be None, 'bf16' or (on CUDA) 'fp16', got 'fp16' on {self.device.type}")
         self.model = fuse_batchnorms(load_model(model_dir, self.device, heads))
         if channels_last is None:
             channels_last = self.device.type == "cpu"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.tile = pass_size(mode, tile)
-        self.batch_size = batch_size
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+        self.tile = pass_size(options.mode, options.tile)
+        self.batch_size = options.batch_size
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.amp or "")
         if self.device.type == "cuda":
             torch.backends.cudnn.allow_tf32 = tf32
-        self.memory = memory
+        self.memory = options.memory
         self.heads = tuple(self.model.output_classes)
         self.class_names = _class_names(self.heads)
         self.identity = _identity(Path(model_dir), self.model.running)

@@ -82,13 +82,14 @@ class ModelCheck:
 def check_model(model_dir: str | Path, reference: str | Path | None = None, device: str | None = None) -> ModelCheck:
     """Load `model_dir` as `run` and `tile` load it and check it; CheckpointError (one line) for a problem."""
     from cerberus_batch.model.cerberus import CerberusPredictor
+    from cerberus_batch.model.options import InferenceOptions
 
     weights, _ = model_files(model_dir)
     reference = None if reference is None else Path(reference)
     crops, expected = _reference(reference) if reference is not None else (None, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = CerberusPredictor(model_dir, device=device)
+        predictor = CerberusPredictor(model_dir, options=InferenceOptions(device=device))
     ours = [w for w in caught if str(w.message).startswith(f"{weights}: ")]  # load_model's: shown as a row
     for w in caught:  # anything else is not ours to swallow
         if w not in ours:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Callable, Iterable
 
-from cerberus_batch.defaults import BATCH_SIZE, TILE
 from cerberus_batch.errors import SettingError
+from cerberus_batch.model.options import InferenceOptions
 from cerberus_batch.model.predictor import ModelDescription, Predictor
 
 Weights = str | Path | None
@@ -18,14 +18,14 @@ Weights = str | Path | None
 class ModelKind:
     """How a kind of model is built from its weights and options, and described from its weights and heads alone."""
 
-    build: Callable[..., Predictor]  # (weights, *, heads, mode, tile, batch_size, device, amp, memory)
+    build: Callable[[Weights, Iterable[str] | None, InferenceOptions], Predictor]  # (weights, heads, options)
     describe: Callable[[Weights, Iterable[str] | None], ModelDescription]  # (weights, heads), cheap
 
 
-def _build_cerberus(weights: Weights, **options: Any) -> Predictor:
+def _build_cerberus(weights: Weights, heads: Iterable[str] | None, options: InferenceOptions) -> Predictor:
     from cerberus_batch.model.cerberus import CerberusPredictor
 
-    return CerberusPredictor(weights, **options)
+    return CerberusPredictor(weights, heads, options)
 
 
 def _describe_cerberus(weights: Weights, heads: Iterable[str] | None) -> ModelDescription:
@@ -34,10 +34,10 @@ def _describe_cerberus(weights: Weights, heads: Iterable[str] | None) -> ModelDe
     return describe_cerberus(weights, heads)
 
 
-def _build_stain(weights: Weights, **options: Any) -> Predictor:
+def _build_stain(weights: Weights, heads: Iterable[str] | None, options: InferenceOptions) -> Predictor:
     from cerberus_batch.model.stain import StainPredictor
 
-    return StainPredictor()  # no weights, numpy on the CPU: the options do not apply
+    return StainPredictor()  # no weights, all heads, numpy on the CPU: heads and options do not apply
 
 
 def _describe_stain(weights: Weights, heads: Iterable[str] | None) -> ModelDescription:
@@ -61,22 +61,10 @@ def model_kind(name: str) -> ModelKind:
 
 
 def build_predictor(
-    kind: str,
-    weights: Weights = None,
-    *,
-    heads: Iterable[str] | None = None,
-    mode: Literal["tile", "patch"] = "tile",
-    tile: int = TILE,
-    batch_size: int = BATCH_SIZE,
-    device: str | None = None,
-    amp: Literal["bf16", "fp16"] | None = None,
-    memory: float | None = None,
+    kind: str, weights: Weights = None, heads: Iterable[str] | None = None, options: InferenceOptions = InferenceOptions(),
 ) -> Predictor:
-    """A model of `kind`; Cerberus loads `weights` (the official folder) and honours the other options
-    (`memory`: the bytes its batches may use on the CPU, default what is free)."""
-    return model_kind(kind).build(
-        weights, heads=heads, mode=mode, tile=tile, batch_size=batch_size, device=device, amp=amp, memory=memory,
-    )
+    """A model of `kind`; Cerberus loads `weights` (the official folder) and runs as `options` say."""
+    return model_kind(kind).build(weights, heads, options)
 
 
 def describe_model(kind: str, weights: Weights = None, heads: Iterable[str] | None = None) -> ModelDescription:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from cerberus_batch.errors import first_line
+from cerberus_batch.errors import first_line, is_bug
 from cerberus_batch.pipeline.config import Cohort, ProcessingSpec, SlideEntry
-from cerberus_batch.slides import ChunkPlan, SlideError, SlideView, TissueMask, plan_chunks, tissue_mask
+from cerberus_batch.slides import ChunkPlan, SlideView, TissueMask, plan_chunks, tissue_mask
 from cerberus_batch.slides.plan import check_extent
 from cerberus_batch.slides.slide import SlideInfo
 
@@ -25,15 +25,17 @@ def plan_slide(view: SlideView, slide: SlideEntry, processing: ProcessingSpec) -
 
 
 def plan_cohort(cohort: Cohort) -> Iterator[tuple[SlideEntry, ChunkPlan | None, str | None, SlideInfo | None]]:
-    """Plan every slide in turn, with what its file says of it (once it opens); a slide that cannot be
-    planned yields its one-line error."""
+    """Plan every slide in turn, with what its file says of it (once it opens); a slide we refuse or
+    cannot read yields its one-line error. Anything else is a bug and is raised (`errors.is_bug`)."""
     for slide in cohort.slides:
         info = None
         try:
             with slide.open() as opened:
                 info = opened.info
                 _, plan = plan_slide(opened.at_mpp(cohort.processing.mpp), slide, cohort.processing)
-        except (SlideError, OSError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - a bug goes on up, never shown as the slide's problem
+            if is_bug(err):
+                raise
             yield slide, None, first_line(err), info
             continue
         yield slide, plan, None, info

@@ -11,6 +11,7 @@ after another in this process; no Dask.
 from __future__ import annotations
 
 import logging
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from cerberus_batch.defaults import PROCESSING_MPP, TILE
-from cerberus_batch.errors import first_line
+from cerberus_batch.errors import failure_line, is_bug
 from cerberus_batch.grid import CONTEXT, whole_cells
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.overview import draw_instances
@@ -52,6 +53,7 @@ class TileOutcome:
     image: Path
     folder: Path  # its output folder
     error: str | None = None  # one line; None when done
+    traceback: str | None = None  # where the error is a bug (`errors.is_bug`): its traceback
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -166,7 +168,9 @@ def _run_images(
             try:
                 outcome.counts = process_image(outcome.image, outcome.folder, predictor, mpp)
             except Exception as err:  # any failure is this image's alone; the run reports it and goes on
-                outcome.error = first_line(err, path=outcome.image)
+                outcome.error = failure_line(err, path=outcome.image)
+                if is_bug(err):
+                    outcome.traceback = "".join(traceback.format_exception(err))
         if on_image is not None:
             on_image(outcome)
     return outcomes

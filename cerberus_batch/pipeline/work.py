@@ -22,6 +22,7 @@ from distributed import get_worker
 
 from cerberus_batch.grid import ChunkBox, whole_cells
 from cerberus_batch.model.factory import build_predictor, describe_model
+from cerberus_batch.model.options import InferenceOptions
 from cerberus_batch.model.predictor import ModelDescription, Predictor, numerics
 from cerberus_batch.overview import write_overview
 from cerberus_batch.pipeline.attributes import map_attributes
@@ -54,10 +55,11 @@ def cohort_predictor(
     model: ModelSpec, processing: ProcessingSpec, device: str | None = None, memory: float | None = None,
 ) -> Predictor:
     """The model a cohort asks for."""
-    return build_predictor(
-        model.kind, model.weights, heads=model.heads, mode=processing.mode, tile=processing.tile,
-        batch_size=processing.batch_size, device=device or model.device, amp=model.amp, memory=memory,
+    options = InferenceOptions(
+        mode=processing.mode, tile=processing.tile, batch_size=processing.batch_size,
+        device=device or model.device, amp=model.amp, memory=memory,
     )
+    return build_predictor(model.kind, model.weights, model.heads, options)
 
 
 def checked_predictor(cohort: Cohort) -> Predictor:

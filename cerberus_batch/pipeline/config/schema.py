@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, 
 from cerberus_batch.cluster.spec import ClusterSpec, Strict
 from cerberus_batch.defaults import BATCH_SIZE, CHUNK, PROCESSING_MPP, TILE
 from cerberus_batch.grid import CELL
+from cerberus_batch.model.factory import MODEL_KINDS
 from cerberus_batch.slides.location import Location
 from cerberus_batch.slides.slide import Slide, open_slide
 from cerberus_batch.slides.sources import PLAUSIBLE_MPP, Reader
@@ -38,6 +39,13 @@ def microscope_mpp(value: float) -> float:
 
 
 Mpp = Annotated[float, AfterValidator(microscope_mpp)]
+
+
+def registered_kind(name: str) -> str:
+    """`name`, or ValueError (the field's problem, as `microscope_mpp`) where no model kind is registered under it."""
+    if name not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {name!r}; expected one of {', '.join(MODEL_KINDS)}")
+    return name
 
 
 def chunk_bytes_per_px(dtype: str) -> float:
@@ -73,7 +81,7 @@ class SlideManifest(Strict):
 
 
 class ModelSpec(Strict):
-    kind: Literal["cerberus", "stain"] = "cerberus"
+    kind: Annotated[str, AfterValidator(registered_kind)] = "cerberus"  # a name in model.factory.MODEL_KINDS
     weights: Optional[Path] = None  # folder with weights.tar + settings.yml
     heads: list[Literal["nuclei", "gland", "lumen", "tissue"]] = ["nuclei", "gland", "lumen", "tissue"]
     device: Optional[str] = None  # e.g. "cuda", "cpu"; default: CUDA when present
