@@ -99,15 +99,17 @@ def _quantise_pooled(prob: np.ndarray) -> np.ndarray:
 @jit
 def _classes(prob: np.ndarray, step: int, out: np.ndarray) -> np.ndarray:
     """argmax over channels into `out` (the first of equal maxima; a NaN wins, as numpy's), pooled first
-    at step 2, without numpy's transposed copy and int64 indices."""
+    at step 2, without numpy's transposed copy and int64 indices; a row at a time, channel by channel,
+    so each channel is read in order."""
+    best = np.empty(out.shape[1], prob.dtype)
     for y in range(out.shape[0]):
         for x in range(out.shape[1]):
-            best, index = _at(prob, 0, y, x, step), 0
-            for c in range(1, prob.shape[0]):
+            best[x], out[y, x] = _at(prob, 0, y, x, step), 0
+        for c in range(1, prob.shape[0]):
+            for x in range(out.shape[1]):
                 value = _at(prob, c, y, x, step)
-                if value > best or (np.isnan(value) and not np.isnan(best)):
-                    best, index = value, c
-            out[y, x] = index
+                if value > best[x] or (np.isnan(value) and not np.isnan(best[x])):
+                    best[x], out[y, x] = value, c
     return out
 
 
