@@ -17,8 +17,9 @@ from typing import Any, Iterator, Mapping
 
 TOPIC = "cerberus-batch-stages"
 # The stages, in the order a slide meets them: planning (tissue mask, chunks), reading slide pixels or
-# stored maps, the model's forward pass, turning its output into stored maps, finding and measuring
-# objects, drawing the QC overview, making the maps' viewer levels, writing maps and tables.
+# stored maps, the model (its forward passes, and loading it once per worker), turning its output into
+# stored maps, finding and measuring objects, drawing the QC overview, making the maps' last viewer levels,
+# writing maps (with their first levels), tables and the ledger.
 STAGES = ("plan", "read", "model", "store", "postprocess", "overview", "levels", "write")
 
 

@@ -178,10 +178,11 @@ def infer_chunk_task(
     with task_clock(slide.id, "store") as clock:
         group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
         with fetched(slide.path) as fetches:
-            # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
-            view = _cached_view(slide, processing.mpp, _identity_key(group.attrs["source"]))
-            predictor = _predictor(model, processing)
-            with clock("model"):  # the forward pass; the slide reads inside it are the read stage's
+            with clock("read"):  # the slide, opened once per worker process
+                # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
+                view = _cached_view(slide, processing.mpp, _identity_key(group.attrs["source"]))
+            with clock("model"):  # the model (loaded once per worker process) and its forward pass
+                predictor = _predictor(model, processing)
                 outputs = predict_chunk(clock.timed("read", view.read), predictor, box, empty_cells)
         specs = map_specs(predictor.heads, predictor.class_names)
         x, y, w, h = box
