@@ -10,6 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cerberus_batch.slides import Transform, open_slide
+from cerberus_batch.slides.tiles import TileCache, TileGrid
 from cerberus_batch.testing.slides import make_synthetic_slide
 
 
@@ -265,3 +266,23 @@ def test_tile_by_tile_reads_match_tiffslide(tmp_path, base_image, cmu_slide, lay
                 expected = tiffslide_region(slide_path, 0, x0, y0, x1, y1)
                 expected = np.repeat(expected[..., None], 3, axis=2) if expected.ndim == 2 else expected
                 np.testing.assert_array_equal(slide.read_level(0, x0, y0, x1 - x0, y1 - y0), expected)
+
+
+def test_cached_tiles_give_tiffslides_pixels_within_the_cache_bound(cmu_slide):
+    """Overlapping reads in raster order, as neighbouring chunks' context margins are, take tiles decoded by
+    an earlier read from the slide's tile cache: the pixels stay tiffslide's, and the cache never holds
+    more than its bound however much of the slide is read."""
+    bound = 2 * 240 * 240 * 3 * 4  # 8 of CMU's 240-px RGB tiles
+    with tiffslide.TiffSlide(cmu_slide) as reference:
+        cache = TileCache(bound)
+        grid = TileGrid.of(reference.ts_tifffile.series[0], 0, cache)
+        width, height = reference.dimensions
+        hits = 0
+        for y in range(0, height, 500):
+            for x in range(0, width, 500):
+                x0, y0, x1, y1 = max(x - 100, 0), max(y - 100, 0), min(x + 600, width), min(y + 600, height)
+                hits += sum(cache.get((0, i)) is not None for i in grid.tile_indices(x0, y0, x1, y1))
+                expected = np.asarray(reference.zarr_group["0"][y0:y1, x0:x1])
+                np.testing.assert_array_equal(grid.read(x0, y0, x1, y1), expected)
+                assert cache._tiles.currsize <= bound
+    assert hits > 0  # the margins shared with the chunk before came from the cache

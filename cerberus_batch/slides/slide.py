@@ -75,10 +75,18 @@ class Slide:
     def read_level(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) of a level region in level px; outside the slide is white."""
         width, height = self.info.level_dimensions[level]
-        out = np.full((h, w, 3), 255, np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
-        if x0 < x1 and y0 < y1:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._source.read(level, x0, y0, x1, y1)
+        if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+            return self._source.read(level, x0, y0, x1, y1)  # no white to add: the source's array as is
+        if not (x0 < x1 and y0 < y1):
+            return np.full((h, w, 3), 255, np.uint8)
+        # Only the margins outside the level are painted white: the region is written once.
+        out = np.empty((h, w, 3), np.uint8)
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = self._source.read(level, x0, y0, x1, y1)
+        out[: y0 - y] = 255
+        out[y1 - y :] = 255
+        out[y0 - y : y1 - y, : x0 - x] = 255
+        out[y0 - y : y1 - y, x1 - x :] = 255
         return out
 
     def at_mpp(self, mpp: float = PROCESSING_MPP) -> SlideView:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location, remote_cause
-from cerberus_batch.slides.tiles import TileGrid
+from cerberus_batch.slides.tiles import TileCache, TileGrid
 from cerberus_batch.slides.truncation import tiff_truncation
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -176,7 +176,8 @@ class TiffSource:
         series = int(properties.get("tiffslide.series-index") or 0)
         self._check_complete(series)
         level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
-        self._grids = [TileGrid.of(self._slide.ts_tifffile.series[series], level) for level in range(len(level_dimensions))]
+        tiles = TileCache()  # one per open slide, whatever its levels
+        self._grids = [TileGrid.of(self._slide.ts_tifffile.series[series], level, tiles) for level in range(len(level_dimensions))]
         check_plausible(path, level_dimensions, self._size)
         tiff = self._slide.ts_tifffile
         vendor = properties.get("tiffslide.vendor") or ("ome" if tiff.is_ome else "generic-tiff")
@@ -250,7 +251,7 @@ class PlainImageSource:
         self.metadata = SourceMetadata(level_dimensions=((w, h),), mpp=None, vendor="image", objective_power=None)
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        return self._rgb[y0:y1, x0:x1]
+        return self._rgb[y0:y1, x0:x1].copy()  # a region of its own: the image stays as loaded
 
     def close(self) -> None:
         self._rgb = np.empty((0, 0, 3), np.uint8)

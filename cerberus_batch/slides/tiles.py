@@ -4,19 +4,51 @@ tiffslide's Zarr view of a level gives the same pixels through Zarr's asynchrono
 which costs about half again the tiles' own decoding (a chunk task's read with its context margins:
 CPU 0.25 -> 0.18 s on a 2 × 2 mosaic of CMU-1-Small-Region). Tifffile still reads and decodes each
 tile (`TiffPage.decode`: every compression it knows), so the pixels are the same.
+
+Neighbouring chunks' context margins overlap, so the tiles along chunk borders are read by two to four
+chunk tasks, often on the same worker: an open slide keeps its most recently used decoded tiles, up to
+`TILE_CACHE_BYTES`, whatever the slide's size, and a worker reading a neighbour decodes them once.
+Tiles are decoded one after another in the reading thread: a worker runs one task per core, so threads
+decoding in parallel would only take other tasks' cores.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+from cachetools import LRUCache
 from tifffile import TiffPage, TiffPageSeries
+
+TILE_CACHE_BYTES = 64 * 2**20  # per open slide: about 340 decoded 256-px RGB tiles, a chunk read and a half
+
+
+class TileCache:
+    """Decoded tiles of one slide, least recently used first out; shared by the threads of a worker."""
+
+    def __init__(self, max_bytes: int = TILE_CACHE_BYTES) -> None:
+        self._tiles: LRUCache[tuple[int, int], np.ndarray] = LRUCache(max_bytes, getsizeof=lambda tile: tile.nbytes)
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> np.ndarray | None:
+        with self._lock:
+            return self._tiles.get(key)
+
+    def put(self, key: tuple[int, int], tile: np.ndarray) -> None:
+        if tile.nbytes > self._tiles.maxsize:
+            return  # a tile bigger than the whole cache is not kept
+        tile.flags.writeable = False  # shared by every later read
+        with self._lock:
+            self._tiles[key] = tile
 
 
 class TileGrid:
     """One level's tiles, where it is a single tiled page whose every tile is stored."""
 
-    def __init__(self, page: TiffPage) -> None:
+    def __init__(self, page: TiffPage, level: int, cache: TileCache) -> None:
         self._page = page
+        self._level = level
+        self._cache = cache
         self._tile = page.chunks[:2]  # (h, w) px
         self._columns = page.chunked[1]
         self._samples = page.samplesperpixel
@@ -26,7 +58,7 @@ class TileGrid:
         page.parent.filehandle.set_lock(True)  # threads of one worker share the file handle
 
     @staticmethod
-    def of(series: TiffPageSeries, level: int) -> TileGrid | None:
+    def of(series: TiffPageSeries, level: int, cache: TileCache) -> TileGrid | None:
         """The grid of the series' `level`, or None where Zarr's general path must read it: strips, several
         pages, NDPI's JPEG headers, other sample layouts or tiles left unstored."""
         pages = series.levels[level].pages
@@ -35,20 +67,37 @@ class TileGrid:
             return None
         if page.planarconfig != 1 or any(n != 1 for n in page.chunked[2:]) or 0 in page.databytecounts:
             return None  # 1: contiguous samples, tiles only in (rows, columns)
-        return TileGrid(page)
+        return TileGrid(page, level, cache)
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Level px region (y1 - y0, x1 - x0, samples), inside the level."""
         th, tw = self._tile
         out = np.empty((y1 - y0, x1 - x0, self._samples), self._page.dtype)
-        indices = [r * self._columns + c for r in range(y0 // th, -(-y1 // th)) for c in range(x0 // tw, -(-x1 // tw))]
+        missing = []
+        for index in self.tile_indices(x0, y0, x1, y1):
+            tile = self._cache.get((self._level, index))
+            if tile is None:
+                missing.append(index)
+            else:
+                self._place(out, tile, index, x0, y0, x1, y1)
         page, fh = self._page, self._page.parent.filehandle
-        offsets = [page.dataoffsets[i] for i in indices]
-        counts = [page.databytecounts[i] for i in indices]
-        for data, index in fh.read_segments(offsets, counts, indices, lock=fh.lock, sort=True):
+        offsets = [page.dataoffsets[i] for i in missing]
+        counts = [page.databytecounts[i] for i in missing]
+        for data, index in fh.read_segments(offsets, counts, missing, lock=fh.lock, sort=True):
             tile = page.decode(data, index, **self._decode_args)[0].reshape(th, tw, self._samples)
-            ty, tx = divmod(index, self._columns)
-            ty, tx = ty * th, tx * tw
-            top, left, bottom, right = max(y0, ty), max(x0, tx), min(y1, ty + th), min(x1, tx + tw)
-            out[top - y0 : bottom - y0, left - x0 : right - x0] = tile[top - ty : bottom - ty, left - tx : right - tx]
+            self._cache.put((self._level, index), tile)
+            self._place(out, tile, index, x0, y0, x1, y1)
         return out
+
+    def tile_indices(self, x0: int, y0: int, x1: int, y1: int) -> list[int]:
+        """Indices of the tiles a level px region touches, row by row."""
+        th, tw = self._tile
+        return [r * self._columns + c for r in range(y0 // th, -(-y1 // th)) for c in range(x0 // tw, -(-x1 // tw))]
+
+    def _place(self, out: np.ndarray, tile: np.ndarray, index: int, x0: int, y0: int, x1: int, y1: int) -> None:
+        """Copy the part of tile `index` inside the region into the region's array."""
+        th, tw = self._tile
+        ty, tx = divmod(index, self._columns)
+        ty, tx = ty * th, tx * tw
+        top, left, bottom, right = max(y0, ty), max(x0, tx), min(y1, ty + th), min(x1, tx + tw)
+        out[top - y0 : bottom - y0, left - x0 : right - x0] = tile[top - ty : bottom - ty, left - tx : right - tx]
