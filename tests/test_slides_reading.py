@@ -281,7 +281,7 @@ def test_cached_tiles_give_tiffslides_pixels_within_the_cache_bound(cmu_slide):
         for y in range(0, height, 500):
             for x in range(0, width, 500):
                 x0, y0, x1, y1 = max(x - 100, 0), max(y - 100, 0), min(x + 600, width), min(y + 600, height)
-                hits += sum(cache.get((0, i)) is not None for i in grid.tile_indices(x0, y0, x1, y1))
+                hits += sum(cache.get((grid.key, i)) is not None for i in grid.tile_indices(x0, y0, x1, y1))
                 expected = np.asarray(reference.zarr_group["0"][y0:y1, x0:x1])
                 np.testing.assert_array_equal(grid.read(x0, y0, x1, y1), expected)
                 assert cache._tiles.currsize <= bound

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location, remote_cause
-from cerberus_batch.slides.tiles import TileCache, TileGrid
+from cerberus_batch.slides.tiles import TileGrid
 from cerberus_batch.slides.truncation import tiff_truncation
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -176,8 +176,7 @@ class TiffSource:
         series = int(properties.get("tiffslide.series-index") or 0)
         self._check_complete(series)
         level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
-        tiles = TileCache()  # one per open slide, whatever its levels
-        self._grids = [TileGrid.of(self._slide.ts_tifffile.series[series], level, tiles) for level in range(len(level_dimensions))]
+        self._grids = [TileGrid.of(self._slide.ts_tifffile.series[series], level) for level in range(len(level_dimensions))]
         check_plausible(path, level_dimensions, self._size)
         tiff = self._slide.ts_tifffile
         vendor = properties.get("tiffslide.vendor") or ("ome" if tiff.is_ome else "generic-tiff")

@@ -6,21 +6,24 @@ CPU 0.25 -> 0.18 s on a 2 × 2 mosaic of CMU-1-Small-Region). Tifffile still rea
 tile (`TiffPage.decode`: every compression it knows), so the pixels are the same.
 
 Neighbouring chunks' context margins overlap, so the tiles along chunk borders are read by two to four
-chunk tasks, often on the same worker: an open slide keeps its most recently used decoded tiles, up to
-`TILE_CACHE_BYTES`, whatever the slide's size, and a worker reading a neighbour decodes them once.
+chunk tasks, often on the same worker: a process keeps its most recently used decoded tiles, of every
+slide it has open, up to `TILE_CACHE_BYTES` in all (`PROCESS_TILES`), whatever the slides' size and number,
+and a worker reading a neighbour decodes them once.
 Tiles are decoded one after another in the reading thread: a worker runs one task per core, so threads
 decoding in parallel would only take other tasks' cores.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 from cachetools import LRUCache
 from tifffile import TiffPage, TiffPageSeries
 
-TILE_CACHE_BYTES = 64 * 2**20  # per open slide: about 340 decoded 256-px RGB tiles, a chunk read and a half
+TILE_CACHE_BYTES = 64 * 2**20  # per process: about 340 decoded 256-px RGB tiles, a chunk read and a half
+_GRIDS = itertools.count()  # each grid's own key in a cache: ids of closed slides' objects may come back
 
 
 class TileCache:
@@ -30,7 +33,7 @@ class TileCache:
         self._tiles: LRUCache[tuple[int, int], np.ndarray] = LRUCache(max_bytes, getsizeof=lambda tile: tile.nbytes)
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, int]) -> np.ndarray | None:
+    def get(self, key: tuple[int, int]) -> np.ndarray | None:  # (grid, tile index)
         with self._lock:
             return self._tiles.get(key)
 
@@ -42,12 +45,15 @@ class TileCache:
             self._tiles[key] = tile
 
 
+PROCESS_TILES = TileCache()  # what every open slide of this process reads through
+
+
 class TileGrid:
     """One level's tiles, where it is a single tiled page whose every tile is stored."""
 
-    def __init__(self, page: TiffPage, level: int, cache: TileCache) -> None:
+    def __init__(self, page: TiffPage, cache: TileCache) -> None:
         self._page = page
-        self._level = level
+        self.key = next(_GRIDS)  # its tiles' key in the cache, with their index
         self._cache = cache
         self._tile = page.chunks[:2]  # (h, w) px
         self._columns = page.chunked[1]
@@ -58,7 +64,7 @@ class TileGrid:
         page.parent.filehandle.set_lock(True)  # threads of one worker share the file handle
 
     @staticmethod
-    def of(series: TiffPageSeries, level: int, cache: TileCache) -> TileGrid | None:
+    def of(series: TiffPageSeries, level: int, cache: TileCache = PROCESS_TILES) -> TileGrid | None:
         """The grid of the series' `level`, or None where Zarr's general path must read it: strips, several
         pages, NDPI's JPEG headers, other sample layouts or tiles left unstored."""
         pages = series.levels[level].pages
@@ -67,7 +73,7 @@ class TileGrid:
             return None
         if page.planarconfig != 1 or any(n != 1 for n in page.chunked[2:]) or 0 in page.databytecounts:
             return None  # 1: contiguous samples, tiles only in (rows, columns)
-        return TileGrid(page, level, cache)
+        return TileGrid(page, cache)
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Level px region (y1 - y0, x1 - x0, samples), inside the level."""
@@ -75,7 +81,7 @@ class TileGrid:
         out = np.empty((y1 - y0, x1 - x0, self._samples), self._page.dtype)
         missing = []
         for index in self.tile_indices(x0, y0, x1, y1):
-            tile = self._cache.get((self._level, index))
+            tile = self._cache.get((self.key, index))
             if tile is None:
                 missing.append(index)
             else:
@@ -85,7 +91,7 @@ class TileGrid:
         counts = [page.databytecounts[i] for i in missing]
         for data, index in fh.read_segments(offsets, counts, missing, lock=fh.lock, sort=True):
             tile = page.decode(data, index, **self._decode_args)[0].reshape(th, tw, self._samples)
-            self._cache.put((self._level, index), tile)
+            self._cache.put((self.key, index), tile)
             self._place(out, tile, index, x0, y0, x1, y1)
         return out
 
