@@ -207,19 +207,19 @@ def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predict
 
 
 def _slide_maps(
-    output: Path, slide_id: str, clock: StageClock, windows: bool = False,
+    output: Path, slide_id: str, clock: StageClock,
 ) -> tuple[dict[str, Any], dict[str, Any], SlideGeometry, SlideKinds]:
     """The slide's Zarr arrays (read lazily, window by window, each read timed by `clock`), its attributes,
     where its objects lie, and its object kinds and tissue types as its model names them.
 
-    `windows`: the task reads many small windows across chunk borders, so each array keeps its
-    last decoded chunks (`ChunkCache`)."""
+    Each array is read a whole chunk at a time, past Zarr's async reads (`ChunkCache`): a chunk task reads
+    its own chunk, border and merge tasks many small windows across chunk borders."""
     group = open_slide_maps(OutputLayout(output).maps(slide_id))
     attrs = dict(group.attrs)
     transform = Transform.from_dict(attrs["transform"])
     geometry = SlideGeometry(slide_id, transform, attrs["mpp"], tuple(attrs["slide_dimensions"]))
     arrays = map_arrays(group)
-    maps = {name: TimedReads(ChunkCache(array) if windows else array, clock) for name, array in arrays.items()}
+    maps = {name: TimedReads(ChunkCache(array), clock) for name, array in arrays.items()}
     return maps, attrs, geometry, SlideKinds.for_model("wsi", attrs["class_names"])
 
 
@@ -249,7 +249,7 @@ def border_task(
     results of the share's chunks), stage them as the slide's table part `index` (run `token`), and
     return which nuclei it finished."""
     with task_clock(slide_id, "postprocess") as clock:
-        maps, _, geometry, kinds = _slide_maps(output, slide_id, clock, windows=True)
+        maps, _, geometry, kinds = _slide_maps(output, slide_id, clock)
         done = border_nuclei(maps, parts, geometry, kinds, share)
         with clock("write"):
             for kind, table in done.tables.items():
@@ -272,7 +272,7 @@ def merge_slide_task(
     """
     started = time.perf_counter()
     with task_clock(slide_id, "postprocess") as clock:
-        maps, attrs, geometry, kinds = _slide_maps(output, slide_id, clock, windows=True)
+        maps, attrs, geometry, kinds = _slide_maps(output, slide_id, clock)
         finished = {kind: np.concatenate([done[kind] for done in borders]) for kind in set().union(*borders)}
         merged = merge_slide(maps, parts, geometry, kinds, finished)
         with clock("write"):

@@ -1,0 +1,73 @@
+"""Whole map chunks read past Zarr (`zarr_maps.read_chunk`, `ChunkCache`) hold exactly what Zarr reads there."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from cerberus_batch.storage.zarr_maps import ChunkCache, create_slide_maps, map_arrays, open_slide_maps, read_chunk
+from cerberus_batch.vocabulary import StoredMap
+from tests.helpers import run_ok, write_cohort
+
+SPECS = [StoredMap("prob", 3, "prob", 1), StoredMap("classes", None, "class", 2)]
+
+
+def chunk_indices(array: zarr.Array) -> list[tuple[int, ...]]:
+    return list(itertools.product(*[range(-(-n // c)) for n, c in zip(array.shape, array.chunks)]))
+
+
+def assert_reads_as_zarr(array: zarr.Array) -> None:
+    """Every chunk, and windows across chunk borders, read as Zarr's own slicing reads them."""
+    cache, rng = ChunkCache(array, kept=2), np.random.default_rng(0)
+    for index in chunk_indices(array):
+        window = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, array.chunks))
+        expected = array[window]
+        cache[tuple(slice(w.start, w.start + 1) for w in window)]  # the chunk kept, then read whole
+        for got in read_chunk(array, index), cache[window]:
+            assert got.dtype == expected.dtype and got.shape == expected.shape and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, expected)
+            got += 1  # the caller's own copy: what it does to it changes no later read
+    for _ in range(20):
+        starts = [int(rng.integers(0, n)) for n in array.shape]
+        window = tuple(slice(s, int(rng.integers(s, n + 1))) for s, n in zip(starts, array.shape))
+        np.testing.assert_array_equal(cache[window], array[window])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_chunks_of_random_maps_read_as_zarr_reads_them(tmp_path: Path, dtype: str) -> None:
+    # 1000 x 700 px in 432 px chunks: edge chunks smaller than the chunk shape, on both axes
+    group = create_slide_maps(tmp_path / "maps", shape=(1000, 700), chunk=432, specs=SPECS, dtype=dtype, attrs={"mpp": 0.5})
+    arrays = map_arrays(group)
+    rng = np.random.default_rng(1)
+    prob, classes = arrays["prob"], arrays["classes"]
+    prob[...] = rng.integers(0, 256, prob.shape).astype(dtype) if dtype == "uint8" else rng.random(prob.shape).astype(dtype)
+    classes[...] = rng.integers(0, 7, classes.shape).astype(classes.dtype)
+    prob[:, 432:864, :432] = 0  # all zero: Zarr stores no file, so it reads as the fill value
+    classes[:216, 216:] = 0
+    for array, missing in ((prob, "c/0/1/0"), (classes, "c/0/1")):
+        assert not (Path(array.store.root) / array.path / missing).exists()
+        assert_reads_as_zarr(open_slide_maps(tmp_path / "maps")[array.path])
+
+
+def test_chunks_of_real_maps_read_as_zarr_reads_them(cmu_slide: Path, cluster, tmp_path: Path) -> None:
+    cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "cmu"}], processing={"chunk": 1008})
+    arrays = map_arrays(open_slide_maps(run_ok(cohort, cluster) / "maps" / "cmu"))
+    assert {"nuclei_prob", "nuclei_class", "tissue_prob", "tissue_class"} <= set(arrays)
+    assert all(len(chunk_indices(a)) > 1 for a in arrays.values())
+    for array in arrays.values():
+        assert array[:].any()  # real values, not only the fill
+        assert_reads_as_zarr(array)
+
+
+@pytest.mark.parametrize("layout", ["sharded", "in memory"])
+def test_chunks_of_other_layouts_read_through_zarr(tmp_path: Path, layout: str) -> None:
+    store = zarr.storage.MemoryStore() if layout == "in memory" else tmp_path / "a.zarr"
+    shards = (2, 200, 200) if layout == "sharded" else None
+    array = zarr.create_array(store, shape=(2, 333, 250), chunks=(2, 100, 100), shards=shards, dtype="uint16", fill_value=0)
+    array[...] = np.random.default_rng(2).integers(0, 60000, array.shape)
+    array[:, :100, :100] = 0
+    assert_reads_as_zarr(array)
