@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,9 @@ def measure(label: str, cohort_path: Path, workers: int) -> float:
     cohort = load_cohort(cohort_path)
     with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster, Client(cluster) as client:
         with get_task_stream(client) as stream:
+            started = time.perf_counter()
             report = run_cohort(cohort, show_progress=False, cluster=cluster, fresh=True)
+            wall = time.perf_counter() - started
         assert report.status == "ok", report.slides
         by_task: dict[str, float] = {}
         for task in stream.data:
@@ -85,7 +88,7 @@ def measure(label: str, cohort_path: Path, workers: int) -> float:
     stages = {stage: sum(s["seconds_by_stage"][stage] for s in slides.values()) for stage in STAGES}
     tissue_mpx = sum(ChunkPlan.from_json(layout.plan(slide.id).read_text()).tissue_mpx for slide in cohort.slides)
     cpu_side = sum(seconds for stage, seconds in stages.items() if stage != "model") / tissue_mpx
-    print(f"\n{label}: {tissue_mpx:.1f} tissue Mpx, {workers} workers")
+    print(f"\n{label}: {tissue_mpx:.1f} tissue Mpx, {workers} workers, {wall:.1f} s wall (run_cohort, cluster started)")
     for stage, seconds in stages.items():
         print(f"  {stage:<12} {seconds / tissue_mpx:7.4f} core-s per tissue Mpx   ({seconds:8.1f} s)")
     print(f"  CPU side (all but model): {cpu_side:.4f} core-s per tissue Mpx; one GPU at "
