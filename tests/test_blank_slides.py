@@ -18,7 +18,7 @@ from cerberus_batch.testing.slides import make_synthetic_slide
 from conftest import mask_file
 from helpers import write_cohort
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each runs a two-slide cohort through the CLI: 80-90 s on 2 cores
+pytestmark = pytest.mark.e2e  # each runs a two-slide cohort through the CLI
 
 
 def run(cohort: Path) -> subprocess.CompletedProcess:

@@ -53,6 +53,7 @@ def test_chunks_of_random_maps_read_as_zarr_reads_them(tmp_path: Path, dtype: st
         assert_reads_as_zarr(open_slide_maps(tmp_path / "maps")[array.path])
 
 
+@pytest.mark.e2e
 def test_chunks_of_real_maps_read_as_zarr_reads_them(cmu_slide: Path, cluster, tmp_path: Path) -> None:
     cohort = write_cohort(tmp_path, [{"path": str(cmu_slide), "id": "cmu"}], processing={"chunk": 1008})
     arrays = map_arrays(open_slide_maps(run_ok(cohort, cluster) / "maps" / "cmu"))

@@ -16,6 +16,8 @@ from distributed.security import Security
 from cerberus_batch.cli import main
 from helpers import small_cohort
 
+pytestmark = pytest.mark.e2e  # each runs a cohort on a scheduler of its own
+
 
 def self_signed(folder: Path) -> dict[str, str]:
     """A certificate that is its own CA: enough for scheduler, workers and client to trust each other."""

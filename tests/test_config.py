@@ -78,6 +78,7 @@ def test_glob_and_manifest_forms(tmp_path):
         ({"slides": {"glob": "slides/*.svs", "masks": "masks/{name}.png"}}, "slides.masks: 'masks/{name}.png': the only placeholder is {stem}"),
     ],
 )
+@pytest.mark.e2e
 def test_bad_cohort_names_the_field_and_writes_nothing(tmp_path, overrides, expected):
     path = write_cohort(tmp_path, **overrides)
     with pytest.raises(CohortError) as caught:

@@ -129,6 +129,7 @@ def test_a_single_slide_output_needs_no_slide_id(output, tmp_path):
     assert len(qupath_features(target)) == rows
 
 
+@pytest.mark.e2e
 def test_stain_model_run_exports_nuclei_and_tissue_regions(tmp_path):
     """A real run of the weight-free model: its own class names, no glands or lumens."""
     for index, slide in enumerate(SLIDES):

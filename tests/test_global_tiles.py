@@ -102,6 +102,7 @@ def slide_maps(view, mask, predictor, chunk: int) -> dict[str, np.ndarray]:
     return maps
 
 
+@pytest.mark.slow
 def test_maps_are_bit_identical_for_every_chunk_multiple_of_the_tile(parity_model_dir, cmu_slide, window_mask):
     view = open_slide(cmu_slide).at_mpp(0.5)
     predictor = CerberusPredictor(parity_model_dir, options=InferenceOptions(tile=TILE, device="cpu"))

@@ -98,6 +98,7 @@ def test_tables_equal_whole_slide_post_processing_of_the_maps(chunked_runs):
     assert_same(expected, actual)
 
 
+@pytest.mark.slow
 def test_tables_identical_on_one_and_three_workers(synthetic, chunked_runs, tmp_path):
     slides = [{"path": str(synthetic.path), "id": "synthetic"}]
     for workers in (1, 3):

@@ -39,6 +39,7 @@ def _one_line(output: str) -> str:
     return output.strip()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", ["4-class Patch-Class", "flipped weights"])
 def test_run_refuses_before_any_slide(tmp_path: Path, refused_models: dict, model: str) -> None:
     model_dir, line = refused_models[model]

@@ -59,6 +59,7 @@ class BrokenPredictor(StainPredictor):
         return np.stack(image, axis="rows")  # TypeError: an axis is an int
 
 
+@pytest.mark.e2e
 def test_a_bug_in_inference_is_reported_as_a_bug_with_its_traceback(tmp_path: Path, monkeypatch) -> None:
     # The cohort schema takes the registered names: the test registers its own kind, in this process
     # (a threads-only cluster, so the workers see the registry the test changed).

@@ -65,7 +65,6 @@ def _assert_same_as_patch(result: dict[str, np.ndarray], patch: dict[str, np.nda
             assert (result[key].argmax(0) == expected.argmax(0)).mean() >= 0.999, key
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("tile", [1008, 288])  # one tile; four tiles of three shapes
 def test_tile_mode_matches_patch_mode(
     parity_model_dir: Path, region: np.ndarray, patch_result: dict[str, np.ndarray], tile: int
@@ -74,7 +73,6 @@ def test_tile_mode_matches_patch_mode(
     _assert_same_as_patch(predictor.predict(region), patch_result)
 
 
-@pytest.mark.slow
 def test_patch_mode_outputs_are_probabilities(patch_result: dict[str, np.ndarray]) -> None:
     size = CELLS * CELL
     assert patch_result["Nuclei-INST"].shape == (2, size, size)

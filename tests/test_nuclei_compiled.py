@@ -89,6 +89,7 @@ def test_compiled_nuclei_equal_the_reference_on_real_maps(cmu_maps, chunk) -> No
     assert_same_rows(expected, actual)
 
 
+@pytest.mark.e2e
 def test_demo_cohort_tables_equal_those_of_version_0_1(tmp_path) -> None:
     """tests/data/demo_tables_0.1 holds the demo cohort's tables as cerberus-batch 0.1 wrote them."""
     cohort = yaml.safe_load((CONFIGS / "demo.yaml").read_text())

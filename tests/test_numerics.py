@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -13,6 +14,8 @@ from cerberus_batch.model.predictor import numerics
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec
 from cerberus_batch.pipeline.work import fingerprint
 from helpers import small_cohort
+
+pytestmark = pytest.mark.e2e  # each runs a cohort
 
 
 class Named:

@@ -30,6 +30,7 @@ def cli_run(cohort) -> subprocess.Popen:
     )
 
 
+@pytest.mark.e2e
 def test_second_run_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
     # A slide large enough that the first run is still working when the second one starts.
     (tmp_path / "slides").mkdir()
@@ -92,6 +93,7 @@ def test_an_unwritable_output_folder_is_named_as_such(tmp_path):
         OutputLock(tmp_path / "a-file" / "out", "cerberus-batch run").acquire()
 
 
+@pytest.mark.e2e
 def test_run_and_validate_name_an_unwritable_output_folder(tmp_path):
     (tmp_path / "a-file").write_text("x")
     cohort = small_cohort(tmp_path, {"kind": "local", "workers": 1, "dashboard_address": ":0"})

@@ -100,6 +100,7 @@ def test_atomic_path_refuses_to_replace_an_unknown_folder(tmp_path):
 
 @pytest.mark.parametrize("case", ["output is the slides' folder", "output inside the model folder", "output holds the mask",
                                   "output inside the slides' folder", "output inside the masks' folder", "output holds the manifest"])
+@pytest.mark.e2e
 def test_run_refuses_an_output_that_overlaps_an_input(tmp_path, case):
     inputs = tmp_path / "inputs"
     (inputs / "model").mkdir(parents=True)
@@ -176,6 +177,7 @@ USER_FILES = {  # a user's file where a run would write, and the path the refusa
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fresh", [False, True], ids=["run", "run --fresh"])
 @pytest.mark.parametrize("user_file", USER_FILES)
 def test_a_users_file_where_a_run_writes_is_refused_in_one_line_before_any_work(tmp_path, user_file, fresh):
@@ -191,6 +193,7 @@ def test_a_users_file_where_a_run_writes_is_refused_in_one_line_before_any_work(
     assert tree_hashes(output) == before  # no slide planned, nothing written, the user's file as it was
 
 
+@pytest.mark.e2e
 def test_fresh_removes_only_what_we_wrote(tmp_path, cluster):
     cohort_file = small_cohort(tmp_path, ids=("a", "b"))
     output = tmp_path / "out"
@@ -225,6 +228,7 @@ def test_fresh_removes_only_what_we_wrote(tmp_path, cluster):
     assert layout.mask("a").is_file() and layout.table_files("nuclei", "a")
 
 
+@pytest.mark.e2e
 def test_the_rerun_sweeps_what_a_kill_left_half_written(tmp_path, cluster):
     # Maps of 2400 processing px: levels 1 (the chunk tasks') and 2 (the pyramid task's).
     cohort = load_cohort(small_cohort(tmp_path, ids=("wide",), size=(4800, 640)))
@@ -255,6 +259,7 @@ def test_the_rerun_sweeps_what_a_kill_left_half_written(tmp_path, cluster):
     assert (layout.maps("wide") / "nuclei_prob" / "2").is_dir()
 
 
+@pytest.mark.e2e
 def test_an_output_of_version_0_2_resumes_its_files_being_ours(tmp_path):
     """Version 0.2 kept no list of its files, only its run.json: what lies at our paths beside it is its own."""
     cohort = small_cohort(tmp_path)

@@ -114,6 +114,7 @@ def map_files(output: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_kill_and_resume_computes_only_the_rest_and_gives_identical_maps(tmp_path, cmu_slide):
     slides = [{"path": str(cmu_slide), "id": "cmu"}]
     settings = {"processing": {"chunk": 432}, "cluster": {"workers": 2, "dashboard_address": ":0"}}
@@ -171,6 +172,7 @@ def test_bad_slide_is_reported_and_the_rest_finish(tmp_path, cmu_slide):
     assert bad["status"] == "failed" and "truncated.svs" in bad["error"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_rerun_finishes(tmp_path, cmu_slide):
     cohort = write_cohort(
         tmp_path, [{"path": str(cmu_slide), "id": "cmu"}],

@@ -118,6 +118,7 @@ def expected_transforms(name: str, mpp: float, level: int, lead: int) -> tuple[l
     return [1.0] * lead + [px, px], [0.0] * lead + [(px - mpp) / 2] * 2
 
 
+@pytest.mark.e2e
 def test_every_map_is_an_ome_zarr_image_with_levels_down_to_1000_px(wide):
     cohort, (report, _) = wide
     assert report.status == "ok", report.slides
@@ -143,6 +144,7 @@ def test_every_map_is_an_ome_zarr_image_with_levels_down_to_1000_px(wide):
         assert multiscale.type == (MEAN if STORED[name].form == "prob" else MODE)
 
 
+@pytest.mark.e2e
 def test_napari_reads_every_level_of_every_map(wide):
     cohort, _ = wide
     mpp = zarr.open_group(cohort.output / "maps" / "wide", mode="r").attrs["mpp"]
@@ -156,6 +158,7 @@ def test_napari_reads_every_level_of_every_map(wide):
         np.testing.assert_array_equal(np.asarray(levels[-1]), group[str(len(levels) - 1)][:])
 
 
+@pytest.mark.e2e
 def test_each_level_is_the_mean_or_mode_of_2x2_blocks_of_the_one_before(wide):
     cohort, _ = wide
     maps = maps_of(cohort)
@@ -177,12 +180,14 @@ def test_each_level_is_the_mean_or_mode_of_2x2_blocks_of_the_one_before(wide):
     assert cells == (720 // CELL, 2448 // CELL)  # 5 x 17: one level only
 
 
+@pytest.mark.e2e
 def test_the_pyramid_waits_for_the_slides_inference_and_nothing_waits_for_it(wide):
     _, (_, graph) = wide
     assert graph.inferred and graph.waited_for == [graph.inferred]
     assert graph.waiting == [set()]
 
 
+@pytest.mark.e2e
 def test_a_rerun_keeps_the_levels_unless_the_maps_were_recomputed(wide, cluster):
     cohort, _ = wide
     # The last level, which the pyramid task makes (the first ones are the chunk tasks'); a rebuild renames
@@ -214,6 +219,7 @@ def test_a_rerun_keeps_the_levels_unless_the_maps_were_recomputed(wide, cluster)
     assert "Traceback" in (cohort.output / "logs" / "wide.log").read_text()
 
 
+@pytest.mark.e2e
 def test_levels_made_chunk_by_chunk_equal_the_map_halved_whole(wide):
     """The chunk tasks halve their own maps (the first levels), the pyramid task the rest: every level is
     its predecessor halved as one array, odd last rows and columns included."""

@@ -31,6 +31,8 @@ from helpers import write_cohort
 
 SECRET = "s3cr3t-signature"
 
+pytestmark = pytest.mark.e2e  # each runs a cohort over S3 or HTTP
+
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, cmu_slide):

@@ -27,6 +27,8 @@ from cerberus_batch.testing.slides import make_synthetic_slide
 from conftest import mask_file
 from test_slide_readers import convert_to_dicom
 
+pytestmark = pytest.mark.e2e  # each runs a cohort
+
 
 def uids_digest(folder: Path) -> dict[str, object]:
     uids = sorted(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in folder.iterdir())

@@ -88,6 +88,7 @@ def test_the_chunk_bound_depends_on_the_stored_dtype(tmp_path, slide):
     assert "processing.chunk: 7920 px is more than 6048 px" in refused_in_one_line("validate", path)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("form", ["glob", "manifest"])
 @pytest.mark.parametrize("mpp", ["1e9", "1e-9"])
 def test_slide_mpp_overrides_of_every_form_are_bounded(tmp_path, slide, form, mpp):
@@ -141,6 +142,7 @@ def test_inspect_bounds_its_resolutions(slide, option, value):
                         "the resolutions microscopes record", result.output
 
 
+@pytest.mark.e2e
 def test_run_fails_only_the_absurd_slide_in_one_line(tmp_path, slide):
     (tmp_path / "slides").mkdir()
     Image.fromarray(np.full((40, 5000, 3), 200, np.uint8)).save(tmp_path / "slides" / "strip.png")
