@@ -22,7 +22,7 @@ import numpy as np
 from cachetools import LRUCache
 from tifffile import TiffPage, TiffPageSeries
 
-TILE_CACHE_BYTES = 64 * 2**20  # per process: about 340 decoded 256-px RGB tiles, a chunk read and a half
+TILE_CACHE_BYTES = 16 * 2**20  # per process: about 85 decoded 256-px RGB tiles, the margin a chunk shares with the next
 _GRIDS = itertools.count()  # each grid's own key in a cache: ids of closed slides' objects may come back
 
 
