@@ -11,7 +11,7 @@ import zarr
 
 from cerberus_batch.storage.zarr_maps import ChunkCache, create_slide_maps, map_arrays, open_slide_maps, read_chunk
 from cerberus_batch.vocabulary import StoredMap
-from tests.helpers import run_ok, write_cohort
+from helpers import run_ok, write_cohort
 
 SPECS = [StoredMap("prob", 3, "prob", 1), StoredMap("classes", None, "class", 2)]
 
