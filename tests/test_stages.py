@@ -64,3 +64,11 @@ def test_totals_add_up_events_by_slide_and_forget_a_slide_once_taken():
     assert a["model"] == 3.0 and a["read"] == 0.5 and a["write"] == 0.25 and a["plan"] == 0.0
     assert totals.take("a") == dict.fromkeys(STAGES, 0.0)
     assert totals.take("b")["plan"] == 3.0
+
+
+def test_a_task_that_ends_after_its_slide_left_is_not_counted_anywhere():
+    totals = StageTotals()
+    totals.add((0.0, {"slide": "a", "seconds": {"model": 1.0}}))
+    assert totals.take("a")["model"] == 1.0
+    totals.add((1.0, {"slide": "a", "seconds": {"model": 5.0}}))  # a cancelled task of the failed slide, ending late
+    assert totals.take("a") == dict.fromkeys(STAGES, 0.0)

@@ -80,10 +80,13 @@ class StageTotals:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slides: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._left: set[str] = set()  # slides taken: a task of theirs that ends later (cancelled) is not counted
 
     def add(self, event: tuple[float, Mapping[str, Any]]) -> None:
         _, message = event
         with self._lock:
+            if message["slide"] in self._left:
+                return
             totals = self._slides[message["slide"]]
             for stage, seconds in message["seconds"].items():
                 totals[stage] += seconds
@@ -93,4 +96,5 @@ class StageTotals:
         forgotten here: a 1,000-slide cohort keeps only the slides in flight."""
         with self._lock:
             totals = self._slides.pop(slide_id, {})
+            self._left.add(slide_id)
         return {stage: totals.get(stage, 0.0) for stage in STAGES}

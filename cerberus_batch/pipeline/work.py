@@ -95,7 +95,7 @@ def task_clock(slide_id: str, rest: str) -> Iterator[StageClock]:
             worker = get_worker()
         except ValueError:  # not on a Dask worker (tests, benchmarks): nobody to tell
             pass
-        else:
+        else:  # before the task's result: the worker's stream keeps the two in order, so the run has it when it sees the task end
             worker.log_event(TOPIC, {"slide": slide_id, "seconds": clock.seconds()})
 
 
@@ -134,8 +134,9 @@ def plan_slide_task(slide: SlideEntry, model: ModelSpec, processing: ProcessingS
     plan and what reading a remote slide fetched."""
     with task_clock(slide.id, "plan") as clock:
         with fetched(slide.path) as fetches:
-            identity = source_identity(slide.path, slide.reader or "auto")
-            view = _cached_view(slide, processing.mpp, _identity_key(identity))
+            with clock("read"):  # the slide, opened once per worker process
+                identity = source_identity(slide.path, slide.reader or "auto")
+                view = _cached_view(slide, processing.mpp, _identity_key(identity))
             mask, plan = plan_slide(view, slide, processing)
         with clock("write"):
             _create_slide_outputs(slide, view, mask, plan, identity, _described(model.model_dump_json()), processing, output)

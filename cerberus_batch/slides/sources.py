@@ -21,7 +21,7 @@ from PIL import Image
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location, remote_cause
-from cerberus_batch.slides.tiles import TileGrid
+from cerberus_batch.slides.tiles import DamagedTile, TileGrid
 from cerberus_batch.slides.truncation import tiff_truncation
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -208,16 +208,25 @@ class TiffSource:
                     raise SlideError(self.path, f"file is truncated (image data ends at byte {max(ends)}, file has {size})")
 
     def read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        grid = self._grids[level]
         try:
-            grid = self._grids[level]
-            # tiffslide keeps one zarr group per thread; looking it up per read keeps threaded workers safe.
-            pixels = grid.read(x0, y0, x1, y1) if grid else np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
-        except Exception as err:  # a damaged tile surfaces as a codec error
-            cause = remote_cause(err) if self.path.remote else None
-            if cause:
-                raise SlideError(self.path, f"cannot read level {level} region: {cause}") from None
-            raise SlideError(self.path, f"cannot decode level {level} region ({_scrubbed(err, self.path)})") from None
+            if grid is not None:  # a damaged tile is a DamagedTile; anything else our reader raises is a bug
+                pixels = grid.read(x0, y0, x1, y1)
+            else:  # tiffslide keeps one zarr group per thread; looking it up per read keeps threaded workers safe
+                pixels = np.asarray(self._slide.zarr_group[str(level)][y0:y1, x0:x1])
+        except (DamagedTile, OSError) as err:
+            raise self._unreadable(level, err) from None
+        except Exception as err:  # noqa: BLE001 - through Zarr, a damaged tile surfaces as any codec's error
+            if grid is not None:
+                raise
+            raise self._unreadable(level, err) from None
         return to_rgb(pixels, self.path)
+
+    def _unreadable(self, level: int, err: Exception) -> SlideError:
+        cause = remote_cause(err) if self.path.remote else None
+        if cause:
+            return SlideError(self.path, f"cannot read level {level} region: {cause}")
+        return SlideError(self.path, f"cannot decode level {level} region ({_scrubbed(err, self.path)})")
 
     def close(self) -> None:
         self._slide.close()

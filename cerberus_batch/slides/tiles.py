@@ -26,8 +26,13 @@ TILE_CACHE_BYTES = 16 * 2**20  # per process: about 85 decoded 256-px RGB tiles,
 _GRIDS = itertools.count()  # each grid's own key in a cache: ids of closed slides' objects may come back
 
 
+class DamagedTile(Exception):
+    """A tile that cannot be read or decoded (its cause chained): the slide's fault, not ours."""
+
+
 class TileCache:
-    """Decoded tiles of one slide, least recently used first out; shared by the threads of a worker."""
+    """Decoded tiles of every open slide of this process, keyed by (grid, tile index), least recently
+    used first out; shared by the threads of a worker."""
 
     def __init__(self, max_bytes: int = TILE_CACHE_BYTES) -> None:
         self._tiles: LRUCache[tuple[int, int], np.ndarray] = LRUCache(max_bytes, getsizeof=lambda tile: tile.nbytes)
@@ -90,10 +95,17 @@ class TileGrid:
         offsets = [page.dataoffsets[i] for i in missing]
         counts = [page.databytecounts[i] for i in missing]
         for data, index in fh.read_segments(offsets, counts, missing, lock=fh.lock, sort=True):
-            tile = page.decode(data, index, **self._decode_args)[0].reshape(th, tw, self._samples)
+            tile = self._decoded(data, index).reshape(th, tw, self._samples)
             self._cache.put((self.key, index), tile)
             self._place(out, tile, index, x0, y0, x1, y1)
         return out
+
+    def _decoded(self, data: bytes | None, index: int) -> np.ndarray:
+        """Tile `index` decoded from its stored `data`; what the codec refuses is a `DamagedTile`."""
+        try:
+            return self._page.decode(data, index, **self._decode_args)[0]
+        except Exception as err:  # noqa: BLE001 - each codec has errors of its own
+            raise DamagedTile(f"tile {index}: {err}") from err
 
     def tile_indices(self, x0: int, y0: int, x1: int, y1: int) -> list[int]:
         """Indices of the tiles a level px region touches, row by row."""

@@ -96,7 +96,7 @@ def tree_paths(root: str | Path, below: str | Path) -> list[Path]:
         paths.append(folder)
         if folder == root:
             return paths
-    raise ValueError(f"{below} is not inside {root}")
+    raise ValueError(f"{below} is not inside {root}")  # a programming error, never a user's
 
 
 def fsync_tree(root: str | Path, below: str | Path) -> None:

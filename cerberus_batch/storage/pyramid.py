@@ -22,7 +22,7 @@ import zarr
 
 from cerberus_batch.storage.atomic import SOFTWARE, atomic_path, fsync_tree, sweep_leftovers
 from cerberus_batch.storage.levels import chunk_levels, halve, level_shapes
-from cerberus_batch.storage.zarr_maps import LEVEL0, open_slide_maps
+from cerberus_batch.storage.zarr_maps import COMPRESSOR, LEVEL0, open_slide_maps
 
 def build_pyramid(path: Path) -> dict[str, int]:
     """Write the levels of every map of the slide group at `path` and list them in each map's
@@ -46,7 +46,7 @@ def build_levels(image: zarr.Group) -> int:
             target = zarr.create_array(
                 partial, shape=shape, chunks=tuple(min(c, n) for c, n in zip(source.chunks, shape)),
                 dtype=source.dtype, fill_value=0, dimension_names=source.metadata.dimension_names,
-                attributes={"software": SOFTWARE},  # what lets a rebuild replace it (`atomic_path`)
+                compressors=COMPRESSOR, attributes={"software": SOFTWARE},  # what lets a rebuild replace it (`atomic_path`)
             )
             halve_into(source, target, multiscale["type"])
         source = image[str(k)]

@@ -2,8 +2,9 @@
 
 Each map is a group of its own, an OME-NGFF 0.5 image: viewers (napari, neuroglancer, vizarr)
 open only the first multiscale of a group, so maps sharing one would hide all but one. Its
-full-resolution array is `<map>/0` (`LEVEL0`); the viewer levels `<map>/1`, `<map>/2`, … come
-after the slide's inference (`storage.pyramid`). The slide group's attributes describe the slide.
+full-resolution array is `<map>/0` (`LEVEL0`); the viewer levels `<map>/1`, `<map>/2`, … are made by
+the chunk tasks (the first ones, `write_chunk`) and after the slide's inference (the rest,
+`storage.pyramid`). The slide group's attributes describe the slide.
 
 Each level-0 array is chunked exactly like the pipeline's chunk tasks (scaled to its
 resolution), so no two tasks ever write the same Zarr chunk.
@@ -108,18 +109,23 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
 
 
 def _write(array: zarr.Array, ys: int, xs: int, values: np.ndarray) -> list[Path]:
-    """Write `values` at map px (ys, xs), one chunk of `array`; returns the file and folders to fsync."""
-    window = (slice(ys, ys + values.shape[-2]), slice(xs, xs + values.shape[-1]))
-    if values.any():  # Zarr's own test for an all-zero chunk costs twice the encoding; an all-zero one takes it, so no file
+    """Write `values` at map px (ys, xs) of `array` (a chunk task's one chunk, or tile mode's whole image);
+    returns the files and folders to fsync."""
+    (h, w), (side_y, side_x) = values.shape[-2:], array.chunks[-2:]
+    window = (slice(ys, ys + h), slice(xs, xs + w))
+    if h <= side_y and w <= side_x and values.any():
+        # Zarr's own test for an all-zero chunk costs twice the encoding; an all-zero one still takes it, so no file
         array = array.with_config({"write_empty_chunks": True})
     array[(slice(None),) * (array.ndim - 2) + window] = values
-    side = array.chunks[-1]
-    key = (0,) * (array.ndim - 2) + (ys // side, xs // side)
     folder = Path(array.store.root) / array.path
-    chunk_file = folder / "c" / "/".join(map(str, key))
-    # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
-    written = chunk_file if chunk_file.is_file() else chunk_file.parent
-    return tree_paths(folder, written) if written.exists() else []
+    flushed = []
+    for row in range(ys // side_y, -(-(ys + h) // side_y)):
+        for column in range(xs // side_x, -(-(xs + w) // side_x)):
+            chunk_file = folder / "c" / "/".join(map(str, (0,) * (array.ndim - 2) + (row, column)))
+            # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
+            written = chunk_file if chunk_file.is_file() else chunk_file.parent
+            flushed += tree_paths(folder, written) if written.exists() else []
+    return flushed
 
 
 def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:
