@@ -217,7 +217,7 @@ class TiffSource:
         except (DamagedTile, OSError) as err:
             raise self._unreadable(level, err) from None
         except Exception as err:  # noqa: BLE001 - through Zarr, a damaged tile surfaces as any codec's error
-            if grid is not None:
+            if grid is not None and not (self.path.remote and remote_cause(err)):  # a store gone away is not a bug
                 raise
             raise self._unreadable(level, err) from None
         return to_rgb(pixels, self.path)
