@@ -93,7 +93,7 @@ class StageTotals:
 
     def take(self, slide_id: str) -> dict[str, float]:
         """A slide's seconds by stage so far, in stage order (every stage named, 0 where none was spent),
-        forgotten here: a 1,000-slide cohort keeps only the slides in flight."""
+        forgotten here: a 1,000-slide cohort keeps the totals of the slides in flight only (of those that left, their ids)."""
         with self._lock:
             totals = self._slides.pop(slide_id, {})
             self._left.add(slide_id)
