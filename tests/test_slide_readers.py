@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -236,3 +237,15 @@ def test_dicomweb_credentials_from_the_address_or_storage_options_never_shown(tm
                 message = str(refused.value)
                 assert message.startswith(f"{series}: access denied (check the credentials") and "\n" not in message, message
                 assert "wrong" not in message and secret not in message
+
+
+def test_opening_and_reading_a_tiff_slide_loads_neither_other_reader(cmu_slide):
+    """Each worker process opens its slides: a TIFF must not pay for importing wsidicom (about a second) or OpenSlide."""
+    check = (
+        "import sys; from cerberus_batch.slides import open_slide; from cerberus_batch.slides.location import Location;"
+        "from cerberus_batch.slides.sources import source_identity; s = sys.argv[1];"
+        "source_identity(Location.parse(s)); open_slide(s).read_level(0, 0, 0, 64, 64);"
+        "print(sorted(m for m in ('wsidicom', 'pydicom', 'openslide') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check, str(cmu_slide)], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -21,6 +21,7 @@ from PIL import Image
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location, remote_cause
+from cerberus_batch.slides.readers.dicomweb import dicomweb_series
 from cerberus_batch.slides.tiles import DamagedTile, TileGrid
 from cerberus_batch.slides.truncation import tiff_truncation
 
@@ -59,28 +60,26 @@ class PixelSource(Protocol):
 
 
 def open_source(path: Location, reader: Reader = "auto") -> PixelSource:
-    # The other readers load on first use: wsidicom alone takes a second to import.
-    from cerberus_batch.slides.readers.dicom import DicomSource, dicomweb_series
-    from cerberus_batch.slides.readers.openslide import OpenSlideSource
-
+    # The other readers load only for the slides they open: wsidicom alone takes a second to import,
+    # in every worker process that opens a slide.
     if is_dicom(path, reader):
+        from cerberus_batch.slides.readers.dicom import DicomSource
+
         series = dicomweb_series(path.address) if path.remote else None
         return DicomSource.web(path, series) if series is not None else DicomSource.folder(path)
     if not path.remote and not path.local.is_file():
         raise SlideError(path, FILE_NOT_FOUND)
-    if reader == "openslide":
-        return OpenSlideSource(path)
-    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES and reader != "openslide":
         return PlainImageSource(path)
-    if reader == "tiffslide" or path.remote or _is_tiff(path.local):
+    if reader == "tiffslide" or (reader == "auto" and (path.remote or _is_tiff(path.local))):
         return TiffSource(path)
-    return OpenSlideSource(path)  # says "unsupported format" where OpenSlide does not read it either
+    from cerberus_batch.slides.readers.openslide import OpenSlideSource
+
+    return OpenSlideSource(path)  # asked for, or no TIFF: says "unsupported format" where OpenSlide does not read it either
 
 
 def is_dicom(path: Location, reader: Reader = "auto") -> bool:
     """Whether `open_source` reads the slide as DICOM: a DICOMweb series URL, a local folder, or forced."""
-    from cerberus_batch.slides.readers.dicom import dicomweb_series
-
     if path.remote:
         return reader == "dicom" or dicomweb_series(path.address) is not None
     return reader == "dicom" or (reader == "auto" and path.local.is_dir())
@@ -89,9 +88,9 @@ def is_dicom(path: Location, reader: Reader = "auto") -> bool:
 def source_identity(path: Location, reader: Reader = "auto") -> dict[str, Any]:
     """What changes when the slide is replaced: size and mtime of a file, size and ETag of an object, the
     SOP instance UIDs of a DICOM slide. Raises SlideError (one line) where it cannot be read."""
-    from cerberus_batch.slides.readers.dicom import dicom_identity
-
     if is_dicom(path, reader):
+        from cerberus_batch.slides.readers.dicom import dicom_identity
+
         return dicom_identity(path)
     if not path.remote and not path.local.is_file():
         raise SlideError(path, FILE_NOT_FOUND)

@@ -7,9 +7,7 @@ each read decodes only the frames (tiles) the region covers.
 from __future__ import annotations
 
 import hashlib
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -20,27 +18,11 @@ from wsidicom import WsiDicom, WsiDicomWebClient
 
 from cerberus_batch.errors import SlideError, first_line
 from cerberus_batch.slides.location import Location, remote_cause
+from cerberus_batch.slides.readers.dicomweb import DicomWebSeries, dicomweb_series
 from cerberus_batch.slides.sources import SourceMetadata, plausible_mpp, to_rgb
 
 DEFERRED_BYTES = 1024  # values larger than this are skipped, not read, while looking for a truncation
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage (SOP class UID)
-# A series as IDC and PACS give it: <DICOMweb root>/studies/<study UID>/series/<series UID>
-DICOMWEB_SERIES = re.compile(r"\A(?P<root>https?://.+?)/studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)/?\Z")
-
-
-@dataclass(frozen=True)
-class DicomWebSeries:
-    root: str  # the server's DICOMweb root, e.g. https://host/dicom-web
-    study: str
-    series: str
-
-
-def dicomweb_series(address: str) -> DicomWebSeries | None:
-    """The series a DICOMweb address names, or None when `address` is no DICOMweb series URL."""
-    found = DICOMWEB_SERIES.match(address)
-    return DicomWebSeries(found["root"], found["study"], found["series"]) if found else None
-
-
 def folder_series(folder: Path) -> dict[str, dict[Path, str]]:
     """The whole-slide series in a folder: series UID -> its instance files and their SOP instance UIDs
     (other files are ignored)."""
