@@ -82,3 +82,32 @@ def tissue_tiles(tissue: Sequence[Sequence[bool]], tile: int) -> list[Tile]:
                 y, x = (top + rows.min()) * CELL, (left + cols.min()) * CELL
                 tiles.append(Tile(int(y), int(x), int(rows.max() - rows.min() + 1) * CELL, int(cols.max() - cols.min() + 1) * CELL))
     return tiles
+
+
+def tissue_runs(tissue: Sequence[Sequence[bool]]) -> list[Tile]:
+    """The tissue cells of a grid as few output boxes: each row's runs of tissue cells, a run joined with
+    the one below it where both span the same columns."""
+    cells = np.asarray(tissue, dtype=bool)
+    runs: list[Tile] = []
+    open_runs: dict[tuple[int, int], int] = {}  # (x, w) of a run on the row above -> its index in `runs`
+    for row in range(cells.shape[0]):
+        padded = np.concatenate([[False], cells[row], [False]])
+        edges = np.flatnonzero(padded[1:] != padded[:-1])
+        spans = [(int(start) * CELL, int(stop - start) * CELL) for start, stop in zip(edges[::2], edges[1::2])]
+        below = {}
+        for x, w in spans:
+            if (x, w) in open_runs:
+                index = open_runs[(x, w)]
+                runs[index] = runs[index]._replace(h=runs[index].h + CELL)
+            else:
+                index = len(runs)
+                runs.append(Tile(row * CELL, x, CELL, w))
+            below[(x, w)] = index
+        open_runs = below
+    return runs
+
+
+def input_boxes(tiles: Iterable[Tile], reach: int) -> list[Tile]:
+    """The input px (output plus CONTEXT on every side) that outputs `tiles` depend on, for a model whose
+    output px depend on input px at most `reach` px away (reach <= CONTEXT)."""
+    return [Tile(t.y + CONTEXT - reach, t.x + CONTEXT - reach, t.h + 2 * reach, t.w + 2 * reach) for t in tiles]

@@ -1,4 +1,5 @@
-"""Whole map chunks read past Zarr (`zarr_maps.read_chunk`, `ChunkCache`) hold exactly what Zarr reads there."""
+"""Whole map chunks read past Zarr (`zarr_maps.read_chunk`, `ChunkCache`) hold exactly what Zarr reads there,
+and chunks written past it (`zarr_maps.write_chunk_file`) are the very files Zarr writes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 import zarr
 
-from cerberus_batch.storage.zarr_maps import ChunkCache, create_slide_maps, map_arrays, open_slide_maps, read_chunk
+from cerberus_batch.storage.zarr_maps import (
+    ChunkCache, create_slide_maps, map_arrays, open_slide_maps, read_chunk, write_chunk_file,
+)
 from cerberus_batch.vocabulary import StoredMap
 from helpers import run_ok, write_cohort
 
@@ -72,3 +75,43 @@ def test_chunks_of_other_layouts_read_through_zarr(tmp_path: Path, layout: str) 
     array[...] = np.random.default_rng(2).integers(0, 60000, array.shape)
     array[:, :100, :100] = 0
     assert_reads_as_zarr(array)
+
+
+def chunk_files(array: zarr.Array) -> dict[str, bytes]:
+    folder = Path(array.store.root) / array.path
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_chunks_written_past_zarr_are_the_files_zarr_writes(tmp_path: Path, dtype: str) -> None:
+    """Chunk by chunk, twice over (the second pass overwrites, some chunks with zeros: their files go)."""
+    by_zarr, past_zarr = (
+        map_arrays(create_slide_maps(tmp_path / name, shape=(1000, 700), chunk=432, specs=SPECS, dtype=dtype, attrs={"mpp": 0.5}))
+        for name in ("zarr", "past")
+    )
+    rng = np.random.default_rng(3)
+    for zeroed in ({(0, 1, 0)}, {(0, 0, 0), (0, 2, 1)}):
+        for name, array in by_zarr.items():
+            for index in chunk_indices(array):
+                window = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, array.chunks, array.shape))
+                shape = tuple(w.stop - w.start for w in window)
+                values = (rng.integers(0, 256, shape) if dtype == "uint8" or name == "classes" else rng.random(shape)).astype(array.dtype)
+                if index[-2:] in {z[-2:] for z in zeroed} and index[:1] in {z[:1] for z in zeroed} | {()}:
+                    values[...] = 0
+                array[window] = values
+                write_chunk_file(past_zarr[name], index, np.asfortranarray(values))  # tile mode passes slices of a whole image
+    for name, array in by_zarr.items():
+        files = chunk_files(array)
+        assert len(files) < len(chunk_indices(array)) + 1  # some all-zero chunks are not stored
+        assert chunk_files(past_zarr[name]) == files
+        np.testing.assert_array_equal(map_arrays(open_slide_maps(tmp_path / "past"))[name][...], array[...])
+
+
+def test_chunks_of_other_layouts_are_written_through_zarr() -> None:
+    array = zarr.create_array(zarr.storage.MemoryStore(), shape=(2, 150, 250), chunks=(2, 100, 100), dtype="uint16", fill_value=0)
+    values = np.random.default_rng(4).integers(0, 60000, (2, 50, 100)).astype(np.uint16)
+    write_chunk_file(array, (0, 1, 1), values)
+    np.testing.assert_array_equal(array[:, 100:, 100:200], values)
+    assert not array[:, :100].any()
+    with pytest.raises(ValueError, match="shape"):
+        write_chunk_file(array, (0, 1, 2), values)  # the last chunk holds 50 px, not 100

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from cerberus_batch.grid import CELL, CONTEXT, Tile, pass_size, tissue_tiles
+from cerberus_batch.grid import CELL, CONTEXT, Tile, input_boxes, pass_size, tissue_tiles
 from cerberus_batch.model.activation import probabilities
 from cerberus_batch.model.checkpoint import SETTINGS, WEIGHTS, default_device, load_model, read_model_folder
 from cerberus_batch.model.fusion import fuse_batchnorms
@@ -117,6 +117,10 @@ class CerberusPredictor:
                     upcoming = prefetch.submit(self._inputs, image, following)
                 self._predict_batch(inputs, batch, out)
         return out
+
+    def input_needed(self, tissue: np.ndarray) -> list[Tile]:
+        """Each pass's input: its output tile and the context around it."""
+        return input_boxes(tissue_tiles(tissue, self.tile), CONTEXT)
 
     def _batches(self, tiles: list[Tile]) -> Iterator[list[Tile]]:
         for group in _by_shape(tiles):

@@ -7,7 +7,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.grid import CELL, CONTEXT, Tile
 
 
 class Predictor(Protocol):
@@ -23,6 +23,10 @@ class Predictor(Protocol):
     `tissue` (bool, H // CELL x W // CELL) marks the cells whose outputs are kept: a model may
     leave the others out of its passes (their outputs are then 0), by a rule that sees only its
     own tiles, so the kept outputs do not depend on where the region was cut.
+
+    `input_needed(tissue)` says which input px the kept outputs depend on (boxes of the input image,
+    `grid.Tile`s in input px): the pipeline reads only those from the slide, so a chunk half
+    glass decodes half its pixels; `predict` must give the kept outputs whatever the others hold.
     """
 
     kind: str  # "cerberus" or "stain"
@@ -31,6 +35,8 @@ class Predictor(Protocol):
     identity: str  # stable hash of what determines the outputs (settings, weights, heads)
 
     def predict(self, image: np.ndarray, tissue: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+
+    def input_needed(self, tissue: np.ndarray) -> list[Tile]: ...
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 
-from cerberus_batch.grid import CELL, CONTEXT
+from cerberus_batch.grid import CELL, CONTEXT, Tile, input_boxes, tissue_runs
 from cerberus_batch.model.predictor import ModelDescription, output_size
 
 ALGORITHM = "stain-baseline-v1"
@@ -94,6 +94,10 @@ class StainPredictor:
             "Nuclei-TYPE": np.stack([1.0 - nucleus, nucleus]),
             "Patch-Class": np.stack([1.0 - tissue, tissue]),
         }
+
+    def input_needed(self, tissue: np.ndarray) -> list[Tile]:
+        """The tissue cells and `radius` px around them."""
+        return input_boxes(tissue_runs(tissue), self.settings.radius)
 
     def _core_weight(self, hematoxylin: np.ndarray) -> np.ndarray:
         """1 at the deepest point nearby, falling to 0 core_margin px of depth below it.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -109,23 +110,56 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
 
 
 def _write(array: zarr.Array, ys: int, xs: int, values: np.ndarray) -> list[Path]:
-    """Write `values` at map px (ys, xs) of `array` (a chunk task's one chunk, or tile mode's whole image);
-    returns the files and folders to fsync."""
+    """Write `values` at map px (ys, xs) of `array` (a chunk task's one chunk, or tile mode's whole image),
+    chunk by chunk (`write_chunk_file`); returns the files and folders to fsync."""
     (h, w), (side_y, side_x) = values.shape[-2:], array.chunks[-2:]
-    window = (slice(ys, ys + h), slice(xs, xs + w))
-    if h <= side_y and w <= side_x and values.any():
-        # Zarr's own test for an all-zero chunk costs twice the encoding; an all-zero one still takes it, so no file
-        array = array.with_config({"write_empty_chunks": True})
-    array[(slice(None),) * (array.ndim - 2) + window] = values
-    folder = Path(array.store.root) / array.path
+    if ys % side_y or xs % side_x:
+        raise ValueError(f"a write at map px ({ys}, {xs}) does not start on a chunk of {array.path}")
     flushed = []
     for row in range(ys // side_y, -(-(ys + h) // side_y)):
         for column in range(xs // side_x, -(-(xs + w) // side_x)):
-            chunk_file = folder / "c" / "/".join(map(str, (0,) * (array.ndim - 2) + (row, column)))
-            # An all-zero chunk is not stored (Zarr deletes an older file): then its folder holds the news.
-            written = chunk_file if chunk_file.is_file() else chunk_file.parent
-            flushed += tree_paths(folder, written) if written.exists() else []
+            part = values[..., row * side_y - ys : (row + 1) * side_y - ys, column * side_x - xs : (column + 1) * side_x - xs]
+            written = write_chunk_file(array, (0,) * (array.ndim - 2) + (row, column), part)
+            if written is not None and written.exists():
+                flushed += tree_paths(Path(array.store.root) / array.path, written)
     return flushed
+
+
+def write_chunk_file(array: zarr.Array, index: tuple[int, ...], values: np.ndarray) -> Path | None:
+    """Store `values` as chunk `index` of `array` (the chunk clipped to the array), byte for byte as Zarr
+    would, and return what changed: the chunk file, or its folder when an all-zero chunk is not stored
+    (a folder that may not exist: then nothing changed); None for an array in no local folder.
+
+    Zarr's writes go through its async codec pipeline, several event-loop round trips per array, which cost
+    twice the encoding on a chunk task's maps; arrays of our own layout (`_plain_zstd`) are written here with
+    the codec Zarr itself uses, padded with the fill value to the whole chunk and renamed into place as Zarr
+    does. Any other array is written through Zarr."""
+    window = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, array.chunks, array.shape))
+    if values.shape != tuple(s.stop - s.start for s in window):
+        raise ValueError(f"values of shape {values.shape} for chunk {index} of {array.path} ({array.shape})")
+    local = isinstance(array.store, LocalStore)
+    path = Path(array.store.root) / array.path / array.metadata.encode_chunk_key(index) if local else None
+    if not _plain_zstd(array) or array.fill_value != 0:
+        array[window] = values
+        return path if path is None or path.is_file() else path.parent
+    if not values.any():  # as Zarr: an all-fill chunk is not stored, and an older one goes
+        path.unlink(missing_ok=True)
+        return path.parent
+    chunk = np.ascontiguousarray(values, np.dtype(array.dtype).newbyteorder("<"))
+    if chunk.shape != array.chunks:  # Zarr stores edge chunks whole
+        chunk = np.zeros(array.chunks, chunk.dtype)
+        chunk[tuple(slice(0, s.stop - s.start) for s in window)] = values
+    zstd = array.metadata.codecs[1]
+    data = Zstd(level=zstd.level, checksum=zstd.checksum).encode(chunk)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:

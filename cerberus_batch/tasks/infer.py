@@ -6,16 +6,32 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, chunk_tissue
+from cerberus_batch.grid import CELL, CONTEXT, ChunkBox, Tile, chunk_tissue
 from cerberus_batch.model.predictor import Predictor
 from cerberus_batch.quantisation import CLASS_DTYPE, quantise, quantised
 from cerberus_batch.tasks.compiled import jit, phase
 from cerberus_batch.vocabulary import HEAD_MAPS, StoredMap
 
 
-def read_chunk(read, x: int, y: int, w: int, h: int) -> np.ndarray:
-    """The RGB input a model needs for the output box (x, y, w, h): the box plus its context."""
-    return read(x - CONTEXT, y - CONTEXT, w + 2 * CONTEXT, h + 2 * CONTEXT)
+def read_chunk(read, x: int, y: int, w: int, h: int, needed: Iterable[Tile] | None = None) -> np.ndarray:
+    """The RGB input a model needs for the output box (x, y, w, h): the box plus its context, read from the
+    slide where `needed` (boxes in input px; None: all of it) says, and white elsewhere."""
+    whole = Tile(0, 0, h + 2 * CONTEXT, w + 2 * CONTEXT)
+    needed = [whole] if needed is None else list(needed)
+    if _covered(needed, whole):  # one read, not many overlapping ones
+        return read(x - CONTEXT, y - CONTEXT, whole.w, whole.h)
+    image = np.full((whole.h, whole.w, 3), 255, np.uint8)
+    for top, left, height, width in needed:
+        image[top : top + height, left : left + width] = read(x - CONTEXT + left, y - CONTEXT + top, width, height)
+    return image
+
+
+def _covered(boxes: list[Tile], whole: Tile) -> bool:
+    """Whether `boxes` cover all of `whole`."""
+    covered = np.zeros((whole.h, whole.w), bool)
+    for top, left, height, width in boxes:
+        covered[top : top + height, left : left + width] = True
+    return bool(covered.all())
 
 
 def pool2(prob: np.ndarray) -> np.ndarray:
@@ -129,4 +145,5 @@ def predict_chunk(
     """Run the model on one chunk's output box; `empty_cells` (row, col in the chunk) hold no tissue,
     so a model may skip them."""
     x, y, w, h = box
-    return predictor.predict(read_chunk(read, x, y, w, h), chunk_tissue(h // CELL, w // CELL, empty_cells))
+    tissue = chunk_tissue(h // CELL, w // CELL, empty_cells)
+    return predictor.predict(read_chunk(read, x, y, w, h, predictor.input_needed(tissue)), tissue)
