@@ -72,3 +72,19 @@ def test_a_task_that_ends_after_its_slide_left_is_not_counted_anywhere():
     assert totals.take("a")["model"] == 1.0
     totals.add((1.0, {"slide": "a", "seconds": {"model": 5.0}}))  # a cancelled task of the failed slide, ending late
     assert totals.take("a") == dict.fromkeys(STAGES, 0.0)
+
+
+@pytest.mark.e2e
+def test_every_worker_sets_up_numba_when_the_run_starts_not_in_its_first_task(tmp_path, cluster):
+    from distributed import Client
+
+    from cerberus_batch.pipeline.run import LoadCompiledCode
+    from cerberus_batch.testing.slides import make_synthetic_slide
+    from helpers import run_ok, write_cohort
+
+    (tmp_path / "slides").mkdir()
+    make_synthetic_slide(tmp_path / "slides" / "s.svs", size=(600, 500), seed=3)
+    run_ok(write_cohort(tmp_path, [{"path": "slides/s.svs", "id": "s"}], processing={"chunk": 432}), cluster)
+    with Client(cluster) as client:
+        setup = client.run(lambda dask_worker: dask_worker.plugins[LoadCompiledCode.name].seconds)
+    assert len(setup) == 2 and all(seconds > 0 for seconds in setup.values())

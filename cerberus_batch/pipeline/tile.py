@@ -33,7 +33,7 @@ from cerberus_batch.storage.output_folder import claim_output
 from cerberus_batch.storage.owned import claim_folders
 from cerberus_batch.storage.pyramid import build_pyramid
 from cerberus_batch.storage.tables import write_geoparquet
-from cerberus_batch.storage.zarr_maps import create_slide_maps, write_chunk
+from cerberus_batch.storage.zarr_maps import create_slide_maps, level_arrays, write_chunk
 from cerberus_batch.tasks.infer import stored_maps
 from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.kinds import SlideKinds
@@ -116,7 +116,7 @@ def process_image(path: Path, folder: Path, predictor: Predictor, mpp: float | N
         group = create_slide_maps(written.maps, shape=whole_cells(image.shape), chunk=MAP_CHUNK, specs=specs, dtype="uint8",
                                   attrs=map_attributes(folder.name, path, image_mpp, transform, predictor,
                                                        image_shape=[h, w], mode="tile"))
-        write_chunk(group, 0, 0, stored, specs)
+        write_chunk(level_arrays(group), 0, 0, stored, specs)
         build_pyramid(written.maps)
         overlay = Image.fromarray(original)
         for kind in DRAWING_ORDER:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from distributed import get_worker
@@ -41,7 +41,7 @@ from cerberus_batch.storage.pyramid import build_pyramid
 from cerberus_batch.storage.summary import slide_summary
 from cerberus_batch.storage.tables import recover_slide_tables, stage_table_part, write_slide_tables
 from cerberus_batch.storage.zarr_maps import (
-    ChunkCache, create_slide_maps, map_arrays, maps_match, open_slide_maps, write_chunk,
+    ChunkCache, create_slide_maps, maps_match, worker_maps, write_chunk,
 )
 from cerberus_batch.tasks.infer import predict_chunk, stored_maps
 from cerberus_batch.tasks.border import BorderShare, border_nuclei
@@ -177,11 +177,11 @@ def infer_chunk_task(
 ) -> Fetched:
     """Infer one chunk, write its maps, then record it in the ledger; returns what reading a remote slide fetched."""
     with task_clock(slide.id, "store") as clock:
-        group = open_slide_maps(OutputLayout(output).maps(slide.id), writable=True)
+        maps = worker_maps(OutputLayout(output).maps(slide.id), writable=True)
         with fetched(slide.path) as fetches:
             with clock("read"):  # the slide, opened once per worker process
                 # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
-                view = _cached_view(slide, processing.mpp, _identity_key(group.attrs["source"]))
+                view = _cached_view(slide, processing.mpp, _identity_key(maps.attrs["source"]))
             with clock("model"):  # the model (loaded once per worker process) and its forward pass
                 predictor = _predictor(model, processing)
                 outputs = predict_chunk(clock.timed("read", view.read), predictor, box, empty_cells)
@@ -190,7 +190,7 @@ def infer_chunk_task(
         inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
         stored = stored_maps(outputs, specs, empty_cells, inside, processing.dtype)
         with clock("write"):  # the maps and the first viewer levels made of them
-            write_chunk(group, x, y, stored, specs)
+            write_chunk(maps.levels, x, y, stored, specs)
             Ledger(output).mark_done(slide.id, chunk_index)
     return fetches
 
@@ -209,18 +209,17 @@ def fingerprint(model: ModelSpec, processing: ProcessingSpec, predictor: Predict
 
 def _slide_maps(
     output: Path, slide_id: str, clock: StageClock,
-) -> tuple[dict[str, Any], dict[str, Any], SlideGeometry, SlideKinds]:
+) -> tuple[dict[str, Any], Mapping[str, Any], SlideGeometry, SlideKinds]:
     """The slide's Zarr arrays (read lazily, window by window, each read timed by `clock`), its attributes,
     where its objects lie, and its object kinds and tissue types as its model names them.
 
     Each array is read a whole chunk at a time, past Zarr's async reads (`ChunkCache`): a chunk task reads
     its own chunk, border and merge tasks many small windows across chunk borders."""
-    group = open_slide_maps(OutputLayout(output).maps(slide_id))
-    attrs = dict(group.attrs)
+    opened = worker_maps(OutputLayout(output).maps(slide_id))
+    attrs = opened.attrs
     transform = Transform.from_dict(attrs["transform"])
     geometry = SlideGeometry(slide_id, transform, attrs["mpp"], tuple(attrs["slide_dimensions"]))
-    arrays = map_arrays(group)
-    maps = {name: TimedReads(ChunkCache(array), clock) for name, array in arrays.items()}
+    maps = {name: TimedReads(ChunkCache(array), clock) for name, array in opened.arrays.items()}
     return maps, attrs, geometry, SlideKinds.for_model("wsi", attrs["class_names"])
 
 

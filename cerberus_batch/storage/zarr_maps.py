@@ -16,8 +16,10 @@ import itertools
 import json
 import uuid
 from collections import OrderedDict
+from functools import lru_cache
+from types import MappingProxyType
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import zarr
@@ -88,9 +90,9 @@ def create_slide_maps(
     return zarr.open_group(path, mode="r+")
 
 
-def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[StoredMap]) -> None:
-    """Write one chunk task's maps, and the levels it makes of them (`levels.chunk_levels`), then flush
-    them to disk; (x, y) is its processing-pixel origin, on the chunk grid.
+def write_chunk(levels: Mapping[str, zarr.Array], x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[StoredMap]) -> None:
+    """Write one chunk task's maps, and the levels it makes of them (`levels.chunk_levels`), into a slide
+    group's `levels` (`level_arrays`), then flush them to disk; (x, y) is its processing-pixel origin, on the chunk grid.
 
     Zarr renames chunk files into place, creating their folders (`c/0/<row>/`), but never
     fsyncs either; the resume ledger may only record a chunk whose bytes and folder entries
@@ -99,13 +101,12 @@ def write_chunk(group: zarr.Group, x: int, y: int, stored: Mapping[str, np.ndarr
     flushed: list[Path] = []
     for spec in specs:
         values = stored[spec.name]
-        image = group[spec.name]
-        level0 = image[LEVEL0]
+        level0 = levels[f"{spec.name}/{LEVEL0}"]
         ys, xs = y // spec.downsample, x // spec.downsample
         for k in range(1 + chunk_levels(level0.chunks[-1], len(level_shapes(level0.shape)))):
             if k:
                 values = halve(values, MEAN if spec.probability else MODE)
-            flushed += _write(image[str(k)], ys >> k, xs >> k, values)
+            flushed += _write(levels[f"{spec.name}/{k}"], ys >> k, xs >> k, values)
     fsync_all(flushed)  # all at once: concurrent fsyncs share the journal's commits
 
 
@@ -168,7 +169,43 @@ def open_slide_maps(path: Path, writable: bool = False) -> zarr.Group:
 
 def map_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
     """The full-resolution array of each map of a slide group, by map name."""
-    return {name: group[f"{name}/{LEVEL0}"] for name in group.group_keys()}
+    return _level0(level_arrays(group))
+
+
+def level_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """Every level array of a slide group by its path (`<map>/<level>`), their metadata read together
+    (one by one, each is an event-loop round trip: as long as the encoding of a chunk)."""
+    return {path: array for path, array in group.members(max_depth=None) if isinstance(array, zarr.Array)}
+
+
+def _level0(levels: Mapping[str, zarr.Array]) -> dict[str, zarr.Array]:
+    return {path.split("/")[0]: array for path, array in levels.items() if path.endswith(f"/{LEVEL0}")}
+
+
+class OpenMaps(NamedTuple):
+    """A slide's map group as a worker process keeps it open (`worker_maps`)."""
+
+    attrs: Mapping[str, Any]  # the slide group's, read-only: every task of the process shares them
+    levels: Mapping[str, zarr.Array]  # the level arrays made with the group (`level_arrays`): those the pyramid adds later are not here
+
+    @property
+    def arrays(self) -> dict[str, zarr.Array]:
+        """The full-resolution array of each map, by map name (`map_arrays`)."""
+        return _level0(self.levels)
+
+
+def worker_maps(path: Path, writable: bool = False) -> OpenMaps:
+    """A slide's map group, its metadata read once per process: every task of a slide would otherwise
+    read it again, a dozen files in as many event-loop round trips. A group made anew (a new plan:
+    `create_slide_maps` renames a new one into place) is a new file, and is read anew."""
+    made = (path / "zarr.json").stat()
+    return _open_maps(path, writable, (made.st_ino, made.st_mtime_ns, made.st_size))
+
+
+@lru_cache(maxsize=8)
+def _open_maps(path: Path, writable: bool, made: tuple[int, int, int]) -> OpenMaps:
+    group = open_slide_maps(path, writable)
+    return OpenMaps(MappingProxyType(dict(group.attrs)), MappingProxyType(level_arrays(group)))
 
 
 def _ngff(spec: StoredMap, mpp: float) -> dict:
