@@ -13,7 +13,7 @@ tissue Mpx of every stage (`seconds_by_stage` of run_report.json, summed over th
 CPU side (every stage but `model`), and the cores one GPU would need to be fed at 12 and at 100 tissue Mpx/s
 (CPU side × rate); the task stream's compute seconds per tissue Mpx by task (`distributed.get_task_stream`);
 and whether the stages add up to the task stream's compute seconds within 5%; and how long each worker took
-to set up numba when it started (`LoadCompiledCode`, once per worker process, outside the tasks).
+to get ready when it started (`PrepareWorker`: numba's set-up; once per worker process, outside the tasks).
 
 CMU-1-Small-Region.svs is the test suite's copy ($CERBERUS_TEST_CACHE or ~/.cache/cerberus-batch-tests;
 `pytest tests/test_mosaic.py` fetches it) unless `--source` is given.
@@ -35,7 +35,7 @@ from distributed import Client, LocalCluster, get_task_stream
 from PIL import Image
 
 from cerberus_batch.pipeline.config import load_cohort
-from cerberus_batch.pipeline.run import LoadCompiledCode, run_cohort
+from cerberus_batch.pipeline.run import PrepareWorker, run_cohort
 from cerberus_batch.pipeline.stages import STAGES
 from cerberus_batch.slides import ChunkPlan
 from cerberus_batch.storage.layout import OutputLayout
@@ -78,7 +78,7 @@ def measure(label: str, cohort_path: Path, workers: int) -> float:
             report = run_cohort(cohort, show_progress=False, cluster=cluster, fresh=True)
             wall = time.perf_counter() - started
         assert report.status == "ok", report.slides
-        started = client.run(lambda dask_worker: dask_worker.plugins[LoadCompiledCode.name].seconds)
+        started = client.run(lambda dask_worker: dask_worker.plugins[PrepareWorker.name].seconds)
         by_task: dict[str, float] = {}
         for task in stream.data:
             kind = str(task["key"]).partition("-")[0]  # keys are `<task>-<slide>…` (pipeline/graph.py)
@@ -97,8 +97,8 @@ def measure(label: str, cohort_path: Path, workers: int) -> float:
           + ", ".join(f"{rate} Mpx/s needs {cpu_side * rate:.1f} cores" for rate in RATES))
     print("  by task (the task stream's compute): " + ", ".join(
         f"{kind} {seconds / tissue_mpx:.4f}" for kind, seconds in sorted(by_task.items(), key=lambda kv: -kv[1])))
-    print(f"  worker start, once per worker process and outside the tasks: numba set up in "
-          + ", ".join(f"{seconds:.2f} s" for seconds in started.values()) + " (`LoadCompiledCode`)")
+    print(f"  worker start, once per worker process and outside the tasks: ready in "
+          + ", ".join(f"{seconds:.2f} s" for seconds in started.values()) + " (`PrepareWorker`)")
     total = sum(stages.values())
     gap = abs(total - streamed) / streamed
     print(f"  stages add up to {total:.1f} s; the task stream's compute: {streamed:.1f} s; "

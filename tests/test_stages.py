@@ -75,10 +75,11 @@ def test_a_task_that_ends_after_its_slide_left_is_not_counted_anywhere():
 
 
 @pytest.mark.e2e
-def test_every_worker_sets_up_numba_when_the_run_starts_not_in_its_first_task(tmp_path, cluster):
+def test_every_worker_gets_ready_when_the_run_starts_not_in_its_first_task(tmp_path, cluster):
+    import pyarrow as pa
     from distributed import Client
 
-    from cerberus_batch.pipeline.run import LoadCompiledCode
+    from cerberus_batch.pipeline.run import PrepareWorker
     from cerberus_batch.testing.slides import make_synthetic_slide
     from helpers import run_ok, write_cohort
 
@@ -86,5 +87,6 @@ def test_every_worker_sets_up_numba_when_the_run_starts_not_in_its_first_task(tm
     make_synthetic_slide(tmp_path / "slides" / "s.svs", size=(600, 500), seed=3)
     run_ok(write_cohort(tmp_path, [{"path": "slides/s.svs", "id": "s"}], processing={"chunk": 432}), cluster)
     with Client(cluster) as client:
-        setup = client.run(lambda dask_worker: dask_worker.plugins[LoadCompiledCode.name].seconds)
-    assert len(setup) == 2 and all(seconds > 0 for seconds in setup.values())
+        setup = client.run(lambda dask_worker: (dask_worker.plugins[PrepareWorker.name].seconds, pa.cpu_count()))
+    # numba set up, and pyarrow's pool one thread, as each worker has (conftest's cluster)
+    assert len(setup) == 2 and all(seconds > 0 and threads == 1 for seconds, threads in setup.values())
