@@ -90,19 +90,19 @@ def test_chunks_written_past_zarr_are_the_files_zarr_writes(tmp_path: Path, dtyp
         for name in ("zarr", "past")
     )
     rng = np.random.default_rng(3)
-    for zeroed in ({(0, 1, 0)}, {(0, 0, 0), (0, 2, 1)}):
+    for zeroed in ({(1, 0)}, {(0, 0), (2, 1)}):  # (row, column) of the chunks written all zero
         for name, array in by_zarr.items():
             for index in chunk_indices(array):
                 window = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, array.chunks, array.shape))
                 shape = tuple(w.stop - w.start for w in window)
-                values = (rng.integers(0, 256, shape) if dtype == "uint8" or name == "classes" else rng.random(shape)).astype(array.dtype)
-                if index[-2:] in {z[-2:] for z in zeroed} and index[:1] in {z[:1] for z in zeroed} | {()}:
-                    values[...] = 0
+                random = rng.integers(0, 256, shape) if dtype == "uint8" or name == "classes" else rng.random(shape)
+                values = random.astype(array.dtype) * (index[-2:] not in zeroed)
                 array[window] = values
-                write_chunk_file(past_zarr[name], index, np.asfortranarray(values))  # tile mode passes slices of a whole image
+                # tile mode passes slices of a whole image: not contiguous
+                write_chunk_file(past_zarr[name], index, np.asfortranarray(values))
     for name, array in by_zarr.items():
         files = chunk_files(array)
-        assert len(files) < len(chunk_indices(array)) + 1  # some all-zero chunks are not stored
+        assert sum(name.startswith("c/") for name in files) < len(chunk_indices(array))  # all-zero chunks are not stored
         assert chunk_files(past_zarr[name]) == files
         np.testing.assert_array_equal(map_arrays(open_slide_maps(tmp_path / "past"))[name][...], array[...])
 

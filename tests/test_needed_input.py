@@ -48,7 +48,8 @@ def kept_outputs_of_whole_and_needed_reads(predictor, cmu_slide, box, tissue):
     for top, left, height, width in boxes:
         unread[top : top + height, left : left + width] = False
     stained = image.copy()
-    stained[unread] = np.random.default_rng(0).integers(0, 256, (int(unread.sum()), 3))  # noise: what the model must not see either
+    # Noise where nothing was read: the kept outputs must not see it either
+    stained[unread] = np.random.default_rng(0).integers(0, 256, (int(unread.sum()), 3))
     pixels = np.kron(tissue, np.ones((CELL, CELL), bool))
     for needed in predictor.predict(image, tissue), predictor.predict(stained, tissue):
         for head, out in whole.items():
@@ -69,6 +70,7 @@ def test_cerberus_reads_only_its_passes(cmu_slide, parity_model_dir) -> None:
     # Patch mode: a pass per tissue cell, each reading its cell and the 152-px context around it.
     tissue = np.zeros((4, 4), bool)
     tissue[0, 0] = tissue[2, 3] = True
-    predictor = CerberusPredictor(parity_model_dir, heads=["Nuclei-INST", "Patch-Class"], options=InferenceOptions(mode="patch"))
+    options = InferenceOptions(mode="patch")
+    predictor = CerberusPredictor(parity_model_dir, heads=["Nuclei-INST", "Patch-Class"], options=options)
     share = kept_outputs_of_whole_and_needed_reads(predictor, cmu_slide, (720, 1152, 4 * CELL, 4 * CELL), tissue)
     assert share < 0.75

@@ -17,8 +17,8 @@ import json
 import uuid
 from collections import OrderedDict
 from functools import lru_cache
-from types import MappingProxyType
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
@@ -90,12 +90,15 @@ def create_slide_maps(
     return zarr.open_group(path, mode="r+")
 
 
-def write_chunk(levels: Mapping[str, zarr.Array], x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[StoredMap]) -> None:
+def write_chunk(
+    levels: Mapping[str, zarr.Array], x: int, y: int, stored: Mapping[str, np.ndarray], specs: list[StoredMap],
+) -> None:
     """Write one chunk task's maps, and the levels it makes of them (`levels.chunk_levels`), into a slide
-    group's `levels` (`level_arrays`), then flush them to disk; (x, y) is its processing-pixel origin, on the chunk grid.
+    group's `levels` (`level_arrays`), then flush them to disk; (x, y) is its processing-pixel origin, on
+    the chunk grid.
 
-    Zarr renames chunk files into place, creating their folders (`c/0/<row>/`), but never
-    fsyncs either; the resume ledger may only record a chunk whose bytes and folder entries
+    Chunk files are renamed into place as Zarr does, creating their folders (`c/0/<row>/`), and
+    neither is fsynced then; the resume ledger may only record a chunk whose bytes and folder entries
     would survive a power cut or a lost node.
     """
     flushed: list[Path] = []
@@ -186,7 +189,7 @@ class OpenMaps(NamedTuple):
     """A slide's map group as a worker process keeps it open (`worker_maps`)."""
 
     attrs: Mapping[str, Any]  # the slide group's, read-only: every task of the process shares them
-    levels: Mapping[str, zarr.Array]  # the level arrays made with the group (`level_arrays`): those the pyramid adds later are not here
+    levels: Mapping[str, zarr.Array]  # those made with the group (`level_arrays`), not those the pyramid adds later
 
     @property
     def arrays(self) -> dict[str, zarr.Array]:

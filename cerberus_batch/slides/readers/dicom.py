@@ -23,6 +23,8 @@ from cerberus_batch.slides.sources import SourceMetadata, plausible_mpp, to_rgb
 
 DEFERRED_BYTES = 1024  # values larger than this are skipped, not read, while looking for a truncation
 WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage (SOP class UID)
+
+
 def folder_series(folder: Path) -> dict[str, dict[Path, str]]:
     """The whole-slide series in a folder: series UID -> its instance files and their SOP instance UIDs
     (other files are ignored)."""
