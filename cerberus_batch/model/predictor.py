@@ -25,8 +25,8 @@ class Predictor(Protocol):
     own tiles, so the kept outputs do not depend on where the region was cut.
 
     `input_needed(tissue)` says which input px the kept outputs depend on (boxes of the input image,
-    `grid.Tile`s in input px): the pipeline reads only those from the slide, so a chunk half
-    glass decodes half its pixels; `predict` must give the kept outputs whatever the others hold.
+    `grid.Tile`s in input px): the pipeline reads only those from the slide, so a chunk mostly glass
+    decodes only the tiles around its tissue; `predict` must give the kept outputs whatever the others hold.
     """
 
     kind: str  # "cerberus" or "stain"
