@@ -151,8 +151,8 @@ class CerberusPredictor:
         return self._cuda_bytes_per_px
 
     def _inputs(self, image: np.ndarray, batch: list[Tile]) -> torch.Tensor:
-        """The batch's crops (tile plus context) as one uint8 NHWC tensor, pinned for a CUDA copy."""
-        crops = torch.from_numpy(np.stack([image[y : y + h + 2 * CONTEXT, x : x + w + 2 * CONTEXT] for y, x, h, w in batch]))
+        """The batch's crops (tile plus context: `input_needed`'s boxes) as one uint8 NHWC tensor, pinned for a CUDA copy."""
+        crops = torch.from_numpy(np.stack([image[y : y + h, x : x + w] for y, x, h, w in input_boxes(batch, CONTEXT)]))
         return crops.pin_memory() if self.device.type == "cuda" else crops
 
     def _predict_batch(self, inputs: torch.Tensor, batch: list[Tile], out: dict[str, np.ndarray]) -> None:

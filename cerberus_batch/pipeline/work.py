@@ -177,11 +177,11 @@ def infer_chunk_task(
 ) -> Fetched:
     """Infer one chunk, write its maps, then record it in the ledger; returns what reading a remote slide fetched."""
     with task_clock(slide.id, "store") as clock:
-        maps = worker_maps(OutputLayout(output).maps(slide.id), writable=True)
+        opened = worker_maps(OutputLayout(output).maps(slide.id), writable=True)
         with fetched(slide.path) as fetches:
             with clock("read"):  # the slide, opened once per worker process
                 # The identity its plan was made for: chunks never read a slide replaced since through an old handle.
-                view = _cached_view(slide, processing.mpp, _identity_key(maps.attrs["source"]))
+                view = _cached_view(slide, processing.mpp, _identity_key(opened.attrs["source"]))
             with clock("model"):  # the model (loaded once per worker process) and its forward pass
                 predictor = _predictor(model, processing)
                 outputs = predict_chunk(clock.timed("read", view.read), predictor, box, empty_cells)
@@ -190,7 +190,7 @@ def infer_chunk_task(
         inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
         stored = stored_maps(outputs, specs, empty_cells, inside, processing.dtype)
         with clock("write"):  # the maps and the first viewer levels made of them
-            write_chunk(maps.levels, x, y, stored, specs)
+            write_chunk(opened.levels, x, y, stored, specs)
             Ledger(output).mark_done(slide.id, chunk_index)
     return fetches
 
