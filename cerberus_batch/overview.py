@@ -97,23 +97,26 @@ def draw_instances(
     `origin`; with `dots`, nuclei are drawn as dots instead (where an outline would be too small to see)."""
     draw = ImageDraw.Draw(picture)
     radius = 1 if factor < 8 else 0  # 3-px dots while nuclei are bigger than that, else single px
+    dots = dots and kind == NUCLEI.name
+    pixels = np.array(picture) if dots else None  # every class's dots drawn into one copy, pasted back once
     ox, oy = origin
     for part in parts:
         for name, rows in part.groupby("class_name", sort=True):
             colour = instance_colour(kind, str(name))
-            if kind == NUCLEI.name and dots:
+            if pixels is not None:
                 x, y = (rows["centroid_x"].to_numpy() - ox) / factor, (rows["centroid_y"].to_numpy() - oy) / factor
-                _dots(picture, x, y, radius, colour)
+                _dots(pixels, x, y, radius, colour)
                 continue
             width = OUTLINE_WIDTH.get(kind, 1)
             rings = shapely.get_exterior_ring(rows["geometry"].to_numpy())
             coords, index = shapely.get_coordinates(rings, return_index=True)
             for ring in np.split((coords - (ox, oy)) / factor, np.flatnonzero(np.diff(index)) + 1):
                 draw.line([tuple(p) for p in ring], fill=colour, width=width)
+    if pixels is not None:
+        picture.paste(Image.fromarray(pixels))
 
 
-def _dots(picture: Image.Image, x: np.ndarray, y: np.ndarray, radius: int, colour: RGB) -> None:
-    pixels = np.asarray(picture).copy()
+def _dots(pixels: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int, colour: RGB) -> None:
     h, w = pixels.shape[:2]
     cx, cy = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     for dy in range(-radius, radius + 1):
@@ -121,7 +124,6 @@ def _dots(picture: Image.Image, x: np.ndarray, y: np.ndarray, radius: int, colou
             px, py = cx + dx, cy + dy
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
             pixels[py[inside], px[inside]] = colour
-    picture.paste(Image.fromarray(pixels))
 
 
 def _within(part: pd.DataFrame, box: tuple[int, int, int, int]) -> pd.DataFrame:

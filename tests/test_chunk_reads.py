@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
+from cerberus_batch.storage import zarr_maps
 from cerberus_batch.storage.zarr_maps import (
     ChunkCache, create_slide_maps, map_arrays, open_slide_maps, read_chunk, write_chunk_file,
 )
@@ -34,10 +35,14 @@ def assert_reads_as_zarr(array: zarr.Array) -> None:
             assert got.dtype == expected.dtype and got.shape == expected.shape and got.flags.c_contiguous
             np.testing.assert_array_equal(got, expected)
             got += 1  # the caller's own copy: what it does to it changes no later read
+    windows = []
     for _ in range(20):
         starts = [int(rng.integers(0, n)) for n in array.shape]
         window = tuple(slice(s, int(rng.integers(s, n + 1))) for s, n in zip(starts, array.shape))
         np.testing.assert_array_equal(cache[window], array[window])
+        windows.append(window)
+    for window, got in zip(windows, ChunkCache(array).windows(windows), strict=True):  # all at once
+        np.testing.assert_array_equal(got, array[window])
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float16"])
@@ -54,6 +59,22 @@ def test_chunks_of_random_maps_read_as_zarr_reads_them(tmp_path: Path, dtype: st
     for array, missing in ((prob, "c/0/1/0"), (classes, "c/0/1")):
         assert not (Path(array.store.root) / array.path / missing).exists()
         assert_reads_as_zarr(open_slide_maps(tmp_path / "maps")[array.path])
+
+
+def test_windows_read_at_once_decode_each_chunk_they_touch_once(tmp_path: Path, monkeypatch) -> None:
+    group = create_slide_maps(tmp_path / "maps", shape=(1000, 700), chunk=432, specs=SPECS, dtype="uint8", attrs={"mpp": 0.5})
+    prob = map_arrays(group)["prob"]
+    prob[...] = np.random.default_rng(2).integers(1, 256, prob.shape).astype(np.uint8)
+    decoded = []
+    monkeypatch.setattr(zarr_maps, "read_chunk", lambda array, index: decoded.append(index) or read_chunk(array, index))
+    # thin windows along the chunk borders, as a border task reads them: each chunk touched by several
+    windows = [(slice(None), slice(y - 3, y + 3), slice(x, x + 100)) for y in (432, 864) for x in range(0, 600, 50)]
+    windows += [(slice(None), slice(y, y + 100), slice(429, 435)) for y in range(0, 900, 50)]
+    got = ChunkCache(prob, kept=1).windows(windows)  # one by one, a chunk kept would decode them again and again
+    for window, part in zip(windows, got, strict=True):
+        np.testing.assert_array_equal(part, prob[window])
+    touched = {(0, y // 432, x // 432) for w in windows for y in range(w[1].start, w[1].stop) for x in range(w[2].start, w[2].stop)}
+    assert sorted(decoded) == sorted(touched)
 
 
 @pytest.mark.e2e

@@ -10,23 +10,23 @@ import pytest
 
 from cerberus_batch.pipeline.config import ModelSpec, ProcessingSpec, SlideEntry
 from cerberus_batch.pipeline.graph import (
-    BORDER, INFER, INSTANCES, MERGE, OVERVIEW, PYRAMID, Ref, SlideTasks, TaskSpec, slide_tasks,
+    BORDER, CHUNKS_PER_BORDER_TASK, INFER, INSTANCES, MERGE, OVERVIEW, PYRAMID, Ref, SlideTasks, TaskSpec, slide_tasks,
 )
 from cerberus_batch.pipeline.work import plan_slide_task
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, Ledger
 from cerberus_batch.testing.slides import make_synthetic_slide
 
-MODEL, PROCESSING = ModelSpec(kind="stain"), ProcessingSpec(chunk=432)
+MODEL, PROCESSING = ModelSpec(kind="stain"), ProcessingSpec(chunk=288)
 TOKEN = "0123abcd"
 
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    """A synthetic slide planned into more chunks than one border task takes (8), over several chunk rows."""
+    """A synthetic slide planned into more chunks than one border task takes, over several chunk rows."""
     folder = tmp_path_factory.mktemp("graph")
     slide = SlideEntry(id="s", path=make_synthetic_slide(folder / "s.svs", size=(3000, 2400), seed=3).path)
     plan, _ = plan_slide_task(slide, MODEL, PROCESSING, folder / "out")
-    assert len(plan.chunks) > 8 and len({c.row for c in plan.chunks}) >= 3
+    assert len(plan.chunks) > CHUNKS_PER_BORDER_TASK and len({c.row for c in plan.chunks}) >= 3
     return slide, plan, folder / "out"
 
 
@@ -76,7 +76,7 @@ def assert_objects(graph: SlideTasks, plan, inferred: set[int]) -> None:
         assert dependencies(spec) == ([f"infer-s-{chunk.index}"] if chunk.index in inferred else [])
     borders = of(graph, BORDER)
     rows = len({c.row for c in plan.chunks})
-    assert len(borders) == min(rows, -(-len(plan.chunks) // 8))
+    assert len(borders) == min(rows, -(-len(plan.chunks) // CHUNKS_PER_BORDER_TASK)) > 1
     assert {key for spec in borders for key in dependencies(spec)} == {spec.key for spec in instances}
     (merge,) = of(graph, MERGE)
     assert dependencies(merge) == [spec.key for spec in instances] + [spec.key for spec in borders]

@@ -23,7 +23,9 @@ INFER_RETRIES = 2
 # Finishing a slide's objects goes before inference waiting in the queue: a slide that finishes frees its place.
 OBJECTS_FIRST = 1
 
-CHUNKS_PER_BORDER_TASK = 8  # a slide's nuclei on chunk borders are finished by one task per this many chunks
+# A slide's nuclei on chunk borders are finished by one task per this many chunks. Each task also decodes
+# the chunk rows either side of its own, so fewer, longer tasks decode less (bench_feed's border tasks).
+CHUNKS_PER_BORDER_TASK = 16
 MOST_BORDER_TASKS = 16
 
 

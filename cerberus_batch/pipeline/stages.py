@@ -61,7 +61,7 @@ class StageClock:
 
 
 class TimedReads:
-    """An array whose reads (`[...]`) a clock times as `read`; everything else is the array's."""
+    """An array whose reads (`[...]`, `windows`) a clock times as `read`; everything else is the array's."""
 
     def __init__(self, array: Any, clock: StageClock) -> None:
         self._array, self._clock = array, clock
@@ -69,6 +69,11 @@ class TimedReads:
     def __getitem__(self, key):
         with self._clock("read"):
             return self._array[key]
+
+    def windows(self, keys):
+        """Many windows at once (`ChunkCache.windows`), timed as one read."""
+        with self._clock("read"):
+            return self._array.windows(keys)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._array, name)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import zarr
@@ -247,8 +247,9 @@ class ChunkCache:
     """A Zarr array read window by window, a whole chunk at a time (`read_chunk`), keeping its last `kept` chunks.
 
     Border and merge tasks read many small windows across chunk borders; each would decode every
-    chunk it touches again (a 2016² chunk of a probability map is 8 MB). Windows come in raster
-    order, so a few chunks kept decode each about once. Reads basic slices (step 1) only.
+    chunk it touches again (a 2016² chunk of a probability map is 8 MB). Windows read one by one come
+    in raster order, so a few chunks kept decode each about once; border tasks read theirs all at
+    once (`windows`). Reads basic slices (step 1) only.
     """
 
     def __init__(self, array: zarr.Array, kept: int = 8) -> None:
@@ -256,22 +257,44 @@ class ChunkCache:
         self._chunks: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
 
     def __getitem__(self, key: slice | tuple[slice, ...]) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        window = [range(*k.indices(n)) for k, n in zip(key + (slice(None),) * (len(self.shape) - len(key)), self.shape)]
-        grid = [range(r.start // c, -(-r.stop // c)) if len(r) else range(0) for r, c in zip(window, self.array.chunks)]
+        window, grid = self._span(key)
         whole = [range(i * c, min((i + 1) * c, n)) for g, c, n in zip(grid, self.array.chunks, self.shape) for i in g[:1]]
         if whole == window:  # one whole chunk (a chunk task reads its own): the caller may keep it, no copy
             index = tuple(g[0] for g in grid)
             return self._chunks.pop(index) if index in self._chunks else read_chunk(self.array, index)
         out = np.empty(tuple(len(r) for r in window), self.dtype)
         for index in itertools.product(*grid):
-            chunk = self._chunk(index)
-            origin = [i * c for i, c in zip(index, self.array.chunks)]
-            take = tuple(slice(max(r.start, o) - o, min(r.stop, o + n) - o) for r, o, n in zip(window, origin, chunk.shape))
-            put = tuple(slice(max(r.start, o) - r.start, min(r.stop, o + n) - r.start)
-                        for r, o, n in zip(window, origin, chunk.shape))
-            out[put] = chunk[take]
+            self._copy(out, window, index, self._chunk(index))
         return out
+
+    def windows(self, keys: Sequence[tuple[slice, ...]]) -> list[np.ndarray]:
+        """Many windows at once, each chunk they touch decoded once (not kept): a task that knows its
+        windows up front holds only them, and decodes no chunk twice however they lie."""
+        spans = [self._span(key) for key in keys]
+        out = [np.empty(tuple(len(r) for r in window), self.dtype) for window, _ in spans]
+        users: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for k, (_, grid) in enumerate(spans):
+            for index in itertools.product(*grid):
+                users[index].append(k)
+        for index, readers in sorted(users.items()):
+            chunk = self._chunks[index] if index in self._chunks else read_chunk(self.array, index)
+            for k in readers:
+                self._copy(out[k], spans[k][0], index, chunk)
+        return out
+
+    def _span(self, key: slice | tuple[slice, ...]) -> tuple[list[range], list[range]]:
+        """The window `key` reads (a range per axis) and the chunks it touches (a range of chunk indices per axis)."""
+        key = key if isinstance(key, tuple) else (key,)
+        window = [range(*k.indices(n)) for k, n in zip(key + (slice(None),) * (len(self.shape) - len(key)), self.shape)]
+        grid = [range(r.start // c, -(-r.stop // c)) if len(r) else range(0) for r, c in zip(window, self.array.chunks)]
+        return window, grid
+
+    def _copy(self, out: np.ndarray, window: list[range], index: tuple[int, ...], chunk: np.ndarray) -> None:
+        """The part of chunk `index` that lies in `window`, copied to its place in `out`."""
+        origin = [i * c for i, c in zip(index, self.array.chunks)]
+        take = tuple(slice(max(r.start, o) - o, min(r.stop, o + n) - o) for r, o, n in zip(window, origin, chunk.shape))
+        put = tuple(slice(max(r.start, o) - r.start, min(r.stop, o + n) - r.start) for r, o, n in zip(window, origin, chunk.shape))
+        out[put] = chunk[take]
 
     def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
         if index in self._chunks:

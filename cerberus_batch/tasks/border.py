@@ -20,7 +20,7 @@ from cerberus_batch.tasks.instances import Measured, TissueCells, measured_table
 from cerberus_batch.tasks.nuclei import find_supports, measure_nuclei
 from cerberus_batch.tasks.postprocess import ObjectKind
 from cerberus_batch.tasks.windows import (
-    clip, core, image_edges, local, read_classes, read_stored, sorted_table, tissue_cells,
+    clip, core, image_edges, local, read_windows, sorted_table, tissue_cells,
 )
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from cerberus_batch.tasks.kinds import SlideKinds
 
 MERGE_TILE = 256  # map px; joined nuclei starting in one such tile are segmented from one window
-MERGE_BLOCK = 8  # tiles: windows are visited a block of 8 × 8 tiles (2048 map px) at a time
 
 
 @dataclass(frozen=True)
@@ -116,28 +115,26 @@ def _finish_nuclei(
     maps: Mapping[str, Any], kind: ObjectKind, joined: Joined, shape: tuple[int, int], geometry: SlideGeometry,
     tissue: TissueCells | None,
 ) -> list[gpd.GeoDataFrame]:
-    """Segment each joined nucleus support once; supports starting in one tile share a window.
-    Tiles are taken block by block (MERGE_BLOCK tiles a side, raster order within and between blocks),
-    so each stretch of windows reads its own part of the maps (a row of tiles across the slide would
-    decode every chunk of that row again for each row)."""
-    ty, tx = joined.boxes[:, 0] // MERGE_TILE, joined.boxes[:, 1] // MERGE_TILE
-    tile = ty * (shape[1] // MERGE_TILE + 1) + tx
-    keys, first = np.unique(tile, return_index=True)
-    keys = keys[np.lexsort((tx[first], ty[first], tx[first] // MERGE_BLOCK, ty[first] // MERGE_BLOCK))]
-    parts = []
-    for key in keys:
-        members = tile == key
+    """Segment each joined nucleus support once; supports starting in one tile share a window. The
+    windows are read all at once (`read_windows`), so each map chunk they touch is decoded once."""
+    tile = joined.boxes[:, 0] // MERGE_TILE * (shape[1] // MERGE_TILE + 1) + joined.boxes[:, 1] // MERGE_TILE
+    groups = [tile == key for key in np.unique(tile)]
+    windows = []
+    for members in groups:
         boxes = joined.boxes[members]
         low, high = boxes[:, :2].min(axis=0) - 1, boxes[:, 2:].max(axis=0) + 1  # + 1 px for the erosion
-        window = clip((*low, *high), shape)
-        stored = read_stored(maps[kind.prob_map], window)
-        supports = find_supports(stored, kind)
+        windows.append(clip((*low, *high), shape))
+    if not windows:
+        return []
+    stored = read_windows(maps[kind.prob_map], windows)
+    has_classes = kind.class_map is not None and kind.class_map in maps
+    classes = read_windows(maps[kind.class_map], windows) if has_classes else [None] * len(windows)
+    parts = []
+    for members, window, prob, types in zip(groups, windows, stored, classes):
+        supports = find_supports(prob, kind)
         chosen = np.zeros(len(supports), bool)
         chosen[supports.labels.ravel()[local(joined.first[members], window, shape[1])] - 1] = True
-        measured = measure_nuclei(stored, read_classes(maps, kind, window), supports, chosen, kind,
-                                  image_edges(window, shape))
+        measured = measure_nuclei(prob, types, supports, chosen, kind, image_edges(window, shape))
         parts.append((measured, window[:2]))
-    if not parts:
-        return []
     return [measured_table(Measured.joined(parts), kind=kind, origin=(0, 0), map_width=shape[1],
                            geometry=geometry, tissue=tissue)]

@@ -45,6 +45,14 @@ def read_stored(prob: Any, window: Window) -> np.ndarray:
     return np.asarray(prob[:, y0:y1, x0:x1])
 
 
+def read_windows(array: Any, windows: Sequence[Window]) -> list[np.ndarray]:
+    """Many windows of a (C, h, w) or (h, w) map at once: a map read chunk by chunk decodes each chunk
+    they touch once (`ChunkCache.windows`), any other array is sliced window by window."""
+    keys = [(slice(None),) * (len(array.shape) - 2) + (slice(y0, y1), slice(x0, x1)) for y0, x0, y1, x1 in windows]
+    many = getattr(array, "windows", None)
+    return many(keys) if many else [np.asarray(array[key]) for key in keys]
+
+
 def read_inner_contour(prob: Any, window: Window) -> tuple[np.ndarray, np.ndarray]:
     inner_contour = dequantise(read_stored(prob, window))
     return inner_contour[0], inner_contour[1]
