@@ -13,7 +13,9 @@ import shapely
 import zarr
 
 from cerberus_batch.slides import Transform
+from cerberus_batch.tasks import border
 from cerberus_batch.tasks.border import border_nuclei, border_shares
+from cerberus_batch.tasks.windows import read_windows
 from cerberus_batch.tasks.chunk import chunk_instances
 from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds
@@ -205,6 +207,17 @@ def test_border_nuclei_in_shares_complete_the_slide(maps, whole, count) -> None:
     assert len(shares) == count and all(len(b.tables["nuclei"]) for b in borders)  # every share has work
     if count == 3:  # a band of one row reads it and the rows either side, not the slide
         assert [len(share.chunks) for share in shares] == [8, 12, 8]
+    assert_same_tables(whole, tables)
+
+
+def test_border_windows_read_in_batches_give_the_same_tables(maps, whole, monkeypatch) -> None:
+    """A border task reads its windows a bounded batch at a time (its memory stays flat however big its
+    share); batches of a few windows give the tables of one batch."""
+    batches = []
+    monkeypatch.setattr(border, "WINDOWS_AT_ONCE", 20_000)
+    monkeypatch.setattr(border, "read_windows", lambda array, windows: batches.append(windows) or read_windows(array, windows))
+    tables, _, _, _ = border_pipeline(maps, 432, 1)
+    assert len(batches) > 4 and all(sum((w[2] - w[0]) * (w[3] - w[1]) for w in b) <= 20_000 or len(b) == 1 for b in batches)
     assert_same_tables(whole, tables)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import geopandas as gpd
 import numpy as np
 
-from cerberus_batch.grid import ChunkBox
+from cerberus_batch.grid import ChunkBox, Window
 from cerberus_batch.tasks.fragments import EIGHT_NEIGHBOURS, Fragments, Joined, join
 from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.instances import Measured, TissueCells, measured_table
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from cerberus_batch.tasks.kinds import SlideKinds
 
 MERGE_TILE = 256  # map px; joined nuclei starting in one such tile are segmented from one window
+# Map px of windows a border task reads at once, so it holds about this many however big its share (24 MB
+# of uint8 maps; a share of the 4x4 CMU mosaic has about 5 million).
+WINDOWS_AT_ONCE = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,8 @@ def _finish_nuclei(
     maps: Mapping[str, Any], kind: ObjectKind, joined: Joined, shape: tuple[int, int], geometry: SlideGeometry,
     tissue: TissueCells | None,
 ) -> list[gpd.GeoDataFrame]:
-    """Segment each joined nucleus support once; supports starting in one tile share a window. The
-    windows are read all at once (`read_windows`), so each map chunk they touch is decoded once."""
+    """Segment each joined nucleus support once; supports starting in one tile share a window. Windows
+    are read a batch at a time (`read_windows`: each map chunk a batch touches decoded once)."""
     tile = joined.boxes[:, 0] // MERGE_TILE * (shape[1] // MERGE_TILE + 1) + joined.boxes[:, 1] // MERGE_TILE
     groups = [tile == key for key in np.unique(tile)]
     windows = []
@@ -124,17 +127,29 @@ def _finish_nuclei(
         boxes = joined.boxes[members]
         low, high = boxes[:, :2].min(axis=0) - 1, boxes[:, 2:].max(axis=0) + 1  # + 1 px for the erosion
         windows.append(clip((*low, *high), shape))
-    if not windows:
-        return []
-    stored = read_windows(maps[kind.prob_map], windows)
     has_classes = kind.class_map is not None and kind.class_map in maps
-    classes = read_windows(maps[kind.class_map], windows) if has_classes else [None] * len(windows)
     parts = []
-    for members, window, prob, types in zip(groups, windows, stored, classes):
-        supports = find_supports(prob, kind)
-        chosen = np.zeros(len(supports), bool)
-        chosen[supports.labels.ravel()[local(joined.first[members], window, shape[1])] - 1] = True
-        measured = measure_nuclei(prob, types, supports, chosen, kind, image_edges(window, shape))
-        parts.append((measured, window[:2]))
+    for batch in _batches(windows):
+        stored = read_windows(maps[kind.prob_map], [windows[k] for k in batch])
+        classes = read_windows(maps[kind.class_map], [windows[k] for k in batch]) if has_classes else [None] * len(batch)
+        for k, prob, types in zip(batch, stored, classes):
+            supports = find_supports(prob, kind)
+            chosen = np.zeros(len(supports), bool)
+            chosen[supports.labels.ravel()[local(joined.first[groups[k]], windows[k], shape[1])] - 1] = True
+            measured = measure_nuclei(prob, types, supports, chosen, kind, image_edges(windows[k], shape))
+            parts.append((measured, windows[k][:2]))
+    if not parts:
+        return []
     return [measured_table(Measured.joined(parts), kind=kind, origin=(0, 0), map_width=shape[1],
                            geometry=geometry, tissue=tissue)]
+
+
+def _batches(windows: Sequence[Window]) -> list[range]:
+    """The windows (in raster order of their tiles) in runs of at most WINDOWS_AT_ONCE px (a bigger one alone)."""
+    batches, start, px = [], 0, 0
+    for k, (y0, x0, y1, x1) in enumerate(windows):
+        if px + (y1 - y0) * (x1 - x0) > WINDOWS_AT_ONCE and k > start:
+            batches.append(range(start, k))
+            start, px = k, 0
+        px += (y1 - y0) * (x1 - x0)
+    return batches + [range(start, len(windows))] if windows else []
