@@ -15,12 +15,12 @@ import zarr
 from cerberus_batch.slides import Transform
 from cerberus_batch.tasks import border
 from cerberus_batch.tasks.border import border_nuclei, border_shares
-from cerberus_batch.tasks.windows import read_windows
 from cerberus_batch.tasks.chunk import chunk_instances
 from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds
 from cerberus_batch.tasks.merge import merge_slide
 from cerberus_batch.tasks.whole import slide_instances
+from cerberus_batch.tasks.windows import read_windows
 from cerberus_batch.testing.maps import synthetic_maps
 
 HEIGHT, WIDTH = 1152, 1584  # processing px: 8 × 11 cells

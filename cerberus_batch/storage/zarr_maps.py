@@ -248,8 +248,8 @@ class ChunkCache:
 
     Border and merge tasks read many small windows across chunk borders; each would decode every
     chunk it touches again (a 2016² chunk of a probability map is 8 MB). Windows read one by one come
-    in raster order, so a few chunks kept decode each about once; border tasks read theirs all at
-    once (`windows`). Reads basic slices (step 1) only.
+    in raster order, so a few chunks kept decode each about once; border tasks read theirs a batch
+    at a time (`windows`). Reads basic slices (step 1) only.
     """
 
     def __init__(self, array: zarr.Array, kept: int = 8) -> None:
