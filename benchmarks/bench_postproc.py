@@ -33,7 +33,7 @@ from cerberus_batch.slides import Transform  # noqa: E402
 from cerberus_batch.storage.zarr_maps import map_arrays, open_slide_maps  # noqa: E402
 from cerberus_batch.tasks.chunk import chunk_instances  # noqa: E402
 from cerberus_batch.tasks.geometry import SlideGeometry  # noqa: E402
-from cerberus_batch.tasks.kinds import SlideKinds, cerberus_kinds  # noqa: E402
+from cerberus_batch.tasks.kinds import SlideKinds, Watershed, cerberus_kinds  # noqa: E402
 from cerberus_batch.tasks.merge import merge_slide  # noqa: E402
 from cerberus_batch.tasks.postprocess import ObjectKind  # noqa: E402
 from cerberus_batch.testing.maps import synthetic_maps  # noqa: E402
@@ -133,7 +133,7 @@ def main() -> None:
             found = 0
             for kind in present:
                 inner, contour = dequantise(maps[kind.prob_map])
-                labels = (plain_nuclei if kind.method == "watershed" else plain_regions)(inner, contour, kind)
+                labels = (plain_nuclei if isinstance(kind.method, Watershed) else plain_regions)(inner, contour, kind)
                 found += len(plain_records(labels, maps.get(kind.class_map) if kind.class_map else None))
             return found
 
