@@ -121,7 +121,8 @@ def _finish_nuclei(
     """Segment each joined nucleus support once; supports starting in one tile share a window. Windows
     are read a batch at a time (`read_windows`: each map chunk a batch touches decoded once)."""
     tile = joined.boxes[:, 0] // MERGE_TILE * (shape[1] // MERGE_TILE + 1) + joined.boxes[:, 1] // MERGE_TILE
-    groups = [tile == key for key in np.unique(tile)]
+    order = np.argsort(tile, kind="stable")  # each tile's nuclei together, tiles in raster order
+    groups = np.split(order, np.flatnonzero(np.diff(tile[order])) + 1) if len(order) else []
     windows = []
     for members in groups:
         boxes = joined.boxes[members]
@@ -130,8 +131,9 @@ def _finish_nuclei(
     has_classes = kind.class_map is not None and kind.class_map in maps
     parts = []
     for batch in _batches(windows):
-        stored = read_windows(maps[kind.prob_map], [windows[k] for k in batch])
-        classes = read_windows(maps[kind.class_map], [windows[k] for k in batch]) if has_classes else [None] * len(batch)
+        read = [windows[k] for k in batch]
+        stored = read_windows(maps[kind.prob_map], read)
+        classes = read_windows(maps[kind.class_map], read) if has_classes else [None] * len(batch)
         for k, prob, types in zip(batch, stored, classes):
             supports = find_supports(prob, kind)
             chosen = np.zeros(len(supports), bool)
