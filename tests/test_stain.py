@@ -14,7 +14,7 @@ from skimage.color import rgb2hed
 from skimage.segmentation import watershed
 
 from cerberus_batch.grid import CELL, CONTEXT
-from cerberus_batch.model.stain import StainPredictor, StainSettings
+from cerberus_batch.model.stain import StainPredictor, StainSettings, mean_capped_depth
 from cerberus_batch.testing.slides import make_synthetic_slide
 
 # Output region of the dermis/epidermis crop, (row, col) of its top-left slide pixel.
@@ -150,6 +150,33 @@ def test_input_beyond_the_radius_is_ignored(predictor, dermis, dermis_outputs):
     out = predictor.predict(noisy)
     for head, values in dermis_outputs.items():
         np.testing.assert_array_equal(out[head], values, err_msg=head)
+
+
+def scipy_mean_capped_depth(hematoxylin: np.ndarray, levels: np.ndarray, cap: int) -> np.ndarray:
+    """The nuclei depth as scipy's whole Euclidean distance transform gives it (the expectation)."""
+    def depth(mask: np.ndarray) -> np.ndarray:
+        padded = np.pad(mask, 1, constant_values=False)  # the pixels just outside are below every level
+        return np.minimum(ndi.distance_transform_edt(padded)[1:-1, 1:-1], cap)
+    return np.mean([depth(hematoxylin > level) for level in levels], axis=0)
+
+
+def test_depth_is_scipys_capped_distance_transform_bit_for_bit(cmu_slide):
+    """On the whole real slide's hematoxylin (every depth from 0 to the cap, nuclei on the image's edges),
+    on an all-nucleus image, on one without nuclei and on random masks of every density."""
+    s = StainSettings()
+    levels = s.hematoxylin_threshold + s.depth_step * np.arange(s.depth_levels)
+    with tiffslide.TiffSlide(cmu_slide) as slide:
+        image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+    slide_hematoxylin = ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0)
+    rng = np.random.default_rng(23)
+    cases = [slide_hematoxylin, np.ascontiguousarray(slide_hematoxylin[101:400, 57:700]), np.ones((50, 60)),
+             np.zeros((7, 9)), *[(rng.random((120, 170)) < p) * 1.0 for p in (0.5, 0.9, 0.99)]]
+    for hematoxylin in cases:
+        for chosen in (levels, levels[:1]):
+            expected = scipy_mean_capped_depth(hematoxylin, chosen, s.depth_cap)
+            np.testing.assert_array_equal(mean_capped_depth(hematoxylin, chosen, s.depth_cap), expected)
+    one_level = scipy_mean_capped_depth(slide_hematoxylin, levels[:1], s.depth_cap)
+    assert one_level.min() == 0 and one_level.max() == s.depth_cap  # the real slide has glass, and nuclei past the cap
 
 
 def test_postprocessing_finds_one_instance_per_nucleus(dermis_outputs):
