@@ -18,9 +18,11 @@ from PIL import Image
 from cerberus_batch.cli import main
 from cerberus_batch.cohort_report import COMPOSITION_TITLE, DENSITY_TITLE, NO_READOUTS, READOUTS_TITLE
 from cerberus_batch.pipeline.config import load_cohort
+from cerberus_batch.pipeline.records import RunRecords, RunReport, SlideOutcome
 from cerberus_batch.pipeline.run import run_cohort
 from cerberus_batch.pipeline.stages import STAGES
 from cerberus_batch.storage.layout import OutputLayout
+from cerberus_batch.storage.ledger import Ledger
 from cerberus_batch.tasks.composition import STROMAL_LYMPHOCYTES, TUMOUR_STROMA_RATIO
 from cerberus_batch.testing.slides import make_synthetic_slide
 from cerberus_batch.vocabulary import STROMA, TUMOUR
@@ -327,3 +329,32 @@ def test_a_200_slide_report_is_small_lists_failures_first_and_shows_every_slide(
     done = [i for i in ids if i not in failed]
     assert found["pictures"] == [layout.overview_preview(i).relative_to(out).as_posix() for i in done]
     assert found["last"] == Image.open(layout.overview_preview(done[-1])).width, "the last picture loads when scrolled to"
+
+
+def test_report_is_redrawn_when_a_slide_finishes_not_as_each_chunk_does(run_output, tmp_path):
+    """`run_report.json` follows the chunks; the summary and the report, which show only finished slides,
+    are rewritten once one finishes (and at the end)."""
+    output = tmp_path / "out"
+    shutil.copytree(run_output, output)
+    cohort = load_cohort(run_output.parent / "cohort.yaml").model_copy(update={"output": output})
+    layout = OutputLayout(output)
+    report = RunReport(cohort.name, str(output), slides={s.id: SlideOutcome() for s in cohort.slides})
+    records = RunRecords(cohort, report, Ledger(output), note=pytest.fail)
+    written = lambda: {path.name: path.stat().st_ino for path in (layout.run_report, layout.summaries[0], output / "report.html")}  # noqa: E731
+    records.write()
+    first = written()
+    report.slides["s1"].chunks_computed = 3
+    records.due = 0.0  # REPORT_EVERY has passed
+    records.write()
+    after_chunks = written()
+    assert json.loads(layout.run_report.read_text())["slides"]["s1"]["chunks_computed"] == 3
+    assert after_chunks[layout.run_report.name] != first[layout.run_report.name]
+    assert {k: v for k, v in after_chunks.items() if k != layout.run_report.name} == \
+        {k: v for k, v in first.items() if k != layout.run_report.name}
+    records.slide_finished("s1")
+    records.due = 0.0
+    records.write()
+    finished = written()
+    assert all(ino != after_chunks[name] for name, ino in finished.items())  # every one rewritten
+    records.write(final=True)  # at the end, though no slide finished since
+    assert all(ino != finished[name] for name, ino in written().items())
