@@ -60,7 +60,7 @@ class RunRecords:
     cohort, so they are spaced out by `REPORT_EVERY`, or longer where one took more than
     `REPORT_SHARE` of that (a 1,000-slide cohort must not cost a million rows written); and at the end.
     `run_report.json` counts chunks too, so it is rewritten as chunks finish; the summary and the report
-    show only finished slides, so they wait for one (drawing the report's plots took 3% of a 2-core
+    show only finished slides, so they wait for one (rewriting them took about 2% of a 2-core
     machine's time while a slide's chunks ran, for an unchanged page).
 
     The summary covers every slide whose tables exist, this run's or an earlier one's (the ledger's
