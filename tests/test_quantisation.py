@@ -60,11 +60,18 @@ def cerberus_shaped(cmu_slide) -> dict[str, np.ndarray]:
     }
 
 
-def test_stored_maps_equal_numpy_pooling_quantising_and_argmax(cerberus_shaped):
+@pytest.mark.parametrize("empty_cells, inside", [
+    ([(1, 2)], (1100, 800)),  # the slide ends inside the last cells
+    ([], (1152, 864)),  # all tissue, all on the slide
+    ([], (1099, 801)),  # odd: a pooled px on the slide's edge averages its outside half as background
+    ([(0, 1), (1, 2), (2, 2), (3, 2), (5, 0), (5, 1), (5, 3), (7, 5)], (1099, 801)),  # many runs of tissue cells
+])
+def test_stored_maps_equal_numpy_pooling_quantising_and_argmax(cerberus_shaped, empty_cells, inside):
+    """Made whole with numpy, the slide's outside and then the empty cells zeroed (the expectation)."""
     specs = map_specs(CERBERUS_HEADS, CLASS_NAMES)
-    stored = stored_maps(cerberus_shaped, specs, [(1, 2)], (1100, 800))  # the slide ends inside the last cells
+    stored = stored_maps(cerberus_shaped, specs, empty_cells, inside)
     past = np.ones((1152, 864), bool)
-    past[:1100, :800] = False
+    past[: inside[0], : inside[1]] = False
     for spec in specs:
         prob = cerberus_shaped[HEAD_OF[spec.name]].copy()
         if spec.downsample < 144:
@@ -73,7 +80,8 @@ def test_stored_maps_equal_numpy_pooling_quantising_and_argmax(cerberus_shaped):
             prob = numpy_pool(prob)
         expected = numpy_quantise(prob) if spec.probability else np.argmax(prob, axis=0).astype(np.uint8)
         side = 144 // spec.downsample
-        expected[..., side : 2 * side, 2 * side : 3 * side] = 0
+        for row, col in empty_cells:
+            expected[..., row * side : (row + 1) * side, col * side : (col + 1) * side] = 0
         assert stored[spec.name].dtype == np.uint8
         np.testing.assert_array_equal(stored[spec.name], expected, err_msg=spec.name)
     assert (stored["nuclei_class"][:5, :7] == 3).all()  # NaN wins argmax, as numpy's
