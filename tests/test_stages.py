@@ -90,3 +90,49 @@ def test_every_worker_gets_ready_when_the_run_starts_not_in_its_first_task(tmp_p
         setup = client.run(lambda dask_worker: (dask_worker.plugins[PrepareWorker.name].seconds, pa.cpu_count()))
     # numba set up, and pyarrow's pool one thread, as each worker has (conftest's cluster)
     assert len(setup) == 2 and all(seconds > 0 and threads == 1 for seconds, threads in setup.values())
+
+
+WARMED = '''
+import sys
+from numba.core.registry import CPUDispatcher
+from cerberus_batch.model.factory import build_predictor
+from cerberus_batch.pipeline.work import warm_up
+from cerberus_batch.slides import Transform
+from cerberus_batch.slides.slide import open_slide
+from cerberus_batch.storage.levels import MEAN, MODE, halve
+from cerberus_batch.storage.maps import map_specs
+from cerberus_batch.tasks.chunk import chunk_instances
+from cerberus_batch.tasks.geometry import SlideGeometry
+from cerberus_batch.tasks.infer import predict_chunk, stored_maps
+from cerberus_batch.tasks.kinds import SlideKinds
+
+def compiled():
+    return {f"{name}.{attr}": set(value.signatures) for name, module in list(sys.modules.items())
+            if name.startswith("cerberus_batch") for attr, value in vars(module).items() if isinstance(value, CPUDispatcher)}
+
+predictor, box = build_predictor("stain"), (0, 0, 864, 1152)
+outputs = predict_chunk(open_slide(sys.argv[1]).at_mpp(0.5).read, predictor, box)
+warm_up()
+warmed = compiled()
+specs = map_specs(predictor.heads, predictor.class_names)
+stored = stored_maps(outputs, specs, [(1, 2)], (1152, 864))
+for spec in specs:
+    halve(stored[spec.name], MEAN if spec.probability else MODE)
+found = chunk_instances(stored, box, SlideGeometry("cmu", Transform(1.0, 1.0), 0.5), SlideKinds.for_model("wsi", predictor.class_names))
+used = compiled()
+print(len(found.tables["nuclei"]), sorted(name for name in used if used[name]))
+print(sorted(name for name in used if used[name] - warmed.get(name, set())))
+'''
+
+
+def test_warm_up_loads_every_compiled_function_a_real_chunk_then_calls(cmu_slide):
+    """In a fresh process: after `warm_up`, a real chunk of CMU-1-Small-Region through the store, levels and
+    instance steps (the stain model's maps) needs no compiled function with types it has not loaded."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WARMED, str(cmu_slide)], capture_output=True, text=True, check=True)
+    *_, counted, new = done.stdout.strip().splitlines()
+    nuclei, used = counted.split(" ", 1)
+    assert int(nuclei) > 20 and "cerberus_batch.tasks.nuclei_record.measure" in used  # the compiled core ran on it
+    assert new == "[]"
