@@ -14,7 +14,7 @@ from skimage.color import rgb2hed
 from skimage.segmentation import watershed
 
 from cerberus_batch.grid import CELL, CONTEXT
-from cerberus_batch.model.stain import StainPredictor, StainSettings, mean_capped_depth
+from cerberus_batch.model.stain import StainPredictor, StainSettings, disk_maximum, mean_capped_depth
 from cerberus_batch.testing.slides import make_synthetic_slide
 
 # Output region of the dermis/epidermis crop, (row, col) of its top-left slide pixel.
@@ -177,6 +177,21 @@ def test_depth_is_scipys_capped_distance_transform_bit_for_bit(cmu_slide):
             np.testing.assert_array_equal(mean_capped_depth(hematoxylin, chosen, s.depth_cap), expected)
     one_level = scipy_mean_capped_depth(slide_hematoxylin, levels[:1], s.depth_cap)
     assert one_level.min() == 0 and one_level.max() == s.depth_cap  # the real slide has glass, and nuclei past the cap
+
+
+def test_deepest_point_nearby_is_scipys_maximum_filter_bit_for_bit(cmu_slide):
+    """The core search's disk maximum on the whole real slide's depth, and on images narrower than the disk
+    (scipy's 'reflect' edges, mirrored again and again), with ties."""
+    s = StainSettings()
+    levels = s.hematoxylin_threshold + s.depth_step * np.arange(s.depth_levels)
+    with tiffslide.TiffSlide(cmu_slide) as slide:
+        image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+    depth = mean_capped_depth(ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0), levels, s.depth_cap)
+    rng = np.random.default_rng(4)
+    for radius in (s.core_window, 1, 6):
+        disk = np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) <= radius
+        for values in (depth, rng.random((7, 3)), rng.random((1, 1)), rng.integers(0, 3, (50, 40)).astype(float), rng.random((3, 200))):
+            np.testing.assert_array_equal(disk_maximum(values, disk.sum(axis=1) // 2), ndi.maximum_filter(values, footprint=disk))
 
 
 def test_postprocessing_finds_one_instance_per_nucleus(dermis_outputs):

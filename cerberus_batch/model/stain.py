@@ -112,8 +112,8 @@ class StainPredictor:
         s = self.settings
         levels = s.hematoxylin_threshold + s.depth_step * np.arange(s.depth_levels)
         depth = mean_capped_depth(hematoxylin, levels, s.depth_cap)
-        disk = np.hypot(*np.mgrid[-s.core_window : s.core_window + 1, -s.core_window : s.core_window + 1])
-        deepest = ndi.maximum_filter(depth, footprint=disk <= s.core_window)
+        disk = np.hypot(*np.mgrid[-s.core_window : s.core_window + 1, -s.core_window : s.core_window + 1]) <= s.core_window
+        deepest = disk_maximum(depth, disk.sum(axis=1) // 2)  # each row of the disk: a run centred on its column
         return np.clip(1.0 - (deepest - depth) / s.core_margin, 0.0, 1.0).astype(np.float32)
 
     def _tissue_probability(self, region: np.ndarray) -> np.ndarray:
@@ -165,3 +165,42 @@ def mean_capped_depth(hematoxylin: np.ndarray, levels: np.ndarray, cap: int) -> 
                         best = min(best, dx * dx + g * g)
                 total[y, x] += np.sqrt(np.float64(best)) if best < far else np.float64(cap)
     return total / np.float64(len(levels))
+
+
+@njit(cache=True)
+def _reflected(i: int, n: int) -> int:
+    """Index i of a line of n px extended as scipy.ndimage's mode 'reflect' does (d c b a | a b c d | d c b a)."""
+    i %= 2 * n
+    return i if i < n else 2 * n - 1 - i
+
+
+@njit(cache=True)
+def disk_maximum(values: np.ndarray, half_widths: np.ndarray) -> np.ndarray:
+    """`scipy.ndimage.maximum_filter(values, footprint)` (mode 'reflect', its default) for a footprint of
+    2r + 1 rows (r = len(half_widths) // 2) whose row j spans the columns -half_widths[j]..half_widths[j]:
+    a disk. Each extended row's maxima over runs of every half width (one more px either side per width) are
+    made once, in a ring of 2r + 1 rows, and each output px takes the max of its footprint's rows' runs.
+    scipy visits the footprint's px one by one for each px (49 for the nuclei core's disk), 8% of the
+    stain model's time."""
+    h, w = values.shape
+    r, widest = len(half_widths) // 2, half_widths.max()
+    columns = np.array([_reflected(x, w) for x in range(-widest, w + widest)])  # extended column -> px
+    runs = np.empty((2 * r + 1, widest + 1, w), values.dtype)  # ring: extended row -> its maxima per half width
+    out = np.empty((h, w), values.dtype)
+    for row in range(-r, h + r):
+        ring, source = (row + r) % (2 * r + 1), values[_reflected(row, h)]
+        for x in range(w):
+            runs[ring, 0, x] = source[x]
+        for k in range(1, widest + 1):
+            for x in range(w):
+                runs[ring, k, x] = max(runs[ring, k - 1, x], source[columns[x + widest - k]], source[columns[x + widest + k]])
+        y = row - r  # the output row whose footprint this row completes
+        if y < 0:
+            continue
+        for x in range(w):
+            out[y, x] = runs[y % (2 * r + 1), half_widths[0], x]  # footprint row j is extended row y - r + j
+        for j in range(1, 2 * r + 1):
+            ring = (y + j) % (2 * r + 1)
+            for x in range(w):
+                out[y, x] = max(out[y, x], runs[ring, half_widths[j], x])
+    return out
