@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 from distributed import Client, Future, WorkerPlugin, as_completed
 
@@ -37,8 +38,9 @@ from cerberus_batch.pipeline.run_log import libraries_logged_to
 from cerberus_batch.pipeline.stages import STAGES, TOPIC, StageTotals
 from cerberus_batch.pipeline.work import (
     border_task, checked_predictor, chunk_instances_task, fingerprint, infer_chunk_task, merge_slide_task,
-    overview_task, plan_slide_task, pyramid_task, warm_up,
+    overview_task, plan_slide_task, pyramid_task,
 )
+from cerberus_batch.quantisation import quantise
 from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
 from cerberus_batch.storage.ledger import LEVELS_WRITTEN, MAPS_WRITTEN, TABLES_COMMITTED, TIMED, Ledger, check_run, refuse_mismatch
@@ -62,8 +64,7 @@ class QuietTaskFailures(WorkerPlugin):
 class PrepareWorker(WorkerPlugin):
     """Readies a worker when it starts, once per worker process rather than in its first tasks:
     - sets up numba: its first compiled call in a process builds numba's typing and target contexts
-      (about 0.35 s here), and each compiled function is loaded from numba's cache at its first call
-      (`work.warm_up`): both would otherwise land in the worker's first tasks;
+      (about 0.35 s here), which would otherwise land in the worker's first chunk task;
     - sizes pyarrow's thread pool to the worker's threads: a Dask worker thread is one core, and pyarrow
       would otherwise start a pool of every core of the node for each table a task converts (16 threads
       per table part on a 16-core node; 4-10 ms of a 20 ms part write here).
@@ -75,7 +76,7 @@ class PrepareWorker(WorkerPlugin):
     def setup(self, worker) -> None:
         started = time.perf_counter()
         pa.set_cpu_count(worker.state.nthreads)
-        warm_up()
+        quantise(np.zeros(1, np.float32))  # any compiled function would do: every chunk task calls this one
         self.seconds = time.perf_counter() - started
 
 

@@ -20,9 +20,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from distributed import get_worker
 
-from cerberus_batch.grid import CELL, ChunkBox, whole_cells
+from cerberus_batch.grid import ChunkBox, whole_cells
 from cerberus_batch.model.factory import build_predictor, describe_model
-from cerberus_batch.model.naming import CLASS_NAMES
 from cerberus_batch.model.options import InferenceOptions
 from cerberus_batch.model.predictor import ModelDescription, Predictor, numerics
 from cerberus_batch.overview import write_overview
@@ -37,7 +36,6 @@ from cerberus_batch.slides.sources import source_identity
 from cerberus_batch.storage.atomic import atomic_path
 from cerberus_batch.storage.maps import map_specs
 from cerberus_batch.storage.layout import BORDER_PART, OutputLayout
-from cerberus_batch.storage.levels import MEAN, MODE, halve
 from cerberus_batch.storage.ledger import NUMERICS, Ledger
 from cerberus_batch.storage.pyramid import build_pyramid
 from cerberus_batch.storage.summary import slide_summary
@@ -51,7 +49,6 @@ from cerberus_batch.tasks.chunk import ChunkResult, chunk_instances
 from cerberus_batch.tasks.geometry import SlideGeometry
 from cerberus_batch.tasks.kinds import SlideKinds
 from cerberus_batch.tasks.merge import merge_slide
-from cerberus_batch.vocabulary import HEAD_MAPS
 
 
 def cohort_predictor(
@@ -293,21 +290,6 @@ def overview_task(slide_id: str, output: Path, summary: dict[str, Any], source: 
     with task_clock(slide_id, "overview"):
         write_overview(output, slide_id, summary, source=source)
     return summary
-
-
-def warm_up() -> None:
-    """Run a blank chunk through the compiled steps of the inference and instance tasks (every map of the
-    reference's heads, uint8 as stored by default): numba loads each compiled function from its cache at
-    its first call in a process, which would otherwise land in the worker's first tasks (about 0.3 s
-    here: a worker's first chunk of instances against its second)."""
-    side = 2 * CELL
-    specs = map_specs(HEAD_MAPS, CLASS_NAMES)
-    outputs = {head: np.zeros((len(CLASS_NAMES.get(head, ("", ""))), side, side), np.float32) for head in HEAD_MAPS}
-    stored = stored_maps(outputs, specs, [], (side, side))
-    for spec in specs:
-        halve(stored[spec.name], MEAN if spec.probability else MODE)
-    blank = SlideGeometry("warm-up", Transform(1.0, 1.0), 0.5)
-    chunk_instances(stored, ChunkBox(0, 0, side, side), blank, SlideKinds.for_model("wsi", CLASS_NAMES))
 
 
 def pyramid_task(slide_id: str, output: Path, inferred: list[Fetched]) -> dict[str, int]:
