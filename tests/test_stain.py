@@ -160,14 +160,19 @@ def scipy_mean_capped_depth(hematoxylin: np.ndarray, levels: np.ndarray, cap: in
     return np.mean([depth(hematoxylin > level) for level in levels], axis=0)
 
 
-def test_depth_is_scipys_capped_distance_transform_bit_for_bit(cmu_slide):
+@pytest.fixture(scope="module")
+def slide_hematoxylin(cmu_slide) -> np.ndarray:
+    """The whole real slide's smoothed hematoxylin, as the stain model computes it."""
+    with tiffslide.TiffSlide(cmu_slide) as slide:
+        image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+    return ndi.gaussian_filter(rgb2hed(image)[..., 0], StainSettings().smoothing_sigma, truncate=4.0)
+
+
+def test_depth_is_scipys_capped_distance_transform_bit_for_bit(slide_hematoxylin):
     """On the whole real slide's hematoxylin (every depth from 0 to the cap, nuclei on the image's edges),
     on an all-nucleus image, on one without nuclei and on random masks of every density."""
     s = StainSettings()
-    levels = s.hematoxylin_threshold + s.depth_step * np.arange(s.depth_levels)
-    with tiffslide.TiffSlide(cmu_slide) as slide:
-        image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    slide_hematoxylin = ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0)
+    levels = s.depth_thresholds
     rng = np.random.default_rng(23)
     cases = [slide_hematoxylin, np.ascontiguousarray(slide_hematoxylin[101:400, 57:700]), np.ones((50, 60)),
              np.zeros((7, 9)), *[(rng.random((120, 170)) < p) * 1.0 for p in (0.5, 0.9, 0.99)]]
@@ -179,14 +184,12 @@ def test_depth_is_scipys_capped_distance_transform_bit_for_bit(cmu_slide):
     assert one_level.min() == 0 and one_level.max() == s.depth_cap  # the real slide has glass, and nuclei past the cap
 
 
-def test_deepest_point_nearby_is_scipys_maximum_filter_bit_for_bit(cmu_slide):
+def test_deepest_point_nearby_is_scipys_maximum_filter_bit_for_bit(slide_hematoxylin):
     """The core search's disk maximum on the whole real slide's depth, and on images narrower than the disk
     (scipy's 'reflect' edges, mirrored again and again), with ties."""
     s = StainSettings()
-    levels = s.hematoxylin_threshold + s.depth_step * np.arange(s.depth_levels)
-    with tiffslide.TiffSlide(cmu_slide) as slide:
-        image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    depth = mean_capped_depth(ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0), levels, s.depth_cap)
+    levels = s.depth_thresholds
+    depth = mean_capped_depth(slide_hematoxylin, levels, s.depth_cap)
     rng = np.random.default_rng(4)
     for radius in (s.core_window, 1, 6):
         disk = np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) <= radius

@@ -41,6 +41,11 @@ class StainSettings:
     tissue_softness: float = 0.02  # logistic scale of the tissue probability
 
     @property
+    def depth_thresholds(self) -> np.ndarray:
+        """The hematoxylin levels whose depths are averaged (`depth_levels` of them, `depth_step` apart)."""
+        return self.hematoxylin_threshold + self.depth_step * np.arange(self.depth_levels)
+
+    @property
     def radius(self) -> int:
         """How far (px) an output pixel looks into its input: smoothing, depth and core search."""
         return int(4 * self.smoothing_sigma + 0.5) + self.depth_cap + self.core_window + 1
@@ -110,8 +115,7 @@ class StainPredictor:
         lies well below the maxima and separates their cores.
         """
         s = self.settings
-        levels = s.hematoxylin_threshold + s.depth_step * np.arange(s.depth_levels)
-        depth = mean_capped_depth(hematoxylin, levels, s.depth_cap)
+        depth = mean_capped_depth(hematoxylin, s.depth_thresholds, s.depth_cap)
         disk = np.hypot(*np.mgrid[-s.core_window : s.core_window + 1, -s.core_window : s.core_window + 1]) <= s.core_window
         deepest = disk_maximum(depth, disk.sum(axis=1) // 2)  # each row of the disk: a run centred on its column
         return np.clip(1.0 - (deepest - depth) / s.core_margin, 0.0, 1.0).astype(np.float32)
