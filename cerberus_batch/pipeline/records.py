@@ -72,11 +72,11 @@ class RunRecords:
         self.rows: dict[str, dict[str, Any]] = {}
         self.seconds: dict[str, float | None] = {}  # per slide: its computing time (`CohortRun.timed`)
         self.composition: dict[str, list[dict[str, Any]]] = {}  # per slide: its rows of the crossed counts
+        self.finished = True  # a slide finished since the summary and report were last written (or they never were)
         for slide in cohort.slides:
             self.slide_finished(slide.id)
         self.due = 0.0  # time.monotonic() from which the next rewrite may happen
         self.html = CohortReport(cohort.output)
-        self.finished = True  # a slide finished since the summary and report were last written (or they never were)
 
     def slide_finished(self, slide_id: str) -> None:
         self.finished = True
