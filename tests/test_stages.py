@@ -87,6 +87,8 @@ def test_every_worker_gets_ready_when_the_run_starts_not_in_its_first_task(tmp_p
     make_synthetic_slide(tmp_path / "slides" / "s.svs", size=(600, 500), seed=3)
     run_ok(write_cohort(tmp_path, [{"path": "slides/s.svs", "id": "s"}], processing={"chunk": 432}), cluster)
     with Client(cluster) as client:
-        setup = client.run(lambda dask_worker: (dask_worker.plugins[PrepareWorker.name].seconds, pa.cpu_count()))
-    # numba set up, and pyarrow's pool one thread, as each worker has (conftest's cluster)
-    assert len(setup) == 2 and all(seconds > 0 and threads == 1 for seconds, threads in setup.values())
+        setup = client.run(lambda dask_worker: (
+            dask_worker.plugins[PrepareWorker.name].seconds, pa.cpu_count(), dask_worker.plugins[PrepareWorker.name].reuses_memory))
+    # numba set up, pyarrow's pool one thread, as each worker has (conftest's cluster), and malloc set to reuse
+    # freed arrays (tests/test_worker_memory.py), here on glibc
+    assert len(setup) == 2 and all(seconds > 0 and threads == 1 and reuses for seconds, threads, reuses in setup.values())

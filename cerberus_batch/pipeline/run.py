@@ -40,6 +40,7 @@ from cerberus_batch.pipeline.work import (
     border_task, checked_predictor, chunk_instances_task, fingerprint, infer_chunk_task, merge_slide_task,
     overview_task, plan_slide_task, pyramid_task,
 )
+from cerberus_batch.pipeline.worker_memory import reuse_freed_memory
 from cerberus_batch.quantisation import quantise
 from cerberus_batch.storage.atomic import write_bytes_durably
 from cerberus_batch.storage.layout import OutputLayout
@@ -67,15 +68,18 @@ class PrepareWorker(WorkerPlugin):
       (about 0.35 s here), which would otherwise land in the worker's first chunk task;
     - sizes pyarrow's thread pool to the worker's threads: a Dask worker thread is one core, and pyarrow
       would otherwise start a pool of every core of the node for each table a task converts (16 threads
-      per table part on a 16-core node; 4-10 ms of a 20 ms part write here).
-    `seconds` says how long it took."""
+      per table part on a 16-core node; 4-10 ms of a 20 ms part write here);
+    - has malloc reuse the megabyte arrays tasks free rather than map them afresh (`reuse_freed_memory`).
+    `seconds` says how long it took; `reuses_memory` whether malloc took the setting."""
 
     name = "cerberus-batch-prepare-worker"
     seconds: float | None = None
+    reuses_memory: bool | None = None
 
     def setup(self, worker) -> None:
         started = time.perf_counter()
         pa.set_cpu_count(worker.state.nthreads)
+        self.reuses_memory = reuse_freed_memory()
         quantise(np.zeros(1, np.float32))  # any compiled function would do: every chunk task calls this one
         self.seconds = time.perf_counter() - started
 

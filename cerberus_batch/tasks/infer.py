@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Iterable, Mapping
 
 import numpy as np
 
@@ -141,9 +142,12 @@ def _background_past(prob: np.ndarray, inside: tuple[int, int]) -> np.ndarray:
 
 def predict_chunk(
     read, predictor: Predictor, box: ChunkBox, empty_cells: Iterable[tuple[int, int]] = (),
+    forward: Callable[[], ContextManager[Any]] = nullcontext,
 ) -> dict[str, np.ndarray]:
     """Run the model on one chunk's output box; `empty_cells` (row, col in the chunk) hold no tissue,
-    so a model may skip them."""
+    so a model may skip them. The model's pass runs within `forward()` (a worker's memory setting)."""
     x, y, w, h = box
     tissue = chunk_tissue(h // CELL, w // CELL, empty_cells)
-    return predictor.predict(read_chunk(read, x, y, w, h, predictor.input_needed(tissue)), tissue)
+    image = read_chunk(read, x, y, w, h, predictor.input_needed(tissue))
+    with forward():
+        return predictor.predict(image, tissue)
