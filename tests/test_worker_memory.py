@@ -20,7 +20,7 @@ PAGES = 3 * 2**20 // 4096  # a 3 MiB array: under `REUSED_BELOW`, over glibc's 1
 PROBE = f"""
 import json, resource
 import numpy as np
-from cerberus_batch.pipeline.worker_memory import mapped_afresh, reuse_freed_memory
+from cerberus_batch.pipeline.worker_memory import heap_given_back, reuse_freed_memory
 
 held = []
 
@@ -46,7 +46,7 @@ freed = [np.ones({PAGES * 4096}, np.uint8) for _ in range(8)]  # 24 MiB a task f
 held.append(np.ones_like(freed[0]))
 del freed
 before = resident()
-with mapped_afresh():
+with heap_given_back():
     seen["given back"] = (before - resident()) / {PAGES * 4096}
     seen["model"] = faults()
 faults()

@@ -30,7 +30,7 @@ from cerberus_batch.pipeline.config import Cohort, ModelSpec, ProcessingSpec, Sl
 from cerberus_batch.pipeline.crossed import slide_crossed
 from cerberus_batch.pipeline.plan import plan_slide
 from cerberus_batch.pipeline.stages import TOPIC, StageClock, TimedReads
-from cerberus_batch.pipeline.worker_memory import mapped_afresh
+from cerberus_batch.pipeline.worker_memory import heap_given_back
 from cerberus_batch.slides import ChunkPlan, Transform
 from cerberus_batch.slides.location import Fetched, Location, fetched
 from cerberus_batch.slides.sources import source_identity
@@ -185,7 +185,7 @@ def infer_chunk_task(
                 view = _cached_view(slide, processing.mpp, _identity_key(opened.attrs["source"]))
             with clock("model"):  # the model (loaded once per worker process) and its forward pass
                 predictor = _predictor(model, processing)
-                outputs = predict_chunk(clock.timed("read", view.read), predictor, box, empty_cells, mapped_afresh)
+                outputs = predict_chunk(clock.timed("read", view.read), predictor, box, empty_cells, heap_given_back)
         specs = map_specs(predictor.heads, predictor.class_names)
         x, y, w, h = box
         inside = (min(h, view.shape[0] - y), min(w, view.shape[1] - x))  # the last cells overhang the slide
