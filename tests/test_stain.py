@@ -14,7 +14,7 @@ from skimage.color import rgb2hed
 from skimage.segmentation import watershed
 
 from cerberus_batch.grid import CELL, CONTEXT
-from cerberus_batch.model.stain import StainPredictor, StainSettings, disk_maximum, mean_capped_depth
+from cerberus_batch.model.stain import StainPredictor, StainSettings, disk_maximum, mean_capped_depth, smoothed_hematoxylin
 from cerberus_batch.testing.slides import make_synthetic_slide
 
 # Output region of the dermis/epidermis crop, (row, col) of its top-left slide pixel.
@@ -165,7 +165,7 @@ def slide_hematoxylin(cmu_slide) -> np.ndarray:
     """The whole real slide's smoothed hematoxylin, as the stain model computes it."""
     with tiffslide.TiffSlide(cmu_slide) as slide:
         image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    return ndi.gaussian_filter(rgb2hed(image)[..., 0], StainSettings().smoothing_sigma, truncate=4.0)
+    return smoothed_hematoxylin(image, StainSettings())
 
 
 def test_depth_is_scipys_capped_distance_transform_bit_for_bit(slide_hematoxylin):

@@ -60,6 +60,11 @@ def _logistic(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
+def smoothed_hematoxylin(image: np.ndarray, settings: StainSettings) -> np.ndarray:
+    """The image's hematoxylin optical density, smoothed: what nuclei and their depth are found in."""
+    return ndi.gaussian_filter(rgb2hed(image)[..., 0], settings.smoothing_sigma, truncate=4.0)
+
+
 class StainPredictor:
     """Stain-based baseline predictor (not Cerberus): nuclei from hematoxylin, tissue from density.
 
@@ -89,7 +94,7 @@ class StainPredictor:
         """Every cell, `tissue` or not: the whole region costs less than cutting it."""
         height, width = output_size(image)
         s = self.settings
-        hematoxylin = ndi.gaussian_filter(rgb2hed(image)[..., 0], s.smoothing_sigma, truncate=4.0)
+        hematoxylin = smoothed_hematoxylin(image, s)
         nucleus = _logistic((hematoxylin - s.hematoxylin_threshold) / s.hematoxylin_softness)
         inner = nucleus * self._core_weight(hematoxylin)
         inside = (slice(CONTEXT, CONTEXT + height), slice(CONTEXT, CONTEXT + width))
